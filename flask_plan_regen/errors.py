@@ -1,0 +1,78 @@
+"""Exceptions: API errors answered as JSON, configuration and generation failures."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+FailureClass = Literal["validation", "capped", "provider_error", "rate_limit", "timeout"]
+
+RETRYABLE_CLASSES: frozenset[str] = frozenset({"provider_error", "rate_limit", "timeout"})
+
+
+class ConfigurationError(RuntimeError):
+    """A ``PLAN_REGEN_*`` setting or a hook is wrong; raised at ``init_app`` or first use."""
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error", "code", "details"?}`` with an HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "code": self.code}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class GenerationError(Exception):
+    """A provider call or its output failed; ``failure_class`` decides retrying.
+
+    ``public_message`` is what users and the API see; ``str(error)`` may carry
+    provider internals and only goes to the logs.
+    """
+
+    failure_class: FailureClass = "provider_error"
+    public_message = "The generation provider failed."
+
+    def __init__(self, detail: str = "", *, public_message: str | None = None) -> None:
+        super().__init__(detail or self.public_message)
+        if public_message is not None:
+            self.public_message = public_message
+
+    @property
+    def retryable(self) -> bool:
+        return self.failure_class in RETRYABLE_CLASSES
+
+
+class ProviderError(GenerationError):
+    failure_class = "provider_error"
+    public_message = "The generation provider returned an error or unreadable output."
+
+
+class ProviderRateLimited(GenerationError):
+    failure_class = "rate_limit"
+    public_message = "The generation provider is rate limiting requests."
+
+
+class ProviderTimeout(GenerationError):
+    failure_class = "timeout"
+    public_message = "The generation provider did not answer in time."
+
+
+class OutputValidationError(GenerationError):
+    failure_class = "validation"
+    public_message = "The generated plan did not meet the output rules."

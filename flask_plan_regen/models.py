@@ -1,0 +1,187 @@
+"""The built-in tables, on a metadata of their own.
+
+They live on :data:`metadata` rather than the host's ``db.Model`` so that the
+package never has to subclass a model of an app it does not know; the host's
+``db.session`` reads and writes them like any other mapped class. Add
+``metadata`` to Alembic's ``target_metadata`` to migrate them (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+ACTIVE_STATUSES = ("pending", "processing")
+TERMINAL_STATUSES = ("succeeded", "failed", "canceled")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class Plan(Base):
+    """A learning plan kept by the built-in store."""
+
+    __tablename__ = "plan_regen_plans"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(String(255), index=True)
+    topic: Mapped[str] = mapped_column(String(200))
+    skill_level: Mapped[str] = mapped_column(String(20), default="beginner")
+    weekly_hours: Mapped[int] = mapped_column(Integer, default=5)
+    learning_style: Mapped[str] = mapped_column(String(20), default="mixed")
+    start_date: Mapped[date | None] = mapped_column(Date)
+    deadline_date: Mapped[date | None] = mapped_column(Date)
+    notes: Mapped[str | None] = mapped_column(Text)
+    # "pending" until its first generation succeeds, then "ready" for good.
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    modules: Mapped[list[Module]] = relationship(
+        back_populates="plan",
+        order_by="Module.position",
+        cascade="all, delete-orphan",
+    )
+
+
+class Module(Base):
+    __tablename__ = "plan_regen_modules"
+    __table_args__ = (UniqueConstraint("plan_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey(Plan.id, ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str | None] = mapped_column(Text)
+    estimated_minutes: Mapped[int] = mapped_column(Integer)
+
+    plan: Mapped[Plan] = relationship(back_populates="modules")
+    tasks: Mapped[list[Task]] = relationship(
+        back_populates="module",
+        order_by="Task.position",
+        cascade="all, delete-orphan",
+    )
+
+
+class Task(Base):
+    __tablename__ = "plan_regen_tasks"
+    __table_args__ = (UniqueConstraint("module_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    module_id: Mapped[int] = mapped_column(ForeignKey(Module.id, ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str | None] = mapped_column(Text)
+    estimated_minutes: Mapped[int] = mapped_column(Integer)
+    week: Mapped[int | None] = mapped_column(Integer)
+    due_date: Mapped[date | None] = mapped_column(Date)
+
+    module: Mapped[Module] = relationship(back_populates="tasks")
+
+
+class Regeneration(Base):
+    """One request to (re)generate a plan; its id is the generationId."""
+
+    __tablename__ = "plan_regen_regenerations"
+    __table_args__ = (
+        # At most one active regeneration per plan, enforced by the database so
+        # that concurrent requests cannot both pass a pre-check.
+        Index(
+            "uq_plan_regen_active_per_plan",
+            "plan_id",
+            unique=True,
+            sqlite_where=text("status IN ('pending', 'processing')"),
+            postgresql_where=text("status IN ('pending', 'processing')"),
+        ),
+        Index("ix_plan_regen_regenerations_plan_created", "plan_id", "created_at"),
+        Index("ix_plan_regen_regenerations_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    plan_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(255), index=True)
+    kind: Mapped[str] = mapped_column(String(20), default="regeneration")
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tier: Mapped[str] = mapped_column(String(50))
+    priority: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failure_class: Mapped[str | None] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(Text)
+    error_history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    attempt_rows: Mapped[list[GenerationAttempt]] = relationship(
+        back_populates="regeneration", order_by="GenerationAttempt.number"
+    )
+
+
+class GenerationAttempt(Base):
+    """One provider call made for a regeneration."""
+
+    __tablename__ = "plan_regen_attempts"
+    __table_args__ = (UniqueConstraint("regeneration_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    regeneration_id: Mapped[str] = mapped_column(
+        ForeignKey(Regeneration.id, ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(20))  # "succeeded" | "failed"
+    failure_class: Mapped[str | None] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    modules_count: Mapped[int] = mapped_column(Integer, default=0)
+    tasks_count: Mapped[int] = mapped_column(Integer, default=0)
+    provider: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str | None] = mapped_column(String(200))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    adjustments: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    regeneration: Mapped[Regeneration] = relationship(back_populates="attempt_rows")

@@ -1,0 +1,158 @@
+"""Generation providers: the interface, the prompt, and the built-in provider."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from flask import current_app
+
+from .errors import ProviderError, ProviderRateLimited, ProviderTimeout
+from .types import PlanInput
+
+OUTPUT_FORMAT = (
+    'Answer with JSON only: {"modules": [{"title": str, "description": str, '
+    '"estimatedMinutes": int, "tasks": [{"title": str, "description": str, '
+    '"estimatedMinutes": int}]}]}. 1-12 modules, 1-20 tasks each.'
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    """What a provider is asked to generate."""
+
+    plan: PlanInput
+    tier: str
+    generation_id: str
+    attempt: int
+
+    def prompt(self) -> tuple[str, str]:
+        """The (system, user) messages describing the plan to generate."""
+        plan = self.plan
+        system = (
+            "You design practical, well-paced learning plans made of ordered modules "
+            "and tasks. " + OUTPUT_FORMAT
+        )
+        lines = [
+            f"Topic: {plan.topic}",
+            f"Skill level: {plan.skill_level}",
+            f"Weekly hours available: {plan.weekly_hours}",
+            f"Preferred learning style: {plan.learning_style}",
+        ]
+        if plan.start_date:
+            lines.append(f"Start date: {plan.start_date.isoformat()}")
+        if plan.deadline_date:
+            lines.append(f"Deadline: {plan.deadline_date.isoformat()}")
+        if plan.notes:
+            lines.append(f"Notes from the learner: {plan.notes}")
+        return system, "\n".join(lines)
+
+    def prompt_hash(self) -> str:
+        system, user = self.prompt()
+        return hashlib.sha256(f"{system}\n\n{user}".encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+    """A provider's answer: JSON text to parse, or already-parsed data."""
+
+    content: str | Mapping[str, Any]
+    provider: str
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@runtime_checkable
+class GenerationProvider(Protocol):
+    """The interface of a generation provider.
+
+    ``generate`` returns a :class:`GenerationResult` or raises a
+    :class:`~flask_plan_regen.GenerationError` subclass that names the
+    failure class (``ProviderError``, ``ProviderRateLimited``, ``ProviderTimeout``).
+    Any other exception counts as ``provider_error``.
+    """
+
+    name: str
+
+    def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+
+_STYLE_VERBS: Mapping[str, tuple[str, ...]] = {
+    "reading": ("Read about", "Summarise notes on", "Study a chapter on"),
+    "video": ("Watch a lesson on", "Follow a walkthrough of", "Review a talk on"),
+    "practice": ("Build an exercise on", "Solve problems on", "Practise"),
+    "mixed": ("Read about", "Watch a lesson on", "Practise"),
+}
+_STAGES = ("Foundations of", "Core ideas in", "Working with", "Applying", "Mastering")
+_TASK_MINUTES = {"beginner": (30, 75), "intermediate": (25, 60), "advanced": (20, 50)}
+
+
+class BuiltinProvider:
+    """A deterministic provider: the same input always gives the same plan.
+
+    ``PLAN_REGEN_BUILTIN_DELAY`` (seconds) simulates a slow model, and
+    ``PLAN_REGEN_BUILTIN_FAILURE`` forces one failure for tests and demos:
+    ``validation``, ``provider_error``, ``rate_limit``, ``timeout`` or
+    ``invalid_json`` (unparseable output, classed ``provider_error``).
+    """
+
+    name = "builtin"
+    model = "builtin-deterministic-1"
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        config = current_app.config
+        delay = float(config["PLAN_REGEN_BUILTIN_DELAY"])
+        if delay:
+            time.sleep(delay)
+        failure = config["PLAN_REGEN_BUILTIN_FAILURE"]
+        if failure == "timeout":
+            raise ProviderTimeout("builtin provider: forced timeout")
+        if failure == "rate_limit":
+            raise ProviderRateLimited("builtin provider: forced rate limit")
+        if failure == "provider_error":
+            raise ProviderError("builtin provider: forced provider error")
+        system, user = request.prompt()
+        usage = {"prompt_tokens": len((system + user).split())}
+        if failure == "invalid_json":
+            return self._result('{"modules": [', **usage)
+        if failure == "validation":
+            return self._result(json.dumps({"modules": []}), **usage)
+        document = json.dumps(self._plan(request.plan))
+        return self._result(document, completion_tokens=len(document.split()), **usage)
+
+    def _result(self, content: str, **usage: int) -> GenerationResult:
+        return GenerationResult(content=content, provider=self.name, model=self.model, **usage)
+
+    def _plan(self, plan: PlanInput) -> dict[str, Any]:
+        seed = hashlib.sha256(
+            f"{plan.topic}|{plan.skill_level}|{plan.learning_style}|{plan.weekly_hours}".encode()
+        ).digest()
+        rng = random.Random(seed)
+        verbs = _STYLE_VERBS.get(plan.learning_style, _STYLE_VERBS["mixed"])
+        low, high = _TASK_MINUTES.get(plan.skill_level, _TASK_MINUTES["beginner"])
+        modules = []
+        for index in range(rng.randint(3, 5)):
+            stage = _STAGES[index]
+            tasks: list[dict[str, Any]] = [
+                {
+                    "title": f"{rng.choice(verbs)} {plan.topic} ({stage.lower()}, part {n + 1})",
+                    "description": f"{plan.learning_style.capitalize()} activity, {plan.skill_level} level.",
+                    "estimatedMinutes": rng.randint(low, high) // 5 * 5,
+                }
+                for n in range(rng.randint(3, 5))
+            ]
+            modules.append(
+                {
+                    "title": f"{stage} {plan.topic}",
+                    "description": f"Module {index + 1}, {plan.skill_level} level.",
+                    "estimatedMinutes": sum(t["estimatedMinutes"] for t in tasks),
+                    "tasks": tasks,
+                }
+            )
+        return {"modules": modules}

@@ -1,0 +1,95 @@
+"""Recording a regeneration and putting its job on the RQ queue for its priority."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from redis.exceptions import RedisError
+from rq.job import Job
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .errors import ApiError
+from .extension import RegenState
+from .models import ACTIVE_STATUSES, Regeneration
+
+JOB_FUNCTION = "flask_plan_regen.jobs.run_regeneration"
+
+
+def submit_regeneration(
+    state: RegenState,
+    *,
+    plan_id: str,
+    user_id: str,
+    overrides: dict[str, Any],
+    tier: str,
+    priority: int,
+    queue: str,
+    kind: str = "regeneration",
+) -> Regeneration:
+    """Insert a pending regeneration and enqueue its job, or raise an :class:`ApiError`.
+
+    The row is committed before the job is enqueued so that a worker always
+    finds it; if Redis refuses the job, the row is deleted again, so nothing
+    is left pending without a job.
+    """
+    session = state.db.session
+    regeneration = Regeneration(
+        plan_id=plan_id,
+        user_id=user_id,
+        kind=kind,
+        status="pending",
+        overrides=overrides,
+        tier=tier,
+        priority=priority,
+        queue=queue,
+        attempts=0,
+        error_history=[],
+    )
+    session.add(regeneration)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise already_queued(state, plan_id) from None
+    try:
+        enqueue_job(state, regeneration)
+    except RedisError as error:
+        session.delete(regeneration)
+        session.commit()
+        raise ApiError(
+            503,
+            "QUEUE_UNAVAILABLE",
+            "The regeneration queue is unavailable; nothing was queued. Try again shortly.",
+            headers={"Retry-After": "5"},
+        ) from error
+    return regeneration
+
+
+def enqueue_job(state: RegenState, regeneration: Regeneration) -> Job:
+    """Put the job for ``regeneration`` on its queue (job id = generation id)."""
+    config = current_app.config
+    return state.queue(regeneration.queue).enqueue_call(
+        JOB_FUNCTION,
+        args=(regeneration.id,),
+        job_id=regeneration.id,
+        timeout=config["PLAN_REGEN_JOB_TIMEOUT"],
+        result_ttl=config["PLAN_REGEN_RESULT_TTL"],
+        failure_ttl=config["PLAN_REGEN_RESULT_TTL"],
+        description=f"{regeneration.kind} of plan {regeneration.plan_id}",
+    )
+
+
+def already_queued(state: RegenState, plan_id: str) -> ApiError:
+    active_id = state.db.session.scalar(
+        select(Regeneration.id).where(
+            Regeneration.plan_id == plan_id, Regeneration.status.in_(ACTIVE_STATUSES)
+        )
+    )
+    return ApiError(
+        409,
+        "REGENERATION_ALREADY_QUEUED",
+        "This plan already has a regeneration pending or in progress.",
+        details={"generationId": active_id},
+    )

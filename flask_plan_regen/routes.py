@@ -1,0 +1,242 @@
+"""The HTTP surface: the ``regen_bp`` blueprint and its JSON error answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from marshmallow import Schema, ValidationError
+from sqlalchemy import func, select
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from .errors import ApiError
+from .extension import RegenState, get_state
+from .models import GenerationAttempt, Regeneration
+from .priority import compute_priority, queue_for_priority
+from .queueing import submit_regeneration
+from .schemas import OverridesSchema, PaginationSchema, RegenerateRequestSchema, field_errors
+from .serializers import regeneration_document
+from .types import PlanInput
+
+logger = logging.getLogger("flask_plan_regen")
+
+regen_bp = Blueprint("plan_regen", __name__, url_prefix="/api/v1")
+"""The package's routes; register it after ``PlanRegen.init_app``."""
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "TOO_MANY_REQUESTS",
+}
+
+
+@regen_bp.record
+def _remember_prefix(setup: Any) -> None:
+    get_state(setup.app).url_prefixes.append(setup.url_prefix or "")
+
+
+def error_response(error: ApiError) -> Response:
+    response = jsonify(error.body())
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+@regen_bp.errorhandler(ApiError)
+def _api_error(error: ApiError) -> Response:
+    if error.status >= 500:
+        logger.error("%s: %s", error.code, error.__cause__ or error.message)
+    return error_response(error)
+
+
+@regen_bp.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> Response:
+    return error_response(http_api_error(error))
+
+
+@regen_bp.errorhandler(Exception)
+def _unexpected_error(error: Exception) -> Response:
+    logger.exception("unhandled error in %s %s", request.method, request.path)
+    return error_response(ApiError(500, "INTERNAL_ERROR", "An internal error occurred."))
+
+
+def http_api_error(error: HTTPException) -> ApiError:
+    status = error.code or 500
+    headers = {}
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        headers["Allow"] = ", ".join(sorted(error.valid_methods))
+    messages = {
+        404: "No such endpoint.",
+        405: f"Method {request.method} is not allowed here.",
+        413: "The request body is too large.",
+    }
+    message = messages.get(status, error.description or error.name)
+    return ApiError(status, _HTTP_CODES.get(status, "HTTP_ERROR"), message, headers=headers)
+
+
+def json_routing_errors() -> Response | None:
+    """Answer unknown URLs and wrong methods under the blueprint's prefix in JSON.
+
+    Blueprint error handlers never see routing errors, and an app-wide 404
+    handler would take over the host's own pages, so this app-level
+    ``before_request`` only answers paths under the prefix.
+    """
+    routing_error = request.routing_exception
+    if not isinstance(routing_error, NotFound | MethodNotAllowed):
+        return None
+    path = request.path
+    for prefix in get_state().url_prefixes:
+        if prefix and (path == prefix or path.startswith(prefix.rstrip("/") + "/")):
+            return error_response(http_api_error(routing_error))
+    return None
+
+
+def read_json_body(state: RegenState) -> Any:
+    """The body as JSON; empty means ``{}``. 413 past the size limit, 400 if malformed."""
+    request.max_content_length = current_app.config["PLAN_REGEN_MAX_BODY_BYTES"]
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "INVALID_JSON", "The request body is not valid JSON.") from None
+
+
+def load_body(schema: Schema, body: Any, message: str) -> Any:
+    try:
+        return schema.load(body)
+    except ValidationError as error:
+        raise ApiError(
+            400, "VALIDATION_ERROR", message, details={"fieldErrors": field_errors(error)}
+        ) from None
+
+
+def owned_plan(state: RegenState, plan_id: str, user_id: str) -> PlanInput:
+    """The plan if ``user_id`` owns it; the same 404 whether it is missing or not theirs."""
+    plan = state.load_plan(plan_id) if len(plan_id) <= 64 else None
+    if plan is None or plan.owner_id != user_id:
+        raise ApiError(404, "PLAN_NOT_FOUND", "Plan not found.")
+    return plan
+
+
+def check_dates(plan: PlanInput) -> None:
+    if plan.start_date and plan.deadline_date and plan.deadline_date <= plan.start_date:
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            "Invalid overrides.",
+            details={"fieldErrors": {"deadlineDate": ["The deadline must be after the start."]}},
+        )
+
+
+def accepted(state: RegenState, regeneration: Regeneration) -> Response:
+    response = jsonify(
+        generationId=regeneration.id,
+        planId=regeneration.plan_id,
+        status=regeneration.status,
+        priority=regeneration.priority,
+        queue=regeneration.queue,
+    )
+    response.status_code = 202
+    response.headers["Location"] = url_for(
+        "plan_regen.regeneration_status",
+        plan_id=regeneration.plan_id,
+        generation_id=regeneration.id,
+    )
+    return response
+
+
+@regen_bp.post("/plans/<plan_id>/regenerate")
+def regenerate(plan_id: str) -> Response:
+    """Queue a regeneration of the caller's plan, with optional overrides."""
+    state = get_state()
+    user_id = state.authenticate()
+    body = read_json_body(state)
+    overrides = load_body(RegenerateRequestSchema(), body, "Invalid overrides.")["overrides"]
+    plan = owned_plan(state, plan_id, user_id)
+    merged = plan.with_overrides(overrides)
+    check_dates(merged)
+    config = current_app.config
+    tier = state.resolve_tier(user_id)
+    priority = compute_priority(tier, merged.topic, config)
+    regeneration = submit_regeneration(
+        state,
+        plan_id=plan.id,
+        user_id=user_id,
+        overrides=OverridesSchema().dump(overrides),
+        tier=tier,
+        priority=priority,
+        queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
+    )
+    return accepted(state, regeneration)
+
+
+@regen_bp.get("/plans/<plan_id>/regenerations/<generation_id>")
+def regeneration_status(plan_id: str, generation_id: str) -> Response:
+    """One regeneration with its attempts."""
+    state = get_state()
+    plan = owned_plan(state, plan_id, state.authenticate())
+    regeneration = state.db.session.get(Regeneration, generation_id[:64])
+    if regeneration is None or regeneration.plan_id != plan.id:
+        raise ApiError(404, "REGENERATION_NOT_FOUND", "Regeneration not found.")
+    attempts = state.db.session.scalars(
+        select(GenerationAttempt)
+        .where(GenerationAttempt.regeneration_id == regeneration.id)
+        .order_by(GenerationAttempt.number)
+    ).all()
+    return jsonify(regeneration_document(regeneration, attempts))
+
+
+@regen_bp.get("/plans/<plan_id>/regenerations")
+def regeneration_history(plan_id: str) -> Response:
+    """The plan's regenerations, newest first, a page at a time."""
+    state = get_state()
+    plan = owned_plan(state, plan_id, state.authenticate())
+    try:
+        query = PaginationSchema().load(request.args)
+    except ValidationError as error:
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            "Invalid pagination.",
+            details={"fieldErrors": field_errors(error)},
+        ) from None
+    page = query["page"]
+    per_page = query["per_page"] or current_app.config["PLAN_REGEN_PAGE_SIZE"]
+    session = state.db.session
+    total = session.scalar(
+        select(func.count()).select_from(Regeneration).where(Regeneration.plan_id == plan.id)
+    )
+    rows = session.scalars(
+        select(Regeneration)
+        .where(Regeneration.plan_id == plan.id)
+        .order_by(Regeneration.created_at.desc(), Regeneration.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    ).all()
+    return jsonify(
+        items=[regeneration_document(row) for row in rows],
+        page=page,
+        perPage=per_page,
+        total=total,
+        hasMore=page * per_page < (total or 0),
+    )
+
+
+@regen_bp.get("/plans/<plan_id>")
+def plan_detail(plan_id: str) -> Response:
+    """The caller's plan with its modules and tasks."""
+    state = get_state()
+    plan = owned_plan(state, plan_id, state.authenticate())
+    document = state.store.plan_document(plan.id)
+    if document is None:
+        raise ApiError(404, "PLAN_NOT_FOUND", "Plan not found.")
+    return jsonify(document)

@@ -1,0 +1,107 @@
+"""Marshmallow schemas for request bodies (camelCase on the wire, snake_case inside)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate
+
+from .types import LEARNING_STYLES, SKILL_LEVELS
+
+
+class TrimmedString(fields.String):
+    """A string with surrounding whitespace removed before validation."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        return super()._deserialize(value, attr, data, **kwargs).strip()
+
+
+class BlankAsNullString(TrimmedString):
+    """A trimmed string where blank means "no value"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return text or None
+
+
+class PlanDate(fields.Field[date]):
+    """An ISO 8601 date or date-time, kept as the calendar date it names."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's own convention
+        "invalid": "Not a valid ISO 8601 date or date-time.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date:
+        if not isinstance(value, str) or len(value) > 64:
+            raise self.make_error("invalid")
+        try:
+            if len(value) == 10:
+                return date.fromisoformat(value)
+            return datetime.fromisoformat(value).date()
+        except ValueError as error:
+            raise self.make_error("invalid") from error
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return value.isoformat() if isinstance(value, date) else None
+
+
+class PlanFieldsSchema(Schema):
+    """The plan inputs a user may set; every field optional."""
+
+    class Meta:
+        unknown = RAISE
+
+    topic = TrimmedString(validate=validate.Length(min=3, max=200))
+    skill_level = fields.String(data_key="skillLevel", validate=validate.OneOf(SKILL_LEVELS))
+    weekly_hours = fields.Integer(
+        data_key="weeklyHours", strict=True, validate=validate.Range(min=1, max=80)
+    )
+    learning_style = fields.String(
+        data_key="learningStyle", validate=validate.OneOf(LEARNING_STYLES)
+    )
+    start_date = PlanDate(data_key="startDate", allow_none=True)
+    deadline_date = PlanDate(data_key="deadlineDate", allow_none=True)
+    notes = BlankAsNullString(allow_none=True, validate=validate.Length(max=2000))
+
+
+class OverridesSchema(PlanFieldsSchema):
+    """``overrides`` of a regenerate request."""
+
+
+class RegenerateRequestSchema(Schema):
+    """Body of ``POST /plans/<plan_id>/regenerate``."""
+
+    class Meta:
+        unknown = RAISE
+
+    overrides = fields.Nested(OverridesSchema, allow_none=True, load_default=None)
+
+    @post_load
+    def _default_overrides(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["overrides"] = data.get("overrides") or {}
+        return data
+
+
+class PaginationSchema(Schema):
+    """Query string of list endpoints."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=100_000))
+    per_page = fields.Integer(
+        data_key="perPage", load_default=None, validate=validate.Range(min=1, max=100)
+    )
+
+
+def field_errors(error: ValidationError) -> dict[str, Any]:
+    """Marshmallow's messages keyed by wire field name, ``overrides`` flattened."""
+    messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+    flat: dict[str, Any] = {}
+    for key, value in messages.items():
+        if key == "overrides" and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[str(key)] = value
+    return flat

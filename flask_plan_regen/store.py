@@ -1,0 +1,164 @@
+"""Where plans are read and written: the store interface and the built-in store.
+
+A host app that keeps plans in its own tables implements :class:`PlanStore`
+and passes it as ``PlanRegen(store=...)`` or ``PLAN_REGEN_STORE``; regenerations
+and attempts stay in this package's tables either way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import date
+from typing import Any, Protocol, runtime_checkable
+
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import delete, select
+from sqlalchemy.orm import selectinload
+
+from .models import Module, Plan, Task
+from .serializers import iso_utc
+from .types import GeneratedModule, PlanInput
+
+
+@runtime_checkable
+class PlanStore(Protocol):
+    """The interface a plan store implements.
+
+    All methods run inside an app context; ``replace_content`` and
+    ``create_plan`` must only add to the current ``db.session`` transaction
+    (no commit): the job commits the new content together with the
+    regeneration's outcome, so a failure never leaves a plan half-replaced.
+    """
+
+    def load_plan(self, plan_id: str) -> PlanInput | None:
+        """The plan's input and owner, or ``None`` (also for a malformed id)."""
+
+    def create_plan(self, owner_id: str, plan: dict[str, Any]) -> str:
+        """Add a plan with no content yet; return its id."""
+
+    def replace_content(self, plan_id: str, modules: Sequence[GeneratedModule]) -> None:
+        """Replace the plan's modules and tasks with ``modules``, in order."""
+
+    def plan_document(self, plan_id: str) -> dict[str, Any] | None:
+        """The plan with its modules and tasks, as answered by ``GET /plans/<id>``."""
+
+
+class SQLAlchemyPlanStore:
+    """The built-in store: plans, modules and tasks in this package's tables."""
+
+    def __init__(self, db: SQLAlchemy) -> None:
+        self.db = db
+
+    def _get(self, plan_id: str) -> Plan | None:
+        try:
+            canonical = str(uuid.UUID(plan_id))
+        except ValueError:
+            return None
+        return self.db.session.get(Plan, canonical)
+
+    def load_plan(self, plan_id: str) -> PlanInput | None:
+        plan = self._get(plan_id)
+        if plan is None:
+            return None
+        return PlanInput(
+            id=plan.id,
+            owner_id=plan.owner_id,
+            topic=plan.topic,
+            skill_level=plan.skill_level,
+            weekly_hours=plan.weekly_hours,
+            learning_style=plan.learning_style,
+            start_date=plan.start_date,
+            deadline_date=plan.deadline_date,
+            notes=plan.notes,
+        )
+
+    def create_plan(self, owner_id: str, plan: dict[str, Any]) -> str:
+        row = Plan(owner_id=owner_id, **plan)
+        self.db.session.add(row)
+        self.db.session.flush()
+        return row.id
+
+    def replace_content(self, plan_id: str, modules: Sequence[GeneratedModule]) -> None:
+        session = self.db.session
+        plan = self._get(plan_id)
+        if plan is None:
+            raise LookupError(f"plan {plan_id} no longer exists")
+        # Bulk deletes rather than ORM cascades: SQLite only honours ON DELETE
+        # CASCADE with a pragma the host may not have set.
+        module_ids = select(Module.id).where(Module.plan_id == plan.id)
+        session.execute(delete(Task).where(Task.module_id.in_(module_ids)))
+        session.execute(delete(Module).where(Module.plan_id == plan.id))
+        session.expire(plan, ["modules"])
+        for position, generated in enumerate(modules):
+            module = Module(
+                plan_id=plan.id,
+                position=position,
+                title=generated.title,
+                description=generated.description,
+                estimated_minutes=generated.estimated_minutes,
+                tasks=[
+                    Task(
+                        position=task_position,
+                        title=task.title,
+                        description=task.description,
+                        estimated_minutes=task.estimated_minutes,
+                        week=task.week,
+                        due_date=task.due_date,
+                    )
+                    for task_position, task in enumerate(generated.tasks)
+                ],
+            )
+            session.add(module)
+        plan.status = "ready"
+
+    def plan_document(self, plan_id: str) -> dict[str, Any] | None:
+        try:
+            canonical = str(uuid.UUID(plan_id))
+        except ValueError:
+            return None
+        plan = self.db.session.scalar(
+            select(Plan)
+            .where(Plan.id == canonical)
+            .options(selectinload(Plan.modules).selectinload(Module.tasks))
+        )
+        if plan is None:
+            return None
+        return {
+            "id": plan.id,
+            "ownerId": plan.owner_id,
+            "topic": plan.topic,
+            "skillLevel": plan.skill_level,
+            "weeklyHours": plan.weekly_hours,
+            "learningStyle": plan.learning_style,
+            "startDate": _iso(plan.start_date),
+            "deadlineDate": _iso(plan.deadline_date),
+            "notes": plan.notes,
+            "status": plan.status,
+            "createdAt": iso_utc(plan.created_at),
+            "updatedAt": iso_utc(plan.updated_at),
+            "modules": [
+                {
+                    "position": module.position,
+                    "title": module.title,
+                    "description": module.description,
+                    "estimatedMinutes": module.estimated_minutes,
+                    "tasks": [
+                        {
+                            "position": task.position,
+                            "title": task.title,
+                            "description": task.description,
+                            "estimatedMinutes": task.estimated_minutes,
+                            "week": task.week,
+                            "dueDate": _iso(task.due_date),
+                        }
+                        for task in module.tasks
+                    ],
+                }
+                for module in plan.modules
+            ],
+        }
+
+
+def _iso(value: date | None) -> str | None:
+    return value.isoformat() if value is not None else None
