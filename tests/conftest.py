@@ -1,0 +1,127 @@
+"""Shared fixtures: a real Redis, SQLite and PostgreSQL apps, helpers to run jobs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+from servers import (  # noqa: F401 - fixtures are registered by importing them
+    REPO_ROOT,
+    WorkerProcs,
+    postgres_server,
+    postgres_url,
+    redis_url,
+    worker_procs,
+)
+from sqlalchemy import text
+
+from examples.host_app import create_app, db
+from flask_plan_regen import get_state, metadata
+
+ALICE = {"X-User-Id": "alice"}
+BOB = {"X-User-Id": "bob"}
+
+
+@pytest.fixture
+def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on the session's Redis, emptied before each test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def build_app(database_uri: str, redis_url: str, **config: Any) -> Flask:
+    app = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": database_uri,
+            "PLAN_REGEN_REDIS_URL": redis_url,
+            **config,
+        }
+    )
+    with app.app_context():
+        metadata.create_all(db.engine)
+    return app
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'app.sqlite'}"
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    """Extra config for the ``app`` fixture; override in a module to change it."""
+    return {}
+
+
+@pytest.fixture
+def app(
+    sqlite_uri: str, redis_url: str, redis_conn: redis.Redis, app_config: dict[str, Any]
+) -> Iterator[Flask]:
+    """The example host app on SQLite and the real Redis."""
+    app = build_app(sqlite_uri, redis_url, **app_config)
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def pg_app(postgres_url: str, redis_url: str, redis_conn: redis.Redis) -> Iterator[Flask]:
+    """The example host app on the real PostgreSQL, with empty tables."""
+    app = build_app(postgres_url, redis_url)
+    with app.app_context():
+        tables = ", ".join(metadata.tables)
+        with db.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def make_plan(app: Flask) -> Callable[..., str]:
+    return plan_factory(app)
+
+
+def plan_factory(app: Flask) -> Callable[..., str]:
+    def make(owner: str = "alice", **fields: Any) -> str:
+        fields.setdefault("topic", "Rust for web services")
+        with app.app_context():
+            plan_id = get_state().store.create_plan(owner, fields)
+            db.session.commit()
+            return plan_id
+
+    return make
+
+
+def run_jobs(app: Flask) -> int:
+    """Run the queued jobs in this process (RQ's SimpleWorker, burst); return how many were queued."""
+    with app.app_context():
+        state = get_state()
+        names = [name for name, _ in app.config["PLAN_REGEN_QUEUES"]]
+        queues = [Queue(n, connection=state.redis, serializer=JSONSerializer) for n in names]
+        queued = sum(queue.count for queue in queues)
+        worker = SimpleWorker(queues, connection=state.redis, serializer=JSONSerializer)
+        worker.work(burst=True)
+        return queued
+
+
+def worker_env(database_uri: str, redis_url: str, **config: str) -> dict[str, str]:
+    """Environment for a worker subprocess that loads the example host app."""
+    env = {
+        "FLASK_APP": "examples.host_app:create_app",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "SQLALCHEMY_DATABASE_URI": database_uri,
+        "PLAN_REGEN_REDIS_URL": redis_url,
+    }
+    env.update({f"FLASK_{key}": value for key, value in config.items()})
+    return env
