@@ -61,7 +61,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 )
 @click.option("--weekly-hours", type=click.IntRange(1, 80), default=5)
 @click.option(
-    "--learning-style", type=click.Choice(["reading", "video", "practice", "mixed"]), default="mixed"
+    "--learning-style",
+    type=click.Choice(["reading", "video", "practice", "mixed"]),
+    default="mixed",
 )
 @click.option("--start-date", type=click.DateTime(["%Y-%m-%d"]), default=None)
 @click.option("--deadline", type=click.DateTime(["%Y-%m-%d"]), default=None)

@@ -136,13 +136,14 @@ class BuiltinProvider:
         rng = random.Random(seed)
         verbs = _STYLE_VERBS.get(plan.learning_style, _STYLE_VERBS["mixed"])
         low, high = _TASK_MINUTES.get(plan.skill_level, _TASK_MINUTES["beginner"])
+        activity = f"{plan.learning_style.capitalize()} activity, {plan.skill_level} level."
         modules = []
         for index in range(rng.randint(3, 5)):
             stage = _STAGES[index]
             tasks: list[dict[str, Any]] = [
                 {
                     "title": f"{rng.choice(verbs)} {plan.topic} ({stage.lower()}, part {n + 1})",
-                    "description": f"{plan.learning_style.capitalize()} activity, {plan.skill_level} level.",
+                    "description": activity,
                     "estimatedMinutes": rng.randint(low, high) // 5 * 5,
                 }
                 for n in range(rng.randint(3, 5))

@@ -12,18 +12,13 @@ import redis
 from flask import Flask
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
-from servers import (  # noqa: F401 - fixtures are registered by importing them
-    REPO_ROOT,
-    WorkerProcs,
-    postgres_server,
-    postgres_url,
-    redis_url,
-    worker_procs,
-)
+from servers import REPO_ROOT
 from sqlalchemy import text
 
 from examples.host_app import create_app, db
 from flask_plan_regen import get_state, metadata
+
+pytest_plugins = ["servers"]  # redis_url, postgres_url, postgres_server, worker_procs
 
 ALICE = {"X-User-Id": "alice"}
 BOB = {"X-User-Id": "bob"}
@@ -104,7 +99,7 @@ def plan_factory(app: Flask) -> Callable[..., str]:
 
 
 def run_jobs(app: Flask) -> int:
-    """Run the queued jobs in this process (RQ's SimpleWorker, burst); return how many were queued."""
+    """Run queued jobs in this process (RQ's SimpleWorker, burst); return how many were queued."""
     with app.app_context():
         state = get_state()
         names = [name for name, _ in app.config["PLAN_REGEN_QUEUES"]]

