@@ -8,6 +8,7 @@ command does, from ``FLASK_APP``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -39,7 +40,7 @@ def worker_app() -> Flask:
         return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
     if _worker_app is None:
         try:
-            _worker_app = ScriptInfo().load_app()
+            _worker_app = ScriptInfo(app_import_path=os.environ.get("FLASK_APP")).load_app()
         except Exception as error:
             raise RuntimeError(
                 "flask_plan_regen jobs need the host app: set FLASK_APP (e.g. "

@@ -24,6 +24,10 @@ class BlankAsNullString(TrimmedString):
         text = super()._deserialize(value, attr, data, **kwargs)
         return text or None
 
+    def _validate(self, value: Any) -> None:
+        if value is not None:  # blank input became None: nothing left to validate
+            super()._validate(value)
+
 
 class PlanDate(fields.Field[date]):
     """An ISO 8601 date or date-time, kept as the calendar date it names."""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,14 +17,15 @@ import redis
 from flask import Flask
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
-from servers import REPO_ROOT
 from sqlalchemy import text
+from werkzeug.serving import make_server
 
 from examples.host_app import create_app, db
 from flask_plan_regen import get_state, metadata
 
 pytest_plugins = ["servers"]  # redis_url, postgres_url, postgres_server, worker_procs
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 ALICE = {"X-User-Id": "alice"}
 BOB = {"X-User-Id": "bob"}
 
@@ -120,3 +126,31 @@ def worker_env(database_uri: str, redis_url: str, **config: str) -> dict[str, st
     }
     env.update({f"FLASK_{key}": value for key, value in config.items()})
     return env
+
+
+@contextlib.contextmanager
+def serve(app: Flask) -> Iterator[str]:
+    """Serve ``app`` on a real threaded HTTP server on loopback; yield its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def post_json(url: str, body: Any, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` as JSON with urllib; return (status, decoded JSON answer)."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **headers},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

@@ -1,0 +1,261 @@
+"""POST /api/v1/plans/<plan_id>/regenerate: every answer and validation rule."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from conftest import ALICE, BOB, build_app
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import Queue
+from rq.serializers import JSONSerializer
+from sqlalchemy import func, select
+
+from flask_plan_regen import Regeneration, get_state
+
+
+def regenerate(client: FlaskClient, plan_id: str, body: Any = None, **kwargs: Any) -> Any:
+    kwargs.setdefault("headers", ALICE)
+    if body is not None and "data" not in kwargs:
+        kwargs["json"] = body
+    return client.post(f"/api/v1/plans/{plan_id}/regenerate", **kwargs)
+
+
+def regeneration_count(app: Flask) -> int:
+    with app.app_context():
+        return int(get_state().db.session.scalar(select(func.count(Regeneration.id))) or 0)
+
+
+def test_accepted_request_is_recorded_and_queued(
+    app: Flask, client: FlaskClient, make_plan: Callable[..., str], redis_conn: redis.Redis
+) -> None:
+    plan_id = make_plan(topic="Rust for web services")
+    response = regenerate(client, plan_id, {"overrides": {"weeklyHours": 8}})
+    assert response.status_code == 202
+    body = response.json
+    assert body["status"] == "pending"
+    assert body["planId"] == plan_id
+    assert body["priority"] == 1
+    assert body["queue"] == "plan_regen_low"
+    generation_id = body["generationId"]
+    assert response.headers["Location"] == (
+        f"/api/v1/plans/{plan_id}/regenerations/{generation_id}"
+    )
+    queue = Queue("plan_regen_low", connection=redis_conn, serializer=JSONSerializer)
+    assert queue.job_ids == [generation_id]
+    assert queue.fetch_job(generation_id).args == [generation_id]
+    with app.app_context():
+        row = get_state().db.session.get(Regeneration, generation_id)
+        assert row is not None
+        assert (row.status, row.user_id, row.tier) == ("pending", "alice", "free")
+        assert row.overrides == {"weeklyHours": 8}
+
+
+def test_empty_body_means_no_overrides(client: FlaskClient, make_plan: Callable[..., str]) -> None:
+    plan_id = make_plan()
+    response = regenerate(client, plan_id, data=b"", content_type="application/json")
+    assert response.status_code == 202
+
+
+def test_overrides_null_means_no_overrides(
+    client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    assert regenerate(client, make_plan(), {"overrides": None}).status_code == 202
+
+
+def test_valid_overrides_are_normalised(
+    app: Flask, client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    plan_id = make_plan()
+    overrides = {
+        "topic": "  Distributed systems  ",
+        "notes": "   ",
+        "skillLevel": "advanced",
+        "weeklyHours": 80,
+        "learningStyle": "practice",
+        "startDate": "2026-12-01T09:30:00+01:00",
+        "deadlineDate": "2027-02-01",
+    }
+    response = regenerate(client, plan_id, {"overrides": overrides})
+    assert response.status_code == 202
+    with app.app_context():
+        row = get_state().db.session.get(Regeneration, response.json["generationId"])
+        assert row is not None
+        assert row.overrides == {
+            "topic": "Distributed systems",
+            "notes": None,
+            "skillLevel": "advanced",
+            "weeklyHours": 80,
+            "learningStyle": "practice",
+            "startDate": "2026-12-01",
+            "deadlineDate": "2027-02-01",
+        }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"topic": "ab"}, "topic"),
+        ({"topic": "   abc   x" + "y" * 200}, "topic"),
+        ({"topic": 42}, "topic"),
+        ({"notes": "n" * 2001}, "notes"),
+        ({"skillLevel": "expert"}, "skillLevel"),
+        ({"weeklyHours": 0}, "weeklyHours"),
+        ({"weeklyHours": 81}, "weeklyHours"),
+        ({"weeklyHours": 5.5}, "weeklyHours"),
+        ({"weeklyHours": "5"}, "weeklyHours"),
+        ({"learningStyle": "osmosis"}, "learningStyle"),
+        ({"startDate": "next tuesday"}, "startDate"),
+        ({"deadlineDate": "2026-13-40"}, "deadlineDate"),
+        ({"deadlineDate": 20270101}, "deadlineDate"),
+        ({"colour": "blue"}, "colour"),
+        ({"skill_level": "advanced"}, "skill_level"),
+    ],
+)
+def test_invalid_overrides_are_a_400_naming_the_field(
+    app: Flask,
+    client: FlaskClient,
+    make_plan: Callable[..., str],
+    overrides: dict[str, Any],
+    field: str,
+) -> None:
+    response = regenerate(client, make_plan(), {"overrides": overrides})
+    assert response.status_code == 400
+    assert response.json["code"] == "VALIDATION_ERROR"
+    assert response.json["error"] == "Invalid overrides."
+    assert list(response.json["details"]["fieldErrors"]) == [field]
+    assert regeneration_count(app) == 0
+
+
+@pytest.mark.parametrize("body", [[], "text", 3, {"overrides": [1]}, {"extra": 1}])
+def test_a_body_of_the_wrong_shape_is_a_validation_error(
+    client: FlaskClient, make_plan: Callable[..., str], body: Any
+) -> None:
+    response = regenerate(client, make_plan(), body)
+    assert response.status_code == 400
+    assert response.json["code"] == "VALIDATION_ERROR"
+    assert response.json["details"]["fieldErrors"]
+
+
+@pytest.mark.parametrize("raw", [b"{", b"{'single': 1}", b"\xff\xfe", b"[" * 100_000 + b"]"])
+def test_malformed_json_is_invalid_json(
+    client: FlaskClient, make_plan: Callable[..., str], raw: bytes
+) -> None:
+    plan_id = make_plan()
+    response = regenerate(client, plan_id, data=raw, content_type="application/json")
+    assert response.status_code in (400, 413)
+    assert response.json["code"] in ("INVALID_JSON", "PAYLOAD_TOO_LARGE")
+    if len(raw) < 1000:
+        assert response.json["code"] == "INVALID_JSON"
+
+
+def test_a_body_over_64_kib_is_413(
+    app: Flask, client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    body = json.dumps({"overrides": {"notes": "x" * (64 * 1024)}}).encode()
+    response = regenerate(client, make_plan(), data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json["code"] == "PAYLOAD_TOO_LARGE"
+    assert regeneration_count(app) == 0
+
+
+def test_a_deadline_not_after_the_start_is_400_after_merging(
+    client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    from datetime import date
+
+    plan_id = make_plan(start_date=date(2027, 3, 1))
+    response = regenerate(client, plan_id, {"overrides": {"deadlineDate": "2027-03-01"}})
+    assert response.status_code == 400
+    assert "deadlineDate" in response.json["details"]["fieldErrors"]
+    # Clearing the start makes the same deadline fine.
+    cleared = {"overrides": {"deadlineDate": "2027-03-01", "startDate": None}}
+    assert regenerate(client, plan_id, cleared).status_code == 202
+
+
+def test_no_user_is_401(client: FlaskClient, make_plan: Callable[..., str]) -> None:
+    response = regenerate(client, make_plan(), {}, headers={})
+    assert response.status_code == 401
+    assert response.json == {"error": "Authentication required.", "code": "UNAUTHORIZED"}
+
+
+@pytest.mark.parametrize(
+    "plan_id", ["not-a-uuid", "0" * 300, "00000000-0000-0000-0000-000000000000"]
+)
+def test_unknown_or_malformed_plan_ids_are_404(client: FlaskClient, plan_id: str) -> None:
+    response = regenerate(client, plan_id, {})
+    assert response.status_code == 404
+    assert response.json["code"] == "PLAN_NOT_FOUND"
+
+
+def test_another_users_plan_is_the_same_404(
+    client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    plan_id = make_plan(owner="bob")
+    mine = regenerate(client, plan_id, {})
+    missing = regenerate(client, "11111111-1111-1111-1111-111111111111", {})
+    assert mine.status_code == missing.status_code == 404
+    assert mine.json == missing.json
+    assert regenerate(client, plan_id, {}, headers=BOB).status_code == 202
+
+
+def test_a_second_request_while_one_is_active_is_409_with_its_id(
+    client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    plan_id = make_plan()
+    first = regenerate(client, plan_id, {})
+    second = regenerate(client, plan_id, {"overrides": {"weeklyHours": 3}})
+    assert second.status_code == 409
+    assert second.json["code"] == "REGENERATION_ALREADY_QUEUED"
+    assert second.json["details"] == {"generationId": first.json["generationId"]}
+
+
+def test_redis_down_is_503_and_leaves_no_row(
+    sqlite_uri: str, make_plan: Callable[..., str]
+) -> None:
+    from servers import free_port
+
+    app = build_app(sqlite_uri, f"redis://127.0.0.1:{free_port()}/0")
+    response = regenerate(app.test_client(), make_plan(), {})
+    assert response.status_code == 503
+    assert response.json["code"] == "QUEUE_UNAVAILABLE"
+    assert regeneration_count(app) == 0
+
+
+def test_priority_topic_and_tier_pick_the_queue(
+    app: Flask, client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    app.config["PLAN_REGEN_DEFAULT_TIER"] = "pro"
+    response = regenerate(client, make_plan(), {"overrides": {"topic": "Machine Learning basics"}})
+    assert (response.json["priority"], response.json["queue"]) == (13, "plan_regen_high")
+
+
+def test_an_unknown_tier_is_a_server_error_without_details(
+    app: Flask, client: FlaskClient, make_plan: Callable[..., str], caplog: Any
+) -> None:
+    get_state(app).config_hooks["PLAN_REGEN_TIER_RESOLVER"] = lambda user_id: "gold"
+    response = regenerate(client, make_plan(), {})
+    assert response.status_code == 500
+    assert response.json == {
+        "error": "The subscription tier could not be resolved.",
+        "code": "UNKNOWN_TIER",
+    }
+    assert "'gold'" in caplog.text
+    assert regeneration_count(app) == 0
+
+
+def test_a_failing_hook_is_a_json_500_never_a_stack_trace(
+    app: Flask, client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    def broken(plan_id: str) -> None:
+        raise RuntimeError("secret internals")
+
+    get_state(app).config_hooks["PLAN_REGEN_PLAN_LOADER"] = broken
+    response = regenerate(client, make_plan(), {})
+    assert response.status_code == 500
+    assert response.json == {"error": "An internal error occurred.", "code": "INTERNAL_ERROR"}
+    assert b"secret" not in response.data
