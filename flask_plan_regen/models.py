@@ -80,16 +80,21 @@ class Plan(Base):
     )
 
 
-class Module(Base):
-    __tablename__ = "plan_regen_modules"
-    __table_args__ = (UniqueConstraint("plan_id", "position"),)
+class _PlanItem:
+    """The columns modules and tasks share: an ordered, titled piece of work."""
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    plan_id: Mapped[str] = mapped_column(ForeignKey(Plan.id, ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)
     title: Mapped[str] = mapped_column(String(500))
     description: Mapped[str | None] = mapped_column(Text)
     estimated_minutes: Mapped[int] = mapped_column(Integer)
+
+
+class Module(_PlanItem, Base):
+    __tablename__ = "plan_regen_modules"
+    __table_args__ = (UniqueConstraint("plan_id", "position"),)
+
+    plan_id: Mapped[str] = mapped_column(ForeignKey(Plan.id, ondelete="CASCADE"))
 
     plan: Mapped[Plan] = relationship(back_populates="modules")
     tasks: Mapped[list[Task]] = relationship(
@@ -99,16 +104,11 @@ class Module(Base):
     )
 
 
-class Task(Base):
+class Task(_PlanItem, Base):
     __tablename__ = "plan_regen_tasks"
     __table_args__ = (UniqueConstraint("module_id", "position"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     module_id: Mapped[int] = mapped_column(ForeignKey(Module.id, ondelete="CASCADE"))
-    position: Mapped[int] = mapped_column(Integer)
-    title: Mapped[str] = mapped_column(String(500))
-    description: Mapped[str | None] = mapped_column(Text)
-    estimated_minutes: Mapped[int] = mapped_column(Integer)
     week: Mapped[int | None] = mapped_column(Integer)
     due_date: Mapped[date | None] = mapped_column(Date)
 
