@@ -9,6 +9,8 @@ import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from limits import parse
+
 from .errors import ConfigurationError
 
 PREFIX = "PLAN_REGEN_"
@@ -45,6 +47,20 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_PAGE_SIZE": 20,
     "PLAN_REGEN_BUILTIN_DELAY": 0.0,
     "PLAN_REGEN_BUILTIN_FAILURE": None,
+    # Rate limit and monthly quota (docs/billing.md).
+    "PLAN_REGEN_RATE_LIMIT": "10/hour",
+    "PLAN_REGEN_TIER_RATE_LIMITS": {},
+    "PLAN_REGEN_MONTHLY_QUOTAS": {"free": 5, "starter": 10, "pro": 50},
+    # Tiers from Stripe (docs/billing.md); off while PLAN_REGEN_STRIPE_API_KEY is None.
+    "PLAN_REGEN_STRIPE_API_KEY": None,
+    "PLAN_REGEN_STRIPE_API_BASE": None,
+    "PLAN_REGEN_STRIPE_CUSTOMER_LOADER": None,
+    "PLAN_REGEN_STRIPE_MAX_NETWORK_RETRIES": 2,
+    "PLAN_REGEN_STRIPE_TIMEOUT": 10.0,
+    "PLAN_REGEN_STRIPE_PAST_DUE_KEEPS_TIER": True,
+    "PLAN_REGEN_TIER_CACHE_TTL": 300,
+    "PLAN_REGEN_STRIPE_WEBHOOK_SECRET": None,
+    "PLAN_REGEN_STRIPE_WEBHOOK_PATH": "/api/v1/billing/stripe/webhook",
 }
 
 HOOK_KEYS = (
@@ -53,9 +69,13 @@ HOOK_KEYS = (
     "PLAN_REGEN_TIER_RESOLVER",
     "PLAN_REGEN_PROVIDER",
     "PLAN_REGEN_STORE",
+    "PLAN_REGEN_STRIPE_CUSTOMER_LOADER",
 )
 
 BUILTIN_FAILURES = ("validation", "provider_error", "rate_limit", "timeout", "invalid_json")
+
+UNLIMITED = "unlimited"
+RATE_FORMAT = "a rate such as '10/hour' or '10 per hour'"
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -120,6 +140,8 @@ def validate(config: Mapping[str, Any]) -> None:
         f"None or one of {', '.join(BUILTIN_FAILURES)}",
         config,
     )
+    _check_limits(config, tiers)
+    _check_stripe(config)
 
 
 def _check_queues(config: Mapping[str, Any]) -> None:
@@ -150,6 +172,80 @@ def _check_queues(config: Mapping[str, Any]) -> None:
         "PLAN_REGEN_QUEUES",
         "a list of [queue name, lowest priority] pairs, highest priority first, with "
         "distinct names (letters, digits, '_' and '-') and the last threshold <= 0",
+        config,
+    )
+
+
+def _check_limits(config: Mapping[str, Any], tiers: Mapping[str, Any]) -> None:
+    _check(_is_rate(config["PLAN_REGEN_RATE_LIMIT"]), "PLAN_REGEN_RATE_LIMIT", RATE_FORMAT, config)
+    per_tier = config["PLAN_REGEN_TIER_RATE_LIMITS"]
+    _check(
+        isinstance(per_tier, Mapping)
+        and all(tier in tiers and _is_rate(rate) for tier, rate in per_tier.items()),
+        "PLAN_REGEN_TIER_RATE_LIMITS",
+        f"a mapping of tier (one of {', '.join(sorted(tiers))}) to {RATE_FORMAT}",
+        config,
+    )
+    quotas = config["PLAN_REGEN_MONTHLY_QUOTAS"]
+    _check(
+        isinstance(quotas, Mapping)
+        and set(quotas) == set(tiers)
+        and all(q == UNLIMITED or (_is_int(q) and q >= 0) for q in quotas.values()),
+        "PLAN_REGEN_MONTHLY_QUOTAS",
+        f"a mapping of every tier ({', '.join(sorted(tiers))}) to a non-negative integer "
+        f"or {UNLIMITED!r}",
+        config,
+    )
+
+
+def _is_rate(value: Any) -> bool:
+    """One ``limits`` rate string (several joined by ';' are not supported)."""
+    if not isinstance(value, str) or ";" in value:
+        return False
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_stripe(config: Mapping[str, Any]) -> None:
+    api_key = config["PLAN_REGEN_STRIPE_API_KEY"]
+    _check(
+        api_key is None or (isinstance(api_key, str) and api_key.startswith(("sk_", "rk_"))),
+        "PLAN_REGEN_STRIPE_API_KEY",
+        "None or a Stripe secret or restricted key ('sk_...' / 'rk_...')",
+        config,
+    )
+    base = config["PLAN_REGEN_STRIPE_API_BASE"]
+    _check(
+        base is None or (isinstance(base, str) and base.startswith(("http://", "https://"))),
+        "PLAN_REGEN_STRIPE_API_BASE",
+        "None (Stripe's own API) or an http(s):// URL",
+        config,
+    )
+    _check_int(config, "PLAN_REGEN_STRIPE_MAX_NETWORK_RETRIES", minimum=0, maximum=10)
+    _check_number(config, "PLAN_REGEN_STRIPE_TIMEOUT", minimum=0.1)
+    _check_bool(config, "PLAN_REGEN_STRIPE_PAST_DUE_KEEPS_TIER")
+    _check_int(config, "PLAN_REGEN_TIER_CACHE_TTL", minimum=1)
+    secret = config["PLAN_REGEN_STRIPE_WEBHOOK_SECRET"]
+    _check(
+        secret is None or (isinstance(secret, str) and secret.startswith("whsec_")),
+        "PLAN_REGEN_STRIPE_WEBHOOK_SECRET",
+        "None or the endpoint's signing secret ('whsec_...')",
+        config,
+    )
+    _check(
+        secret is None or api_key is not None,
+        "PLAN_REGEN_STRIPE_WEBHOOK_SECRET",
+        "None while PLAN_REGEN_STRIPE_API_KEY is None (the webhook reads tiers from Stripe)",
+        config,
+    )
+    path = config["PLAN_REGEN_STRIPE_WEBHOOK_PATH"]
+    _check(
+        isinstance(path, str) and path.startswith("/") and "<" not in path,
+        "PLAN_REGEN_STRIPE_WEBHOOK_PATH",
+        "a URL path starting with '/'",
         config,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
@@ -14,11 +14,24 @@ from rq.serializers import JSONSerializer
 
 from . import config as settings
 from .errors import ApiError, ConfigurationError
-from .hooks import F, PlanLoader, TierResolver, default_tier, deny_all, load_object
+from .hooks import (
+    F,
+    PlanLoader,
+    StripeCustomerLoader,
+    TierResolver,
+    default_tier,
+    deny_all,
+    load_object,
+    no_customer_loader,
+)
 from .models import metadata
 from .providers import BuiltinProvider, GenerationProvider
+from .ratelimit import RegenRateLimiter
 from .store import PlanStore, SQLAlchemyPlanStore
 from .types import PlanInput
+
+if TYPE_CHECKING:
+    from .billing import StripeBilling
 
 EXTENSION_KEY = "plan_regen"
 
@@ -33,6 +46,8 @@ class RegenState:
     provider: GenerationProvider
     redis: Redis
     config_hooks: dict[str, Any]
+    rate_limiter: RegenRateLimiter
+    billing: StripeBilling | None = None
     url_prefixes: list[str] = dataclasses.field(default_factory=list)
     engine_pid: int = dataclasses.field(default_factory=os.getpid)
     _queues: dict[str, Queue] = dataclasses.field(default_factory=dict)
@@ -56,9 +71,19 @@ class RegenState:
 
     def resolve_tier(self, user_id: str) -> str:
         resolver: TierResolver = self.hook(
-            "PLAN_REGEN_TIER_RESOLVER", self.extension._tier_resolver, default_tier
+            "PLAN_REGEN_TIER_RESOLVER",
+            self.extension._tier_resolver,
+            self.billing.resolve_tier if self.billing else default_tier,
         )
         return resolver(user_id)
+
+    def stripe_customer_id(self, user_id: str) -> str | None:
+        loader: StripeCustomerLoader = self.hook(
+            "PLAN_REGEN_STRIPE_CUSTOMER_LOADER",
+            self.extension._stripe_customer_loader,
+            no_customer_loader,
+        )
+        return loader(user_id)
 
     def queue(self, name: str) -> Queue:
         if name not in self._queues:
@@ -94,6 +119,7 @@ class PlanRegen:
         self._auth_handler: Any = None
         self._plan_loader: Any = None
         self._tier_resolver: Any = None
+        self._stripe_customer_loader: Any = None
         if app is not None:
             self.init_app(app, db=db, store=store, provider=provider)
 
@@ -121,26 +147,34 @@ class PlanRegen:
                 "PLAN_REGEN_AUTH_HANDLER",
                 "PLAN_REGEN_PLAN_LOADER",
                 "PLAN_REGEN_TIER_RESOLVER",
+                "PLAN_REGEN_STRIPE_CUSTOMER_LOADER",
             )
             if app.config[key] is not None
         }
         timeout = float(app.config["PLAN_REGEN_REDIS_TIMEOUT"])
+        redis = Redis.from_url(
+            app.config["PLAN_REGEN_REDIS_URL"],
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+        )
         app.extensions[EXTENSION_KEY] = RegenState(
             extension=self,
             db=db,
             store=self._make_store(app, db, store or self._store),
             provider=self._make_provider(app, provider or self._provider),
-            redis=Redis.from_url(
-                app.config["PLAN_REGEN_REDIS_URL"],
-                socket_connect_timeout=timeout,
-                socket_timeout=timeout,
-            ),
+            redis=redis,
             config_hooks=config_hooks,
+            rate_limiter=RegenRateLimiter(redis, app.config),
+            billing=self._make_billing(app, redis),
         )
         from .cli import plan_regen_cli
         from .routes import json_routing_errors
 
         app.before_request(json_routing_errors)
+        if app.config["PLAN_REGEN_STRIPE_WEBHOOK_SECRET"]:
+            from .webhooks import register_webhook
+
+            register_webhook(app)
         if "plan-regen" not in app.cli.commands:
             app.cli.add_command(plan_regen_cli)
 
@@ -155,6 +189,19 @@ class PlanRegen:
         if not isinstance(chosen, PlanStore):
             raise ConfigurationError("PLAN_REGEN_STORE does not implement PlanStore.")
         return chosen
+
+    @staticmethod
+    def _make_billing(app: Flask, redis: Redis) -> StripeBilling | None:
+        if app.config["PLAN_REGEN_STRIPE_API_KEY"] is None:
+            return None
+        try:
+            from .billing import StripeBilling
+        except ImportError as error:
+            raise ConfigurationError(
+                "PLAN_REGEN_STRIPE_API_KEY needs the stripe package: "
+                f"pip install 'flask-plan-regen[stripe]' ({error})"
+            ) from error
+        return StripeBilling(redis, app.config)
 
     @staticmethod
     def _make_provider(app: Flask, provider: GenerationProvider | None) -> GenerationProvider:
@@ -181,6 +228,11 @@ class PlanRegen:
     def tier_resolver(self, func: F) -> F:
         """Register ``(user_id) -> tier name``."""
         self._tier_resolver = func
+        return func
+
+    def stripe_customer_loader(self, func: F) -> F:
+        """Register ``(user_id) -> Stripe customer id or None`` (used with Stripe tiers)."""
+        self._stripe_customer_loader = func
         return func
 
     @staticmethod

@@ -20,6 +20,9 @@ PlanLoader = Callable[[str], PlanInput | None]
 TierResolver = Callable[[str], str]
 """``(user_id) -> tier name``, a key of ``PLAN_REGEN_TIER_PRIORITY``."""
 
+StripeCustomerLoader = Callable[[str], str | None]
+"""``(user_id) -> Stripe customer id`` (``cus_...``), or ``None`` for a user with none."""
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 NO_AUTH_HANDLER = (
@@ -41,6 +44,15 @@ def load_object(value: Any, key: str) -> Any:
 def deny_all() -> str | None:
     """The default auth handler: nobody is authenticated until the host says how."""
     raise ApiError(401, "UNAUTHORIZED", NO_AUTH_HANDLER)
+
+
+def no_customer_loader(user_id: str) -> str | None:
+    """The default while Stripe is configured but no customer loader is: a setup error."""
+    raise ConfigurationError(
+        "PLAN_REGEN_STRIPE_API_KEY is set but no Stripe customer loader is: register "
+        "@regen.stripe_customer_loader (or set PLAN_REGEN_STRIPE_CUSTOMER_LOADER) returning "
+        "the user's Stripe customer id."
+    )
 
 
 def default_tier(user_id: str) -> str:

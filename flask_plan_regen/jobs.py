@@ -21,6 +21,7 @@ from .extension import RegenState, get_state
 from .models import GenerationAttempt, Regeneration, utcnow
 from .output import parse_output
 from .providers import GenerationRequest, GenerationResult
+from .quota import refund_failed
 from .schemas import OverridesSchema
 
 logger = logging.getLogger("flask_plan_regen.jobs")
@@ -211,4 +212,5 @@ def finish_failed(
         },
     ]
     regeneration.finished_at = utcnow()
+    refund_failed(state, regeneration, error.failure_class)
     state.db.session.commit()

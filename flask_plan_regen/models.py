@@ -147,6 +147,8 @@ class Regeneration(Base):
     error: Mapped[str | None] = mapped_column(Text)
     error_history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The month ("2026-11") whose quota this regeneration used; NULL once refunded.
+    quota_period: Mapped[str | None] = mapped_column(String(7))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -185,3 +187,13 @@ class GenerationAttempt(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     regeneration: Mapped[Regeneration] = relationship(back_populates="attempt_rows")
+
+
+class Usage(Base):
+    """Regenerations a user has used in one calendar month (UTC): the monthly quota."""
+
+    __tablename__ = "plan_regen_usage"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)  # "2026-11"
+    used: Mapped[int] = mapped_column(Integer, default=0)

@@ -27,6 +27,7 @@ def submit_regeneration(
     priority: int,
     queue: str,
     kind: str = "regeneration",
+    quota_period: str | None = None,
 ) -> Regeneration:
     """Insert a pending regeneration and enqueue its job, or raise an :class:`ApiError`.
 
@@ -46,6 +47,7 @@ def submit_regeneration(
         queue=queue,
         attempts=0,
         error_history=[],
+        quota_period=quota_period,
     )
     session.add(regeneration)
     try:

@@ -16,6 +16,8 @@ from .extension import RegenState, get_state
 from .models import GenerationAttempt, Regeneration
 from .priority import compute_priority, queue_for_priority
 from .queueing import submit_regeneration
+from .quota import monthly_usage, reserve
+from .ratelimit import add_rate_limit_headers, enforce_rate_limit, rate_limit_usage
 from .schemas import OverridesSchema, PaginationSchema, RegenerateRequestSchema, field_errors
 from .serializers import regeneration_document
 from .types import PlanInput
@@ -24,6 +26,7 @@ logger = logging.getLogger("flask_plan_regen")
 
 regen_bp = Blueprint("plan_regen", __name__, url_prefix="/api/v1")
 """The package's routes; register it after ``PlanRegen.init_app``."""
+regen_bp.after_request(add_rate_limit_headers)
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -137,6 +140,15 @@ def check_dates(plan: PlanInput) -> None:
         )
 
 
+def ensure_enabled() -> None:
+    if not current_app.config["PLAN_REGEN_ENABLED"]:
+        raise ApiError(
+            503,
+            "REGENERATION_DISABLED",
+            "Plan regeneration is switched off for now; nothing was queued. Try again later.",
+        )
+
+
 def accepted(state: RegenState, regeneration: Regeneration) -> Response:
     response = jsonify(
         generationId=regeneration.id,
@@ -159,24 +171,41 @@ def regenerate(plan_id: str) -> Response:
     """Queue a regeneration of the caller's plan, with optional overrides."""
     state = get_state()
     user_id = state.authenticate()
+    enforce_rate_limit(state, user_id)
     body = read_json_body(state)
     overrides = load_body(RegenerateRequestSchema(), body, "Invalid overrides.")["overrides"]
+    ensure_enabled()
     plan = owned_plan(state, plan_id, user_id)
     merged = plan.with_overrides(overrides)
     check_dates(merged)
     config = current_app.config
     tier = state.resolve_tier(user_id)
     priority = compute_priority(tier, merged.topic, config)
-    regeneration = submit_regeneration(
-        state,
-        plan_id=plan.id,
-        user_id=user_id,
-        overrides=OverridesSchema().dump(overrides),
-        tier=tier,
-        priority=priority,
-        queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
-    )
+    with reserve(state, user_id, tier) as reservation:
+        regeneration = submit_regeneration(
+            state,
+            plan_id=plan.id,
+            user_id=user_id,
+            overrides=OverridesSchema().dump(overrides),
+            tier=tier,
+            priority=priority,
+            queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
+            quota_period=reservation.period,
+        )
     return accepted(state, regeneration)
+
+
+@regen_bp.get("/usage")
+def usage() -> Response:
+    """The caller's tier, rate limit and monthly quota."""
+    state = get_state()
+    user_id = state.authenticate()
+    tier = state.resolve_tier(user_id)
+    return jsonify(
+        tier=tier,
+        monthly=monthly_usage(state, user_id, tier),
+        rateLimit=rate_limit_usage(state, user_id, tier),
+    )
 
 
 @regen_bp.get("/plans/<plan_id>/regenerations/<generation_id>")

@@ -23,7 +23,10 @@ from werkzeug.serving import make_server
 from examples.host_app import create_app, db
 from flask_plan_regen import get_state, metadata
 
-pytest_plugins = ["servers"]  # redis_url, postgres_url, postgres_server, worker_procs
+pytest_plugins = [
+    "servers",  # redis_url, postgres_url, postgres_server, worker_procs
+    "stripe_server",  # localstripe_url, stripe_client, customers, subscribe, stripe_app
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALICE = {"X-User-Id": "alice"}
@@ -76,9 +79,11 @@ def app(
 
 
 @pytest.fixture
-def pg_app(postgres_url: str, redis_url: str, redis_conn: redis.Redis) -> Iterator[Flask]:
+def pg_app(
+    postgres_url: str, redis_url: str, redis_conn: redis.Redis, app_config: dict[str, Any]
+) -> Iterator[Flask]:
     """The example host app on the real PostgreSQL, with empty tables."""
-    app = build_app(postgres_url, redis_url)
+    app = build_app(postgres_url, redis_url, **app_config)
     with app.app_context():
         tables = ", ".join(metadata.tables)
         with db.engine.begin() as conn:

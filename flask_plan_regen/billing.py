@@ -1,0 +1,190 @@
+"""Subscription tiers from Stripe: the built-in tier resolver and its Redis cache.
+
+A user's tier is the ``metadata.tier`` of the product behind the subscription
+items of their Stripe customer (the host maps users to customers with
+``@regen.stripe_customer_loader``). Only entitled subscriptions count: active
+or trialing, and past_due while ``PLAN_REGEN_STRIPE_PAST_DUE_KEEPS_TIER``; no
+entitled subscription gives ``PLAN_REGEN_DEFAULT_TIER`` (free). Tiers are
+cached in Redis for ``PLAN_REGEN_TIER_CACHE_TTL`` seconds, and a long-lived
+"last known" copy is what a request gets while Stripe cannot be reached.
+Requires the ``stripe`` extra: ``pip install 'flask-plan-regen[stripe]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import stripe
+from redis import Redis, RedisError
+
+from .extension import get_state
+
+logger = logging.getLogger("flask_plan_regen.billing")
+
+CACHE_KEY = "plan_regen:tier:"
+LAST_KNOWN_KEY = "plan_regen:tier_last_known:"
+LAST_KNOWN_TTL = 90 * 24 * 3600
+ENTITLED_STATUSES = frozenset({"active", "trialing"})
+
+
+def is_entitled(subscription: Mapping[str, Any], *, past_due_keeps_tier: bool, now: float) -> bool:
+    """Whether a subscription (a plain dict) gives its tier right now."""
+    status = subscription.get("status")
+    if status == "past_due":
+        return past_due_keeps_tier
+    if status not in ENTITLED_STATUSES:
+        return False
+    # Cancelled at period end: Stripe keeps it active until the period ends,
+    # then cancels it; don't trust a stale "active" past that moment.
+    end = period_end(subscription)
+    return not (subscription.get("cancel_at_period_end") and end is not None and end <= now)
+
+
+def period_end(subscription: Mapping[str, Any]) -> int | None:
+    """The current period's end: on the items in recent API versions, else on the subscription."""
+    ends = [item.get("current_period_end") for item in subscription_items(subscription)]
+    known = [end for end in [*ends, subscription.get("current_period_end")] if end is not None]
+    return int(min(known)) if known else None
+
+
+def subscription_items(subscription: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    items = subscription.get("items") or {}
+    return list(items.get("data") or [])
+
+
+def item_product(item: Mapping[str, Any]) -> str | Mapping[str, Any] | None:
+    """The product id (or expanded product) of an item's price, or of its legacy plan.
+
+    Read defensively: some Stripe fakes (localstripe) know plans but no prices.
+    """
+    for key in ("price", "plan"):
+        priced = item.get(key)
+        if isinstance(priced, Mapping) and priced.get("product"):
+            product: str | Mapping[str, Any] = priced["product"]
+            return product
+    return None
+
+
+def best_tier(tiers: Iterable[str], priorities: Mapping[str, int]) -> str | None:
+    """The tier with the highest priority, for customers with several subscriptions."""
+    return max(tiers, key=lambda tier: priorities[tier], default=None)
+
+
+class StripeBilling:
+    """The Stripe client, the tier cache and the tier resolver of one app."""
+
+    def __init__(self, redis: Redis, config: Mapping[str, Any]) -> None:
+        base = config["PLAN_REGEN_STRIPE_API_BASE"]
+        self.client = stripe.StripeClient(
+            config["PLAN_REGEN_STRIPE_API_KEY"],
+            base_addresses={"api": base} if base else None,
+            max_network_retries=config["PLAN_REGEN_STRIPE_MAX_NETWORK_RETRIES"],
+            http_client=stripe.RequestsClient(timeout=config["PLAN_REGEN_STRIPE_TIMEOUT"]),
+        )
+        self.redis = redis
+        self.webhook_secret: str | None = config["PLAN_REGEN_STRIPE_WEBHOOK_SECRET"]
+        self.cache_ttl = int(config["PLAN_REGEN_TIER_CACHE_TTL"])
+        self.past_due_keeps_tier = bool(config["PLAN_REGEN_STRIPE_PAST_DUE_KEEPS_TIER"])
+        self.default_tier = str(config["PLAN_REGEN_DEFAULT_TIER"])
+        self.priorities: Mapping[str, int] = config["PLAN_REGEN_TIER_PRIORITY"]
+
+    def resolve_tier(self, user_id: str) -> str:
+        """The tier resolver used while Stripe is configured: never raises for Stripe."""
+        customer_id = get_state().stripe_customer_id(user_id)
+        return self.tier_for_customer(customer_id) if customer_id else self.default_tier
+
+    def tier_for_customer(self, customer_id: str) -> str:
+        """Cached tier, else Stripe's; if Stripe fails, the last known tier, else the default."""
+        cached = self._cache_get(CACHE_KEY + customer_id)
+        if cached is not None:
+            return cached
+        try:
+            return self.refresh(customer_id)
+        except stripe.StripeError as error:
+            last_known = self._cache_get(LAST_KNOWN_KEY + customer_id)
+            fallback = last_known or self.default_tier
+            logger.warning(
+                "Stripe unavailable for customer %s (%s: %s); using the %s tier %r",
+                customer_id,
+                type(error).__name__,
+                error,
+                "last known" if last_known else "default",
+                fallback,
+            )
+            return fallback
+
+    def refresh(self, customer_id: str) -> str:
+        """Read the customer's tier from Stripe now and cache it. Raises ``StripeError``."""
+        tier, ttl = self.fetch_tier(customer_id)
+        try:
+            pipe = self.redis.pipeline()
+            pipe.set(CACHE_KEY + customer_id, tier, ex=ttl)
+            pipe.set(LAST_KNOWN_KEY + customer_id, tier, ex=LAST_KNOWN_TTL)
+            pipe.execute()
+        except RedisError as error:
+            logger.warning("tier cache not written, Redis unavailable: %s", error)
+        return tier
+
+    def forget(self, customer_id: str) -> None:
+        """Drop the cached tier (not the last known one) so the next request asks Stripe."""
+        try:
+            self.redis.delete(CACHE_KEY + customer_id)
+        except RedisError as error:
+            logger.warning("tier cache not cleared, Redis unavailable: %s", error)
+
+    def fetch_tier(self, customer_id: str) -> tuple[str, int]:
+        """``(tier, seconds to cache it)`` from the customer's subscriptions in Stripe."""
+        now = time.time()
+        ttl = self.cache_ttl
+        tiers: list[str] = []
+        product_tiers: dict[str, str | None] = {}
+        listing = self.client.v1.subscriptions.list(
+            params={"customer": customer_id, "status": "all", "limit": 100}
+        )
+        for subscription in (entry.to_dict() for entry in listing.auto_paging_iter()):
+            if not is_entitled(subscription, past_due_keeps_tier=self.past_due_keeps_tier, now=now):
+                continue
+            end = period_end(subscription)
+            if subscription.get("cancel_at_period_end") and end is not None:
+                ttl = max(1, min(ttl, int(end - now)))  # re-read when the tier lapses
+            for item in subscription_items(subscription):
+                tier = self._product_tier(item_product(item), product_tiers)
+                if tier is not None:
+                    tiers.append(tier)
+        return best_tier(tiers, self.priorities) or self.default_tier, ttl
+
+    def _product_tier(
+        self, product: str | Mapping[str, Any] | None, seen: dict[str, str | None]
+    ) -> str | None:
+        if product is None:
+            return None
+        if isinstance(product, str):
+            if product not in seen:
+                seen[product] = self._tier_of(self.client.v1.products.retrieve(product).to_dict())
+            return seen[product]
+        return self._tier_of(product)
+
+    def _tier_of(self, product: Mapping[str, Any]) -> str | None:
+        tier = (product.get("metadata") or {}).get("tier")
+        if tier is None:
+            return None
+        if tier not in self.priorities:
+            logger.warning(
+                "Stripe product %s has metadata.tier %r, not one of %s; ignored",
+                product.get("id"),
+                tier,
+                sorted(self.priorities),
+            )
+            return None
+        return str(tier)
+
+    def _cache_get(self, key: str) -> str | None:
+        try:
+            value = self.redis.get(key)
+        except RedisError as error:
+            logger.warning("tier cache not read, Redis unavailable: %s", error)
+            return None
+        return value.decode() if isinstance(value, bytes) else None

@@ -1,0 +1,164 @@
+"""The monthly regeneration quota per tier, counted in the database.
+
+A reservation is one conditional ``UPDATE ... SET used = used + 1 WHERE used <
+limit`` on the user's ``plan_regen_usage`` row for the month, so concurrent
+requests (any number of web processes) can never take more than the limit.
+The quota is given back when a request ends without being queued, and when a
+regeneration fails for a reason that is ours rather than the user's
+(:data:`REFUNDED_FAILURES`); a regeneration is refunded at most once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import current_app
+from flask_sqlalchemy.session import Session
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import scoped_session
+
+from .config import UNLIMITED
+from .errors import ApiError
+from .extension import RegenState
+from .models import Regeneration, Usage
+
+REFUNDED_FAILURES: frozenset[str] = frozenset({"provider_error", "rate_limit", "timeout"})
+"""Failure classes that give the quota back: the provider's fault, not the user's."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """One regeneration counted against ``user_id``'s quota for ``period``."""
+
+    user_id: str
+    period: str
+
+
+def current_period(now: datetime | None = None) -> str:
+    """The calendar month (UTC) as ``"YYYY-MM"``."""
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m")
+
+
+def period_resets_at(period: str) -> str:
+    """When the month after ``period`` starts, as an ISO 8601 UTC timestamp."""
+    year, month = (int(part) for part in period.split("-"))
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return datetime(year, month, 1, tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def monthly_limit(tier: str, config: Mapping[str, Any]) -> int | None:
+    """The tier's monthly quota; ``None`` for unlimited."""
+    limit = config["PLAN_REGEN_MONTHLY_QUOTAS"][tier]
+    return None if limit == UNLIMITED else int(limit)
+
+
+@contextmanager
+def reserve(state: RegenState, user_id: str, tier: str) -> Iterator[Reservation]:
+    """Take one regeneration from this month's quota, or answer 429 ``QUOTA_EXCEEDED``.
+
+    The reservation is committed at once; if the ``with`` block raises (the
+    request ends without a queued job: 409 duplicate, 503 queue down, ...),
+    it is given back before the error propagates.
+    """
+    session = state.db.session
+    period = current_period()
+    limit = monthly_limit(tier, current_app.config)
+    _ensure_usage_row(session, user_id, period)
+    statement = (
+        update(Usage)
+        .where(Usage.user_id == user_id, Usage.period == period)
+        .values(used=Usage.used + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if limit is not None:
+        statement = statement.where(Usage.used < limit)
+    reserved = bool(getattr(session.execute(statement), "rowcount", 0))
+    session.commit()
+    if not reserved:
+        raise ApiError(
+            429,
+            "QUOTA_EXCEEDED",
+            f"The monthly regeneration quota of the {tier} tier ({limit}) is used up.",
+            details={"limit": limit, "remaining": 0, "resetsAt": period_resets_at(period)},
+        )
+    reservation = Reservation(user_id=user_id, period=period)
+    try:
+        yield reservation
+    except BaseException:
+        session.rollback()
+        _give_back(session, reservation)
+        session.commit()
+        raise
+
+
+def refund_failed(state: RegenState, regeneration: Regeneration, failure_class: str) -> bool:
+    """Give back the quota of a regeneration that failed for a reason of ours.
+
+    Call it when the regeneration has failed for good (after its last retry),
+    before committing that outcome: the refund commits with it. Clearing
+    ``quota_period`` with a conditional UPDATE makes a second call a no-op.
+    """
+    period = regeneration.quota_period
+    if failure_class not in REFUNDED_FAILURES or period is None:
+        return False
+    session = state.db.session
+    cleared = session.execute(
+        update(Regeneration)
+        .where(Regeneration.id == regeneration.id, Regeneration.quota_period.is_not(None))
+        .values(quota_period=None)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(cleared, "rowcount", 0):
+        return False
+    _give_back(session, Reservation(user_id=regeneration.user_id, period=period))
+    return True
+
+
+def monthly_usage(state: RegenState, user_id: str, tier: str) -> dict[str, Any]:
+    """``{limit, used, remaining, resetsAt, period}`` for ``GET /usage``."""
+    period = current_period()
+    row = state.db.session.get(Usage, (user_id, period))
+    used = row.used if row is not None else 0
+    limit = monthly_limit(tier, current_app.config)
+    return {
+        "period": period,
+        "limit": limit,
+        "used": used,
+        "remaining": None if limit is None else max(limit - used, 0),
+        "resetsAt": period_resets_at(period),
+    }
+
+
+def _ensure_usage_row(session: scoped_session[Session], user_id: str, period: str) -> None:
+    """Insert the month's row with ``used = 0`` unless it exists (race-free)."""
+    values = {"user_id": user_id, "period": period, "used": 0}
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        session.execute(insert(Usage).values(**values).on_conflict_do_nothing())
+        return
+    # Other databases: a savepoint absorbs the duplicate-key error of a concurrent insert.
+    try:
+        with session.begin_nested():
+            session.add(Usage(**values))
+    except IntegrityError:
+        pass
+
+
+def _give_back(session: scoped_session[Session], reservation: Reservation) -> None:
+    session.execute(
+        update(Usage)
+        .where(
+            Usage.user_id == reservation.user_id,
+            Usage.period == reservation.period,
+            Usage.used > 0,
+        )
+        .values(used=Usage.used - 1)
+        .execution_options(synchronize_session=False)
+    )

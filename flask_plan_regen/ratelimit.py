@@ -1,0 +1,139 @@
+"""The per-user rate limit on regeneration requests, counted in Redis.
+
+A moving window of the ``limits`` library (one atomic Lua script per hit on
+the package's Redis), so it holds across any number of web processes. If
+Redis cannot be reached the request is let through with a warning: the queue
+lives in the same Redis, so the request ends in 503 ``QUEUE_UNAVAILABLE``
+anyway, with its quota given back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from flask import Response, g
+from limits import RateLimitItem, parse
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+from redis import Redis, RedisError
+
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .extension import RegenState
+
+logger = logging.getLogger("flask_plan_regen.ratelimit")
+
+KEY_PREFIX = "plan_regen_limits"
+_G_KEY = "plan_regen_rate_limit"
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimitStatus:
+    """Where a user stands in their current window."""
+
+    limit: int
+    remaining: int
+    reset_after: int  # seconds until a request is allowed again / the window frees up
+    window: str
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_after),
+        }
+
+
+class RegenRateLimiter:
+    """``PLAN_REGEN_RATE_LIMIT`` per user, or the user's tier's ``PLAN_REGEN_TIER_RATE_LIMITS``."""
+
+    def __init__(self, redis: Redis, config: Mapping[str, Any]) -> None:
+        storage = RedisStorage(
+            config["PLAN_REGEN_REDIS_URL"],
+            connection_pool=redis.connection_pool,
+            key_prefix=KEY_PREFIX,
+        )
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._default = parse(config["PLAN_REGEN_RATE_LIMIT"])
+        self._per_tier = {
+            tier: parse(rate) for tier, rate in config["PLAN_REGEN_TIER_RATE_LIMITS"].items()
+        }
+
+    @property
+    def depends_on_tier(self) -> bool:
+        return bool(self._per_tier)
+
+    def item(self, tier: str | None) -> RateLimitItem:
+        return self._per_tier.get(tier, self._default) if tier is not None else self._default
+
+    def hit(self, user_id: str, tier: str | None) -> tuple[bool, RateLimitStatus]:
+        """Count one request; ``(allowed, status after it)``. Raises ``RedisError``."""
+        item = self.item(tier)
+        allowed = self._limiter.hit(item, "regenerate", user_id)
+        return allowed, self.status(user_id, tier)
+
+    def status(self, user_id: str, tier: str | None) -> RateLimitStatus:
+        """The user's window without counting anything. Raises ``RedisError``."""
+        item = self.item(tier)
+        reset_time, remaining = self._limiter.get_window_stats(item, "regenerate", user_id)
+        return RateLimitStatus(
+            limit=item.amount,
+            remaining=max(remaining, 0),
+            reset_after=max(math.ceil(reset_time - time.time()), 0),
+            window=f"{item.multiples} {item.GRANULARITY.name}",
+        )
+
+
+def enforce_rate_limit(state: RegenState, user_id: str) -> None:
+    """Count this request; 429 ``RATE_LIMITED`` with ``Retry-After`` past the limit.
+
+    The status is kept on ``g`` so that :func:`add_rate_limit_headers` puts the
+    ``RateLimit-*`` headers on whatever this request finally answers.
+    """
+    limiter = state.rate_limiter
+    tier = state.resolve_tier(user_id) if limiter.depends_on_tier else None
+    try:
+        allowed, status = limiter.hit(user_id, tier)
+    except RedisError as error:
+        logger.warning("rate limit not checked, Redis unavailable: %s", error)
+        return
+    setattr(g, _G_KEY, status)
+    if not allowed:
+        retry_after = max(status.reset_after, 1)
+        raise ApiError(
+            429,
+            "RATE_LIMITED",
+            f"Too many regeneration requests: at most {status.limit} per {status.window}. "
+            f"Try again in {retry_after} s.",
+            details={"limit": status.limit, "retryAfter": retry_after},
+            headers={**status.headers(), "Retry-After": str(retry_after)},
+        )
+
+
+def add_rate_limit_headers(response: Response) -> Response:
+    """``after_request``: the ``RateLimit-*`` headers of a request that was counted."""
+    status: RateLimitStatus | None = g.get(_G_KEY)
+    if status is not None:
+        response.headers.update(status.headers())
+    return response
+
+
+def rate_limit_usage(state: RegenState, user_id: str, tier: str) -> dict[str, Any] | None:
+    """``{limit, window, remaining, resetsIn}`` for ``GET /usage``; ``None`` if Redis is down."""
+    try:
+        status = state.rate_limiter.status(user_id, tier)
+    except RedisError as error:
+        logger.warning("rate limit status unavailable, Redis unavailable: %s", error)
+        return None
+    return {
+        "limit": status.limit,
+        "window": status.window,
+        "remaining": status.remaining,
+        "resetsIn": status.reset_after,
+    }
