@@ -18,6 +18,16 @@ from flask_plan_regen import Regeneration, get_state
 pytestmark = pytest.mark.postgres
 
 
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    # Twenty requests from one user: keep the rate limit and the monthly quota (each
+    # reserved before the 409 and given back after it) out of the way.
+    return {
+        "PLAN_REGEN_RATE_LIMIT": "100/hour",
+        "PLAN_REGEN_MONTHLY_QUOTAS": {"free": "unlimited", "starter": 10, "pro": 50},
+    }
+
+
 def test_twenty_simultaneous_requests_for_one_plan_give_exactly_one_202(pg_app: Flask) -> None:
     plan_id = plan_factory(pg_app)()
     barrier = threading.Barrier(20)
