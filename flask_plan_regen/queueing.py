@@ -83,15 +83,28 @@ def enqueue_job(state: RegenState, regeneration: Regeneration) -> Job:
     )
 
 
-def already_queued(state: RegenState, plan_id: str) -> ApiError:
-    active_id = state.db.session.scalar(
+def active_regeneration_id(state: RegenState, plan_id: str) -> str | None:
+    return state.db.session.scalar(
         select(Regeneration.id).where(
             Regeneration.plan_id == plan_id, Regeneration.status.in_(ACTIVE_STATUSES)
         )
     )
+
+
+def ensure_not_active(state: RegenState, plan_id: str) -> None:
+    """Answer 409 early when the plan is busy, before any quota is reserved.
+
+    Only a fast path: the unique index in :func:`submit_regeneration` is what
+    enforces the rule under concurrency.
+    """
+    if active_regeneration_id(state, plan_id) is not None:
+        raise already_queued(state, plan_id)
+
+
+def already_queued(state: RegenState, plan_id: str) -> ApiError:
     return ApiError(
         409,
         "REGENERATION_ALREADY_QUEUED",
         "This plan already has a regeneration pending or in progress.",
-        details={"generationId": active_id},
+        details={"generationId": active_regeneration_id(state, plan_id)},
     )

@@ -15,7 +15,7 @@ from .errors import ApiError
 from .extension import RegenState, get_state
 from .models import GenerationAttempt, Regeneration
 from .priority import compute_priority, queue_for_priority
-from .queueing import submit_regeneration
+from .queueing import ensure_not_active, submit_regeneration
 from .quota import monthly_usage, reserve
 from .ratelimit import add_rate_limit_headers, enforce_rate_limit, rate_limit_usage
 from .schemas import OverridesSchema, PaginationSchema, RegenerateRequestSchema, field_errors
@@ -178,6 +178,7 @@ def regenerate(plan_id: str) -> Response:
     plan = owned_plan(state, plan_id, user_id)
     merged = plan.with_overrides(overrides)
     check_dates(merged)
+    ensure_not_active(state, plan.id)
     config = current_app.config
     tier = state.resolve_tier(user_id)
     priority = compute_priority(tier, merged.topic, config)

@@ -259,3 +259,21 @@ def test_a_failing_hook_is_a_json_500_never_a_stack_trace(
     assert response.status_code == 500
     assert response.json == {"error": "An internal error occurred.", "code": "INTERNAL_ERROR"}
     assert b"secret" not in response.data
+
+
+def test_the_database_not_the_pre_check_enforces_one_active_regeneration(
+    app: Flask, make_plan: Callable[..., str]
+) -> None:
+    from flask_plan_regen.errors import ApiError
+    from flask_plan_regen.queueing import submit_regeneration
+
+    plan_id = make_plan()
+    fields: dict[str, Any] = {"user_id": "alice", "overrides": {}, "tier": "free",
+                              "priority": 1, "queue": "plan_regen_low"}  # fmt: skip
+    with app.app_context():
+        first = submit_regeneration(get_state(), plan_id=plan_id, **fields)
+        with pytest.raises(ApiError) as raised:
+            submit_regeneration(get_state(), plan_id=plan_id, **fields)
+    assert raised.value.status == 409
+    assert raised.value.details == {"generationId": first.id}
+    assert regeneration_count(app) == 1
