@@ -271,9 +271,9 @@ def test_the_database_not_the_pre_check_enforces_one_active_regeneration(
     fields: dict[str, Any] = {"user_id": "alice", "overrides": {}, "tier": "free",
                               "priority": 1, "queue": "plan_regen_low"}  # fmt: skip
     with app.app_context():
-        first = submit_regeneration(get_state(), plan_id=plan_id, **fields)
+        first_id = submit_regeneration(get_state(), plan_id=plan_id, **fields).id
         with pytest.raises(ApiError) as raised:
             submit_regeneration(get_state(), plan_id=plan_id, **fields)
     assert raised.value.status == 409
-    assert raised.value.details == {"generationId": first.id}
+    assert raised.value.details == {"generationId": first_id}
     assert regeneration_count(app) == 1
