@@ -5,6 +5,7 @@ Every key starts with ``PLAN_REGEN_``; docs/configuration.md lists them all.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -42,7 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_PROVIDER": None,
     "PLAN_REGEN_STORE": None,
     "PLAN_REGEN_MAX_BODY_BYTES": 64 * 1024,
-    "PLAN_REGEN_JOB_TIMEOUT": 180,
+    # None: derived from the provider timeout (see job_timeout()).
+    "PLAN_REGEN_JOB_TIMEOUT": None,
     "PLAN_REGEN_RESULT_TTL": 24 * 3600,
     "PLAN_REGEN_PAGE_SIZE": 20,
     "PLAN_REGEN_BUILTIN_DELAY": 0.0,
@@ -61,7 +63,21 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_TIER_CACHE_TTL": 300,
     "PLAN_REGEN_STRIPE_WEBHOOK_SECRET": None,
     "PLAN_REGEN_STRIPE_WEBHOOK_PATH": "/api/v1/billing/stripe/webhook",
+    # The OpenAI-compatible provider (flask_plan_regen.openai_provider).
+    "PLAN_REGEN_PROVIDER_BASE_URL": None,
+    "PLAN_REGEN_PROVIDER_API_KEY": None,
+    "PLAN_REGEN_PROVIDER_MODEL": "gpt-4o-mini",
+    "PLAN_REGEN_PROVIDER_TIER_MODELS": {},
+    "PLAN_REGEN_PROVIDER_TIMEOUT": 120.0,
+    # Retries: attempts per regeneration, backoff min(cap, base * 2^(n-1)) +-25 %.
+    "PLAN_REGEN_MAX_ATTEMPTS": 3,
+    "PLAN_REGEN_RETRY_BACKOFF_BASE": 2.0,
+    "PLAN_REGEN_RETRY_BACKOFF_CAP": 300.0,
 }
+
+# What RQ's job timeout adds to the provider timeout, so that RQ never kills
+# a job whose provider call could still finish (and the job can still save).
+JOB_TIMEOUT_MARGIN = 60
 
 HOOK_KEYS = (
     "PLAN_REGEN_AUTH_HANDLER",
@@ -130,7 +146,18 @@ def validate(config: Mapping[str, Any]) -> None:
             config,
         )
     _check_int(config, "PLAN_REGEN_MAX_BODY_BYTES", minimum=1)
-    _check_int(config, "PLAN_REGEN_JOB_TIMEOUT", minimum=1)
+    _check_number(config, "PLAN_REGEN_PROVIDER_TIMEOUT", minimum=0.1)
+    provider_timeout = config["PLAN_REGEN_PROVIDER_TIMEOUT"]
+    _check(
+        config["PLAN_REGEN_JOB_TIMEOUT"] is None
+        or (
+            _is_int(config["PLAN_REGEN_JOB_TIMEOUT"])
+            and config["PLAN_REGEN_JOB_TIMEOUT"] > provider_timeout
+        ),
+        "PLAN_REGEN_JOB_TIMEOUT",
+        f"None (derived) or an integer above PLAN_REGEN_PROVIDER_TIMEOUT ({provider_timeout})",
+        config,
+    )
     _check_int(config, "PLAN_REGEN_RESULT_TTL", minimum=0)
     _check_int(config, "PLAN_REGEN_PAGE_SIZE", minimum=1, maximum=100)
     _check_number(config, "PLAN_REGEN_BUILTIN_DELAY", minimum=0)
@@ -142,6 +169,38 @@ def validate(config: Mapping[str, Any]) -> None:
     )
     _check_limits(config, tiers)
     _check_stripe(config)
+    _check_provider(config)
+    _check_int(config, "PLAN_REGEN_MAX_ATTEMPTS", minimum=1, maximum=10)
+    _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_BASE", minimum=0)
+    _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_CAP", minimum=0)
+
+
+def job_timeout(config: Mapping[str, Any]) -> int:
+    """RQ's job timeout: ``PLAN_REGEN_JOB_TIMEOUT``, else the provider timeout + a margin."""
+    configured = config["PLAN_REGEN_JOB_TIMEOUT"]
+    if configured is not None:
+        return int(configured)
+    return math.ceil(float(config["PLAN_REGEN_PROVIDER_TIMEOUT"])) + JOB_TIMEOUT_MARGIN
+
+
+def _check_provider(config: Mapping[str, Any]) -> None:
+    for key in ("PLAN_REGEN_PROVIDER_BASE_URL", "PLAN_REGEN_PROVIDER_API_KEY"):
+        _check(config[key] is None or isinstance(config[key], str), key, "None or a string", config)
+    _check(
+        isinstance(config["PLAN_REGEN_PROVIDER_MODEL"], str)
+        and bool(config["PLAN_REGEN_PROVIDER_MODEL"].strip()),
+        "PLAN_REGEN_PROVIDER_MODEL",
+        "a model name",
+        config,
+    )
+    models = config["PLAN_REGEN_PROVIDER_TIER_MODELS"]
+    _check(
+        isinstance(models, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in models.items()),
+        "PLAN_REGEN_PROVIDER_TIER_MODELS",
+        "a mapping of tier name to model name",
+        config,
+    )
 
 
 def _check_queues(config: Mapping[str, Any]) -> None:

@@ -14,14 +14,18 @@ from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
-from sqlalchemy import update
+from rq import Retry
+from rq.timeouts import JobTimeoutException
+from sqlalchemy import select, update
 
-from .errors import GenerationError, OutputValidationError, ProviderError
+from .errors import GenerationError, OutputValidationError, ProviderError, ProviderTimeout
 from .extension import RegenState, get_state
 from .models import GenerationAttempt, Regeneration, utcnow
 from .output import parse_output
+from .pacing import fit_to_schedule
 from .providers import GenerationRequest, GenerationResult
 from .quota import refund_failed
+from .retries import rq_retry, should_retry
 from .schemas import OverridesSchema
 
 logger = logging.getLogger("flask_plan_regen.jobs")
@@ -51,7 +55,7 @@ def worker_app() -> Flask:
     return _worker_app
 
 
-def run_regeneration(generation_id: str) -> dict[str, Any] | None:
+def run_regeneration(generation_id: str) -> dict[str, Any] | Retry | None:
     """RQ entry point: run one regeneration inside the host app's context."""
     with worker_app().app_context():
         state = get_state()
@@ -62,12 +66,19 @@ def run_regeneration(generation_id: str) -> dict[str, Any] | None:
             state.db.session.remove()
 
 
-def claim(state: RegenState, generation_id: str) -> bool:
-    """Move ``pending`` to ``processing``; ``False`` when someone else got there first."""
+def claim(state: RegenState, generation_id: str) -> int | None:
+    """Move ``pending`` to ``processing`` and count the attempt; return its number.
+
+    ``None`` when the row is not pending (finished, canceled, or another
+    delivery got there first). A pending row that has used up its attempts
+    is failed as ``capped`` instead of being run again.
+    """
     session = state.db.session
+    max_attempts = current_app.config["PLAN_REGEN_MAX_ATTEMPTS"]
+    pending = (Regeneration.id == generation_id, Regeneration.status == "pending")
     claimed = session.execute(
         update(Regeneration)
-        .where(Regeneration.id == generation_id, Regeneration.status == "pending")
+        .where(*pending, Regeneration.attempts < max_attempts)
         .values(
             status="processing",
             attempts=Regeneration.attempts + 1,
@@ -75,13 +86,36 @@ def claim(state: RegenState, generation_id: str) -> bool:
             updated_at=utcnow(),
         )
     )
+    attempt: int | None = None
+    if getattr(claimed, "rowcount", 0):
+        # Only this delivery can have moved the row off pending, so this read is ours.
+        attempt = session.scalar(
+            select(Regeneration.attempts).where(Regeneration.id == generation_id)
+        )
+    else:
+        session.execute(
+            update(Regeneration)
+            .where(*pending)
+            .values(
+                status="failed",
+                failure_class="capped",
+                error="The regeneration used up its attempts.",
+                finished_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
     session.commit()
-    return bool(getattr(claimed, "rowcount", 0))
+    return attempt
 
 
-def execute(state: RegenState, generation_id: str) -> dict[str, Any] | None:
-    """Run one claimed attempt of a regeneration; a no-op if it is not pending."""
-    if not claim(state, generation_id):
+def execute(state: RegenState, generation_id: str) -> dict[str, Any] | Retry | None:
+    """Run one attempt of a regeneration; a no-op if it is not pending.
+
+    Returns the success summary, an :class:`rq.Retry` when a retryable failure
+    has attempts left (the row is ``pending`` again by then), or ``None``.
+    """
+    attempt = claim(state, generation_id)
+    if attempt is None:
         logger.info("regeneration %s is not pending; nothing to do", generation_id)
         return None
     session = state.db.session
@@ -89,37 +123,33 @@ def execute(state: RegenState, generation_id: str) -> dict[str, Any] | None:
     assert regeneration is not None  # claimed just now
     plan = state.load_plan(regeneration.plan_id)
     if plan is None:
-        finish_failed(
-            state,
-            regeneration,
-            OutputValidationError(
-                "plan no longer exists", public_message="The plan no longer exists."
-            ),
-            None,
+        gone = OutputValidationError(
+            "plan no longer exists", public_message="The plan no longer exists."
         )
+        conclude_failure(state, regeneration, attempt, gone)
         return None
     overrides = OverridesSchema().load(regeneration.overrides)
     request = GenerationRequest(
         plan=plan.with_overrides(overrides),
         tier=regeneration.tier,
         generation_id=regeneration.id,
-        attempt=regeneration.attempts,
+        attempt=attempt,
     )
     started = time.monotonic()
     result: GenerationResult | None = None
     try:
         result = state.provider.generate(request)
         modules, adjustments = parse_output(result.content)
+        modules, schedule = fit_to_schedule(request.plan, modules, utcnow().date())
     except GenerationError as error:
-        record_attempt(state, regeneration, request, started, result, error=error)
-        finish_failed(state, regeneration, error, result)
-        return None
+        return fail_attempt(state, regeneration, request, started, result, error)
+    except JobTimeoutException:
+        timeout = ProviderTimeout("RQ job timeout reached during the provider call")
+        return fail_attempt(state, regeneration, request, started, result, timeout)
     except Exception as error:  # a provider bug must not leave the row processing
         logger.exception("provider %s raised", state.provider.name)
         wrapped = ProviderError(f"{type(error).__name__}: {error}")
-        record_attempt(state, regeneration, request, started, result, error=wrapped)
-        finish_failed(state, regeneration, wrapped, result)
-        return None
+        return fail_attempt(state, regeneration, request, started, result, wrapped)
 
     duration_ms = int((time.monotonic() - started) * 1000)
     summary = {
@@ -130,13 +160,30 @@ def execute(state: RegenState, generation_id: str) -> dict[str, Any] | None:
         "model": result.model,
     }
     try:
+        # The status change comes first and only applies to this very attempt:
+        # a cancel (or a recovery sweep) that got there first wins, and the
+        # row lock it takes makes a racing cancel wait for this transaction.
+        if not finish_attempt(
+            session,
+            regeneration.id,
+            attempt,
+            status="succeeded",
+            result=summary,
+            finished_at=utcnow(),
+        ):
+            session.rollback()
+            logger.info("regeneration %s attempt %s lost its claim", generation_id, attempt)
+            return None
         state.store.replace_content(regeneration.plan_id, modules)
         record_attempt(
-            state, regeneration, request, started, result, summary=summary, adjustments=adjustments
+            state,
+            regeneration,
+            request,
+            started,
+            result,
+            summary=summary,
+            adjustments={**adjustments, **schedule},
         )
-        regeneration.status = "succeeded"
-        regeneration.result = summary
-        regeneration.finished_at = utcnow()
         session.commit()
     except Exception as error:
         # Nothing of the new content was committed: the plan keeps its modules.
@@ -146,11 +193,86 @@ def execute(state: RegenState, generation_id: str) -> dict[str, Any] | None:
             f"saving failed: {type(error).__name__}",
             public_message="The generated plan could not be saved.",
         )
-        record_attempt(state, regeneration, request, started, result, error=failure)
-        finish_failed(state, regeneration, failure, result)
-        return None
+        return fail_attempt(state, regeneration, request, started, result, failure)
     logger.info("regeneration %s succeeded: %s", regeneration.id, summary)
     return summary
+
+
+def finish_attempt(session: Any, generation_id: str, attempt: int, **values: Any) -> bool:
+    """Apply ``values`` if attempt ``attempt`` still holds the row; ``False`` otherwise."""
+    changed = session.execute(
+        update(Regeneration)
+        .where(
+            Regeneration.id == generation_id,
+            Regeneration.status == "processing",
+            Regeneration.attempts == attempt,
+        )
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire_all()
+    return bool(getattr(changed, "rowcount", 0))
+
+
+def fail_attempt(
+    state: RegenState,
+    regeneration: Regeneration,
+    request: GenerationRequest,
+    started: float,
+    result: GenerationResult | None,
+    error: GenerationError,
+) -> Retry | None:
+    """Record a failed attempt; ask RQ for a retry when the policy allows one."""
+    record_attempt(state, regeneration, request, started, result, error=error)
+    return conclude_failure(state, regeneration, request.attempt, error)
+
+
+def conclude_failure(
+    state: RegenState, regeneration: Regeneration, attempt: int, error: GenerationError
+) -> Retry | None:
+    """Append ``error`` to the history; back to ``pending`` to retry, else ``failed``.
+
+    Commits the session (with whatever the caller added to it) only if
+    ``attempt`` still holds the row; the old modules stay either way.
+    """
+    config = current_app.config
+    retry = should_retry(error, attempt, config)
+    logger.warning(
+        "regeneration %s attempt %s failed (%s, %s): %s",
+        regeneration.id,
+        attempt,
+        error.failure_class,
+        "will retry" if retry else "final",
+        error,
+    )
+    history = [
+        *regeneration.error_history,
+        {
+            "attempt": attempt,
+            "class": error.failure_class,
+            "error": error.public_message,
+            "at": utcnow().isoformat(),
+        },
+    ]
+    outcome: dict[str, Any] = (
+        {"status": "pending"}
+        if retry
+        else {
+            "status": "failed",
+            "failure_class": error.failure_class,
+            "error": error.public_message,
+            "finished_at": utcnow(),
+        }
+    )
+    if not finish_attempt(
+        state.db.session, regeneration.id, attempt, error_history=history, **outcome
+    ):
+        state.db.session.rollback()
+        return None
+    if not retry:
+        refund_failed(state, regeneration, error.failure_class)
+    state.db.session.commit()
+    return rq_retry(attempt, config) if retry else None
 
 
 def record_attempt(
@@ -168,7 +290,7 @@ def record_attempt(
     state.db.session.add(
         GenerationAttempt(
             regeneration_id=regeneration.id,
-            number=regeneration.attempts,
+            number=request.attempt,
             outcome="failed" if error else "succeeded",
             failure_class=error.failure_class if error else None,
             error=error.public_message if error else None,
@@ -183,34 +305,3 @@ def record_attempt(
             adjustments=adjustments or {},
         )
     )
-
-
-def finish_failed(
-    state: RegenState,
-    regeneration: Regeneration,
-    error: GenerationError,
-    result: GenerationResult | None,
-) -> None:
-    """Mark the regeneration failed; the plan keeps its current modules."""
-    logger.warning(
-        "regeneration %s attempt %s failed (%s): %s",
-        regeneration.id,
-        regeneration.attempts,
-        error.failure_class,
-        error,
-    )
-    regeneration.status = "failed"
-    regeneration.failure_class = error.failure_class
-    regeneration.error = error.public_message
-    regeneration.error_history = [
-        *regeneration.error_history,
-        {
-            "attempt": regeneration.attempts,
-            "class": error.failure_class,
-            "error": error.public_message,
-            "at": utcnow().isoformat(),
-        },
-    ]
-    regeneration.finished_at = utcnow()
-    refund_failed(state, regeneration, error.failure_class)
-    state.db.session.commit()

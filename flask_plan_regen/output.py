@@ -87,7 +87,8 @@ def _minutes(
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise OutputValidationError("minutes must be a finite number")
     low, high = bounds
-    clamped = min(max(round(value), low), high)
-    if clamped != value:
+    rounded = round(value)
+    clamped = min(max(rounded, low), high)
+    if clamped != rounded:
         adjustments[counter] += 1
     return clamped

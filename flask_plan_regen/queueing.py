@@ -6,15 +6,20 @@ from typing import Any
 
 from flask import current_app
 from redis.exceptions import RedisError
+from rq import Callback
 from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from .config import job_timeout
 from .errors import ApiError
 from .extension import RegenState
 from .models import ACTIVE_STATUSES, Regeneration
+from .retries import crash_retry
 
 JOB_FUNCTION = "flask_plan_regen.jobs.run_regeneration"
+# Called by RQ when the job raised or its worker was found dead (abandoned job).
+LOST_ATTEMPT_CALLBACK = "flask_plan_regen.recovery.on_job_failure"
 
 
 def submit_regeneration(
@@ -76,7 +81,9 @@ def enqueue_job(state: RegenState, regeneration: Regeneration) -> Job:
         JOB_FUNCTION,
         args=(regeneration.id,),
         job_id=regeneration.id,
-        timeout=config["PLAN_REGEN_JOB_TIMEOUT"],
+        timeout=job_timeout(config),
+        retry=crash_retry(config),
+        on_failure=Callback(LOST_ATTEMPT_CALLBACK),
         result_ttl=config["PLAN_REGEN_RESULT_TTL"],
         failure_ttl=config["PLAN_REGEN_RESULT_TTL"],
         description=f"{regeneration.kind} of plan {regeneration.plan_id}",

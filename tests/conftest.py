@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
+from openai_server import openai_server  # noqa: F401 - fixture
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from sqlalchemy import text
