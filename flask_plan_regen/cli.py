@@ -15,6 +15,7 @@ from werkzeug.utils import import_string
 from .extension import get_state
 from .jobs import set_worker_app
 from .models import metadata
+from .recovery import sweep
 
 plan_regen_cli = AppGroup("plan-regen", help="Plan regeneration: tables, workers, queues.")
 
@@ -42,9 +43,10 @@ def init_db() -> None:
 )
 @click.option(
     "--worker-class",
-    default="rq.Worker",
+    default="flask_plan_regen.recovery.RecoveringWorker",
     show_default=True,
-    help="RQ worker class (import path), e.g. rq.SimpleWorker to run jobs without forking.",
+    help="RQ worker class (import path). The default recovers attempts of killed work "
+    "horses and sweeps stuck rows at every maintenance pass.",
 )
 @click.option("--name", default=None, help="Worker name (default: RQ's).")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
@@ -89,10 +91,18 @@ def worker(
     )
 
 
+@plan_regen_cli.command("sweep")
+def sweep_command() -> None:
+    """Recover regenerations stuck in processing or left pending without a job."""
+    counts = sweep(get_state())
+    click.echo(f"Released {counts['released']} lost attempts; requeued {counts['requeued']} jobs.")
+
+
 @plan_regen_cli.command("rq-command")
 def rq_command() -> None:
     """Print the equivalent plain ``rq worker`` command line for this app."""
     click.echo(
         "rq worker --with-scheduler -S rq.serializers.JSONSerializer "
+        "-w flask_plan_regen.recovery.RecoveringWorker "
         f"--url {current_app.config['PLAN_REGEN_REDIS_URL']} {' '.join(queue_names())}"
     )

@@ -57,7 +57,8 @@ class OpenAIProvider:
         except openai.RateLimitError as error:
             raise ProviderRateLimited(f"{model}: HTTP 429 {_request_id(error)}") from error
         except openai.APIStatusError as error:
-            raise ProviderError(f"{model}: HTTP {error.status_code} {_request_id(error)}") from error
+            detail = f"{model}: HTTP {error.status_code} {_request_id(error)}"
+            raise ProviderError(detail) from error
         except openai.OpenAIError as error:
             # Connection errors, a missing API key, unreadable answers: the
             # class name says enough, and the message could carry settings.

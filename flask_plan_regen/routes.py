@@ -11,14 +11,22 @@ from marshmallow import Schema, ValidationError
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from .cancel import cancel_regeneration
 from .errors import ApiError
 from .extension import RegenState, get_state
 from .models import GenerationAttempt, Regeneration
+from .plans import create_and_generate
 from .priority import compute_priority, queue_for_priority
 from .queueing import ensure_not_active, submit_regeneration
 from .quota import monthly_usage, reserve
 from .ratelimit import add_rate_limit_headers, enforce_rate_limit, rate_limit_usage
-from .schemas import OverridesSchema, PaginationSchema, RegenerateRequestSchema, field_errors
+from .schemas import (
+    CreatePlanSchema,
+    OverridesSchema,
+    PaginationSchema,
+    RegenerateRequestSchema,
+    field_errors,
+)
 from .serializers import regeneration_document
 from .types import PlanInput
 
@@ -209,14 +217,39 @@ def usage() -> Response:
     )
 
 
-@regen_bp.get("/plans/<plan_id>/regenerations/<generation_id>")
-def regeneration_status(plan_id: str, generation_id: str) -> Response:
-    """One regeneration with its attempts."""
+@regen_bp.post("/plans")
+def create_plan() -> Response:
+    """Create a plan for the caller and queue its first generation."""
     state = get_state()
+    user_id = state.authenticate()
+    enforce_rate_limit(state, user_id)
+    fields = load_body(CreatePlanSchema(), read_json_body(state), "Invalid plan.")
+    ensure_enabled()
+    return accepted(state, create_and_generate(state, user_id, fields))
+
+
+def owned_regeneration(state: RegenState, plan_id: str, generation_id: str) -> Regeneration:
+    """A regeneration of the caller's plan; 404 otherwise."""
     plan = owned_plan(state, plan_id, state.authenticate())
     regeneration = state.db.session.get(Regeneration, generation_id[:64])
     if regeneration is None or regeneration.plan_id != plan.id:
         raise ApiError(404, "REGENERATION_NOT_FOUND", "Regeneration not found.")
+    return regeneration
+
+
+@regen_bp.post("/plans/<plan_id>/regenerations/<generation_id>/cancel")
+def cancel(plan_id: str, generation_id: str) -> Response:
+    """Cancel a pending or running regeneration; 409 once it has finished."""
+    state = get_state()
+    regeneration = owned_regeneration(state, plan_id, generation_id)
+    return jsonify(regeneration_document(cancel_regeneration(state, regeneration)))
+
+
+@regen_bp.get("/plans/<plan_id>/regenerations/<generation_id>")
+def regeneration_status(plan_id: str, generation_id: str) -> Response:
+    """One regeneration with its attempts."""
+    state = get_state()
+    regeneration = owned_regeneration(state, plan_id, generation_id)
     attempts = state.db.session.scalars(
         select(GenerationAttempt)
         .where(GenerationAttempt.regeneration_id == regeneration.id)

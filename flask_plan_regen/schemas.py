@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from .types import LEARNING_STYLES, SKILL_LEVELS
 
@@ -71,6 +80,18 @@ class PlanFieldsSchema(Schema):
 
 class OverridesSchema(PlanFieldsSchema):
     """``overrides`` of a regenerate request."""
+
+
+class CreatePlanSchema(PlanFieldsSchema):
+    """Body of ``POST /plans``: the plan's fields, ``topic`` required."""
+
+    topic = TrimmedString(required=True, validate=validate.Length(min=3, max=200))
+
+    @validates_schema
+    def _deadline_after_start(self, data: dict[str, Any], **kwargs: Any) -> None:
+        start, deadline = data.get("start_date"), data.get("deadline_date")
+        if start and deadline and deadline <= start:
+            raise ValidationError("The deadline must be after the start.", "deadlineDate")
 
 
 class RegenerateRequestSchema(Schema):

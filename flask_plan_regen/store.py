@@ -79,6 +79,12 @@ class SQLAlchemyPlanStore:
         self.db.session.flush()
         return row.id
 
+    def delete_plan(self, plan_id: str) -> None:
+        """Remove a plan that never got content (its first generation was not queued)."""
+        plan = self._get(plan_id)
+        if plan is not None:
+            self.db.session.delete(plan)
+
     def replace_content(self, plan_id: str, modules: Sequence[GeneratedModule]) -> None:
         session = self.db.session
         plan = self._get(plan_id)

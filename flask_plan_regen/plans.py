@@ -1,0 +1,49 @@
+"""Creating a plan and queueing its first generation (``POST /plans``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+
+from .errors import ApiError
+from .extension import RegenState
+from .models import Regeneration
+from .priority import compute_priority, queue_for_priority
+from .queueing import submit_regeneration
+from .quota import reserve
+
+
+def create_and_generate(state: RegenState, user_id: str, fields: dict[str, Any]) -> Regeneration:
+    """Create the caller's plan (status ``pending``) and queue its first generation.
+
+    The generation goes through the same pipeline as a regeneration (kind
+    ``generation``, no overrides) and counts against the monthly quota like
+    one: otherwise creating plans would be a way around it. If it cannot be queued, the new plan is
+    removed again when the store can (``delete_plan``), so a 503 leaves nothing.
+    """
+    config = current_app.config
+    tier = state.resolve_tier(user_id)
+    priority = compute_priority(tier, fields["topic"], config)
+    # The quota is reserved (and committed) before the plan exists, and given
+    # back by ``reserve`` if the generation is not queued.
+    with reserve(state, user_id, tier) as reservation:
+        plan_id = state.store.create_plan(user_id, fields)
+        try:
+            return submit_regeneration(
+                state,
+                plan_id=plan_id,
+                user_id=user_id,
+                overrides={},
+                tier=tier,
+                priority=priority,
+                queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
+                kind="generation",
+                quota_period=reservation.period,
+            )
+        except ApiError:
+            delete_plan = getattr(state.store, "delete_plan", None)
+            if delete_plan is not None:
+                delete_plan(plan_id)
+                state.db.session.commit()
+            raise
