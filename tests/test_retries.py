@@ -1,0 +1,83 @@
+"""Retry policy and timeouts: backoff numbers, and retries through a real worker."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import pytest
+from conftest import ALICE, worker_env
+from flask import Flask
+from openai_server import FakeOpenAI
+from servers import WorkerProcs
+
+from flask_plan_regen.config import DEFAULTS, job_timeout, validate
+from flask_plan_regen.errors import ConfigurationError
+from flask_plan_regen.retries import backoff_seconds
+
+
+@pytest.mark.parametrize(("attempt", "nominal"), [(1, 2), (2, 4), (3, 8), (8, 256), (9, 300)])
+def test_backoff_is_capped_exponential_with_25_percent_jitter(attempt: int, nominal: int) -> None:
+    rng = random.Random(7)
+    delays = [backoff_seconds(attempt, DEFAULTS, rng) for _ in range(500)]
+    assert nominal * 0.75 <= min(delays) < nominal * 0.8
+    assert nominal * 1.2 < max(delays) <= nominal * 1.25
+
+
+def test_job_timeout_is_derived_from_the_provider_timeout() -> None:
+    config = {**DEFAULTS, "PLAN_REGEN_PROVIDER_TIMEOUT": 120.0}
+    assert job_timeout(config) == 180
+    assert job_timeout({**config, "PLAN_REGEN_PROVIDER_TIMEOUT": 7.5}) == 68
+    with pytest.raises(ConfigurationError, match="PLAN_REGEN_JOB_TIMEOUT"):
+        validate({**config, "PLAN_REGEN_JOB_TIMEOUT": 120})
+
+
+def test_queued_jobs_carry_the_derived_timeout(app: Flask, make_plan: Any) -> None:
+    from flask_plan_regen import get_state
+
+    app.config["PLAN_REGEN_PROVIDER_TIMEOUT"] = 30
+    plan_id = make_plan()
+    answer = app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
+    with app.app_context():
+        job = (
+            get_state()
+            .queue(answer.get_json()["queue"])
+            .fetch_job(answer.get_json()["generationId"])
+        )
+        assert job is not None and job.timeout == 90
+
+
+@pytest.mark.slow
+def test_a_real_worker_retries_until_the_provider_answers(
+    app: Flask,
+    make_plan: Any,
+    sqlite_uri: str,
+    redis_url: str,
+    worker_procs: WorkerProcs,
+    openai_server: FakeOpenAI,
+) -> None:
+    openai_server.queue("status_500", "status_429", "good")
+    env = worker_env(
+        sqlite_uri,
+        redis_url,
+        PLAN_REGEN_PROVIDER='"flask_plan_regen.openai_provider:OpenAIProvider"',
+        PLAN_REGEN_PROVIDER_BASE_URL=f'"{openai_server.base_url}"',
+        PLAN_REGEN_PROVIDER_API_KEY='"sk-test"',
+        PLAN_REGEN_RETRY_BACKOFF_BASE="0.6",  # delays round to 1 s: RQ's scheduler runs them
+    )
+    worker_procs.spawn(["flask", "plan-regen", "worker"], env)
+    plan_id = make_plan()
+    client = app.test_client()
+    answer = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
+    deadline = time.monotonic() + 30
+    while (doc := client.get(answer.headers["Location"], headers=ALICE).get_json())["status"] in (
+        "pending",
+        "processing",
+    ):
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.1)
+
+    assert (doc["status"], doc["attempts"]) == ("succeeded", 3)
+    assert [e["class"] for e in doc["errorHistory"]] == ["provider_error", "rate_limit"]
+    assert len(openai_server.requests) == 3
