@@ -1,0 +1,95 @@
+"""The output rules a generated plan must meet, and what the attempt records."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from conftest import ALICE, run_jobs
+from flask import Flask
+
+from flask_plan_regen.errors import OutputValidationError, ProviderError
+from flask_plan_regen.output import parse_output
+
+
+def plan(modules: int = 1, tasks: int = 1, **task: Any) -> dict[str, Any]:
+    task = {"title": "Task", "estimatedMinutes": 30, **task}
+    return {
+        "modules": [{"title": "Module", "estimatedMinutes": 60, "tasks": [dict(task)] * tasks}]
+        * modules
+    }
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        plan(modules=0),
+        {"modules": [{"title": "M", "estimatedMinutes": 60, "tasks": []}]},
+        plan(modules=13),
+        plan(tasks=21),
+        plan(title="   "),
+        plan(title=None),
+        plan(estimatedMinutes=float("inf")),
+        plan(estimatedMinutes="30"),
+        plan(estimatedMinutes=True),
+        {"plan": []},
+        [],
+    ],
+)
+def test_rule_breaking_output_is_a_validation_failure(document: Any) -> None:
+    with pytest.raises(OutputValidationError):
+        parse_output(json.dumps(document))
+
+
+@pytest.mark.parametrize("text", ['{"modules": [', "", "not json"])
+def test_unparseable_output_is_a_provider_error(text: str) -> None:
+    with pytest.raises(ProviderError) as raised:
+        parse_output(text)
+    assert raised.value.failure_class == "provider_error"
+
+
+def test_limits_are_inclusive_and_clamping_is_recorded() -> None:
+    modules, adjustments = parse_output(json.dumps(plan(modules=12, tasks=20)))
+    assert (len(modules), len(modules[0].tasks)) == (12, 20)
+    assert adjustments == {"titlesTruncated": 0, "moduleMinutesClamped": 0, "taskMinutesClamped": 0}
+
+    document = {
+        "modules": [
+            {
+                "title": "M" * 600,
+                "estimatedMinutes": 5000,
+                "tasks": [
+                    {"title": "low", "estimatedMinutes": 1},
+                    {"title": "high", "estimatedMinutes": 999},
+                    {"title": "round", "estimatedMinutes": 30.4},
+                ],
+            },
+            {
+                "title": "short",
+                "estimatedMinutes": 3,
+                "tasks": [{"title": "t", "estimatedMinutes": 5}],
+            },
+        ]
+    }
+    modules, adjustments = parse_output(json.dumps(document))
+    assert len(modules[0].title) == 500
+    assert [m.estimated_minutes for m in modules] == [480, 15]
+    assert [t.estimated_minutes for t in modules[0].tasks] == [5, 120, 30]
+    assert adjustments == {"titlesTruncated": 1, "moduleMinutesClamped": 2, "taskMinutesClamped": 2}
+
+
+def test_trimming_to_the_deadline_is_recorded_on_the_attempt(app: Flask, make_plan: Any) -> None:
+    start = date(2030, 1, 1)
+    plan_id = make_plan(weekly_hours=1, start_date=start, deadline_date=start + timedelta(days=7))
+    client = app.test_client()
+    answer = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
+    run_jobs(app)
+    (attempt,) = client.get(answer.headers["Location"], headers=ALICE).get_json()["attemptLog"]
+    assert attempt["adjustments"]["weeks"] == 1
+    assert attempt["adjustments"]["tasksTrimmed"] > 0
+    document = client.get(f"/api/v1/plans/{plan_id}", headers=ALICE).get_json()
+    tasks = [t for m in document["modules"] for t in m["tasks"]]
+    assert {t["week"] for t in tasks} == {1}
+    assert all(t["dueDate"] <= "2030-01-08" for t in tasks)
