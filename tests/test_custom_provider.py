@@ -1,0 +1,45 @@
+"""The custom provider shown in docs/providers.md, plugged in through config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import ALICE, run_jobs
+from flask import Flask
+
+from flask_plan_regen import GenerationRequest, GenerationResult, ProviderRateLimited
+
+
+class TemplateProvider:
+    """A provider that answers from a template, and rate-limits one topic."""
+
+    name = "template"
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        if request.plan.topic == "Busy topic":
+            raise ProviderRateLimited("template provider: busy")
+        task = {"title": f"Read about {request.plan.topic}", "estimatedMinutes": 30}
+        module = {"title": request.plan.topic, "estimatedMinutes": 30, "tasks": [task]}
+        return GenerationResult(content={"modules": [module]}, provider=self.name, model="v1")
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    return {"PLAN_REGEN_PROVIDER": f"{__name__}:TemplateProvider", "PLAN_REGEN_MAX_ATTEMPTS": 1}
+
+
+def test_a_custom_provider_generates_and_fails_like_the_builtin(app: Flask, make_plan: Any) -> None:
+    client = app.test_client()
+    ok = client.post(f"/api/v1/plans/{make_plan()}/regenerate", headers=ALICE)
+    busy = client.post(f"/api/v1/plans/{make_plan(topic='Busy topic')}/regenerate", headers=ALICE)
+    run_jobs(app)
+
+    done = client.get(ok.headers["Location"], headers=ALICE).get_json()
+    assert (done["status"], done["result"]["provider"], done["result"]["model"]) == (
+        "succeeded",
+        "template",
+        "v1",
+    )
+    failed = client.get(busy.headers["Location"], headers=ALICE).get_json()
+    assert (failed["status"], failed["failureClass"]) == ("failed", "rate_limit")
