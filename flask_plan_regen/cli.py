@@ -102,7 +102,7 @@ def sweep_command() -> None:
 def rq_command() -> None:
     """Print the equivalent plain ``rq worker`` command line for this app."""
     click.echo(
-        "rq worker --with-scheduler -S rq.serializers.JSONSerializer "
-        "-w flask_plan_regen.recovery.RecoveringWorker "
+        "rq worker --with-scheduler -w flask_plan_regen.recovery.RecoveringWorker "
+        "-S rq.serializers.JSONSerializer "
         f"--url {current_app.config['PLAN_REGEN_REDIS_URL']} {' '.join(queue_names())}"
     )

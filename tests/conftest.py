@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
-from openai_server import openai_server  # noqa: F401 - fixture
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from sqlalchemy import text
@@ -27,6 +26,7 @@ from flask_plan_regen import get_state, metadata
 pytest_plugins = [
     "servers",  # redis_url, postgres_url, postgres_server, worker_procs
     "stripe_server",  # localstripe_url, stripe_client, customers, subscribe, stripe_app
+    "openai_server",  # openai_server
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -157,6 +157,7 @@ def test_a_failure_is_classified_and_keeps_the_old_plan(
     run_jobs(app)
     before = plan_json(client, plan_id)
     app.config["PLAN_REGEN_BUILTIN_FAILURE"] = switch
+    app.config["PLAN_REGEN_RETRY_BACKOFF_BASE"] = 0  # retries run at once in the burst worker
     generation_id = regenerate(client, plan_id, topic="Something else entirely")
     run_jobs(app)
     row = regeneration(app, generation_id)
@@ -192,6 +193,7 @@ def test_a_failure_while_saving_leaves_the_plan_untouched(
     before = plan_json(client, plan_id)
     state = get_state(app)
     state.store = FailingHalfwayStore(state.db)
+    app.config["PLAN_REGEN_RETRY_BACKOFF_BASE"] = 0  # retries run at once in the burst worker
     generation_id = regenerate(client, plan_id, topic="A different topic")
     run_jobs(app)
     row = regeneration(app, generation_id)
