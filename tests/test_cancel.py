@@ -114,3 +114,29 @@ def test_processing_cancel_stops_the_running_job(
     document = status(app, plan_id, generation_id)
     assert (document["status"], document["attempts"]) == ("canceled", 1)
     assert modules(app, plan_id) == before
+
+
+@pytest.mark.postgres
+def test_cancel_race_and_retry_on_postgresql(pg_app: Flask) -> None:
+    from conftest import plan_factory
+
+    from flask_plan_regen import get_state
+
+    plan_id = plan_factory(pg_app)()
+    state = get_state(pg_app)
+    state.provider = CancelingProvider()
+    generation_id = regenerate(pg_app, plan_id)
+    run_jobs(pg_app)
+    assert status(pg_app, plan_id, generation_id)["status"] == "canceled"
+    assert modules(pg_app, plan_id) == []
+
+    state.provider = BuiltinProvider()
+    pg_app.config.update(PLAN_REGEN_BUILTIN_FAILURE="timeout", PLAN_REGEN_RETRY_BACKOFF_BASE=0)
+    generation_id = regenerate(pg_app, plan_id)
+    run_jobs(pg_app)
+    document = status(pg_app, plan_id, generation_id)
+    assert (document["status"], document["failureClass"], document["attempts"]) == (
+        "failed",
+        "timeout",
+        3,
+    )
