@@ -33,6 +33,7 @@ def test_creates_the_plan_and_queues_its_first_generation(app: Flask) -> None:
         [],
     )
     assert client.get(f"/api/v1/plans/{body['planId']}", headers=BOB).status_code == 404
+    assert client.get("/api/v1/usage", headers=ALICE).get_json()["monthly"]["used"] == 1
 
     # The first generation is active: a regenerate request meets the usual 409.
     again = client.post(f"/api/v1/plans/{body['planId']}/regenerate", headers=ALICE)
@@ -81,3 +82,5 @@ def test_queue_down_is_503_and_leaves_no_plan(sqlite_uri: str) -> None:
     with app.app_context():
         assert db.session.query(Plan).count() == 0
         assert db.session.query(Regeneration).count() == 0
+    usage = app.test_client().get("/api/v1/usage", headers=ALICE).get_json()
+    assert usage["monthly"]["used"] == 0  # the quota was given back

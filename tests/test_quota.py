@@ -132,7 +132,9 @@ def test_queue_down_gives_the_quota_back(sqlite_uri: str, redis_url: str, tmp_pa
 def test_failure_of_ours_gives_the_quota_back_and_the_users_does_not(
     sqlite_uri: str, redis_url: str, redis_conn: redis.Redis, failure: str, used_after: int
 ) -> None:
-    app = build_app(sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_FAILURE=failure)
+    app = build_app(
+        sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_FAILURE=failure, PLAN_REGEN_RETRY_BACKOFF_BASE=0
+    )
     regenerate(app, plan_factory(app)())
 
     run_jobs(app)
@@ -146,7 +148,12 @@ def test_failure_of_ours_gives_the_quota_back_and_the_users_does_not(
 def test_a_failed_regeneration_is_refunded_once(
     sqlite_uri: str, redis_url: str, redis_conn: redis.Redis
 ) -> None:
-    app = build_app(sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_FAILURE="provider_error")
+    app = build_app(
+        sqlite_uri,
+        redis_url,
+        PLAN_REGEN_BUILTIN_FAILURE="provider_error",
+        PLAN_REGEN_RETRY_BACKOFF_BASE=0,  # the retries run at once in the burst worker
+    )
     make_plan = plan_factory(app)
     regenerate(app, make_plan())
     run_jobs(app)  # fails with provider_error: refunded
