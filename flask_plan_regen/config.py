@@ -73,6 +73,9 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_MAX_ATTEMPTS": 3,
     "PLAN_REGEN_RETRY_BACKOFF_BASE": 2.0,
     "PLAN_REGEN_RETRY_BACKOFF_CAP": 300.0,
+    "PLAN_REGEN_IDEMPOTENCY_TTL": 24 * 3600,
+    "PLAN_REGEN_IDEMPOTENCY_WAIT": 5.0,
+    "PLAN_REGEN_METRICS": False,
 }
 
 # What RQ's job timeout adds to the provider timeout, so that RQ never kills
@@ -173,6 +176,9 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_int(config, "PLAN_REGEN_MAX_ATTEMPTS", minimum=1, maximum=10)
     _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_BASE", minimum=0)
     _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_CAP", minimum=0)
+    _check_int(config, "PLAN_REGEN_IDEMPOTENCY_TTL", minimum=1)
+    _check_number(config, "PLAN_REGEN_IDEMPOTENCY_WAIT", minimum=0)
+    _check_bool(config, "PLAN_REGEN_METRICS")
 
 
 def job_timeout(config: Mapping[str, Any]) -> int:

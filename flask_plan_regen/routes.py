@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from .cancel import cancel_regeneration
 from .errors import ApiError
 from .extension import RegenState, get_state
+from .idempotency import idempotent
 from .models import GenerationAttempt, Regeneration
 from .plans import create_and_generate
 from .priority import compute_priority, queue_for_priority
@@ -175,6 +176,7 @@ def accepted(state: RegenState, regeneration: Regeneration) -> Response:
 
 
 @regen_bp.post("/plans/<plan_id>/regenerate")
+@idempotent
 def regenerate(plan_id: str) -> Response:
     """Queue a regeneration of the caller's plan, with optional overrides."""
     state = get_state()

@@ -1,0 +1,168 @@
+"""``Idempotency-Key`` on the POST routes: a retried request is answered, not redone.
+
+A key is scoped to the calling user. The first request with a key takes a Redis
+lock (``SET NX``) holding an "in progress" marker and the request's fingerprint
+(method, path and canonical JSON body). When it answers 2xx, the answer (status,
+body, ``Location``) is kept for ``PLAN_REGEN_IDEMPOTENCY_TTL`` seconds and every
+later request with that key and fingerprint gets it again, with
+``Idempotent-Replayed: true``, without queueing anything. Other answers (4xx, 503)
+changed nothing, so the lock is released and a retry is evaluated afresh.
+
+A duplicate that arrives while the first is still running waits up to
+``PLAN_REGEN_IDEMPOTENCY_WAIT`` seconds for its answer, then gets 409
+``IDEMPOTENCY_REQUEST_IN_PROGRESS``. The same key with another fingerprint is 422
+``IDEMPOTENCY_KEY_REUSED``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec
+
+from flask import Response, current_app, request
+from redis import Redis
+from redis.exceptions import RedisError
+
+from .errors import ApiError
+from .extension import get_state
+
+P = ParamSpec("P")
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+# How long an "in progress" marker outlives a crashed web process; far above
+# the few seconds a POST takes, far below the 24 h an answer is kept.
+IN_PROGRESS_TTL = 60
+POLL_INTERVAL = 0.05
+REPLAYED_HEADERS = ("Location", "Content-Type", "Retry-After")
+
+logger = logging.getLogger("flask_plan_regen.idempotency")
+
+# Delete the marker only if it is still ours (it may have expired and been retaken).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def idempotent(view: Callable[P, Response]) -> Callable[P, Response]:
+    """Make a POST view honour the ``Idempotency-Key`` header (a no-op without it)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
+        key = request.headers.get(HEADER)
+        if key is None:
+            return view(*args, **kwargs)
+        if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+            raise ApiError(
+                400,
+                "INVALID_IDEMPOTENCY_KEY",
+                f"{HEADER} must be 1-{MAX_KEY_LENGTH} printable ASCII characters.",
+            )
+        state = get_state()
+        slot = IdempotencySlot(state.redis, state.authenticate(), key, request_fingerprint())
+        try:
+            return slot.run(lambda: view(*args, **kwargs))
+        except RedisError as error:
+            raise ApiError(
+                503,
+                "QUEUE_UNAVAILABLE",
+                "The regeneration queue is unavailable; nothing was queued. Try again shortly.",
+                headers={"Retry-After": "5"},
+            ) from error
+
+    return wrapper
+
+
+def request_fingerprint() -> str:
+    """Hash of method, path and body; JSON bodies are compared by value, not by bytes."""
+    request.max_content_length = current_app.config["PLAN_REGEN_MAX_BODY_BYTES"]
+    raw = request.get_data(cache=True)
+    try:
+        body = json.dumps(json.loads(raw) if raw.strip() else {}, sort_keys=True)
+    except (ValueError, RecursionError):
+        body = raw.hex()
+    text = "\n".join((request.method, request.path, body))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class IdempotencySlot:
+    """One (user, key) pair's record in Redis and the protocol around it."""
+
+    def __init__(self, redis: Redis, user_id: str, key: str, fingerprint: str) -> None:
+        self.redis = redis
+        scope = hashlib.sha256(json.dumps([user_id, key]).encode()).hexdigest()
+        self.redis_key = f"plan_regen:idempotency:{scope}"
+        self.fingerprint = fingerprint
+        self.marker = json.dumps(
+            {"state": "in_progress", "fingerprint": fingerprint, "token": secrets.token_hex(8)}
+        )
+
+    def run(self, view: Callable[[], Response]) -> Response:
+        config = current_app.config
+        deadline = time.monotonic() + config["PLAN_REGEN_IDEMPOTENCY_WAIT"]
+        while True:
+            if self.redis.set(self.redis_key, self.marker, nx=True, ex=IN_PROGRESS_TTL):
+                return self._process(view, config["PLAN_REGEN_IDEMPOTENCY_TTL"])
+            raw = self.redis.get(self.redis_key)
+            if raw is None:  # released or expired between SET and GET: try again
+                continue
+            record = json.loads(raw)
+            if record["fingerprint"] != self.fingerprint:
+                raise ApiError(
+                    422,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    f"This {HEADER} was already used with a different request.",
+                )
+            if record["state"] == "done":
+                return replay(record)
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    409,
+                    "IDEMPOTENCY_REQUEST_IN_PROGRESS",
+                    f"A request with this {HEADER} is still being processed; retry shortly.",
+                    headers={"Retry-After": "1"},
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _process(self, view: Callable[[], Response], ttl: int) -> Response:
+        try:
+            response = view()
+        except BaseException:
+            self._release()
+            raise
+        if not 200 <= response.status_code < 300:
+            self._release()
+            return response
+        record = {
+            "state": "done",
+            "fingerprint": self.fingerprint,
+            "status": response.status_code,
+            "body": response.get_data(as_text=True),
+            "headers": {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers},
+        }
+        try:
+            self.redis.set(self.redis_key, json.dumps(record), ex=ttl)
+        except RedisError:
+            # The work is done and queued; only replays of it are lost.
+            logger.warning("could not store the answer for an idempotency key", exc_info=True)
+        return response
+
+    def _release(self) -> None:
+        try:
+            self.redis.eval(_RELEASE, 1, self.redis_key, self.marker)
+        except RedisError:
+            logger.warning("could not release an idempotency key; it expires by itself")
+
+
+def replay(record: dict[str, Any]) -> Response:
+    response = Response(record["body"], status=record["status"], headers=record["headers"])
+    response.headers[REPLAYED_HEADER] = "true"
+    return response

@@ -1,0 +1,141 @@
+"""Idempotency-Key on POST /plans/<id>/regenerate: replays, reuse, concurrent retries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+import requests
+from app_server import serve
+from conftest import ALICE, BOB
+from flask import Flask
+from sqlalchemy import func, select
+
+from examples.host_app import db
+from flask_plan_regen import Regeneration, get_state
+
+BODY = {"overrides": {"topic": "Go concurrency"}}
+
+
+def post(client, plan_id: str, key: str | None, body=BODY, user=ALICE):  # type: ignore[no-untyped-def]
+    headers = dict(user)
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return client.post(f"/api/v1/plans/{plan_id}/regenerate", json=body, headers=headers)
+
+
+def regeneration_count(app: Flask, plan_id: str) -> int:
+    with app.app_context():
+        query = select(func.count()).where(Regeneration.plan_id == plan_id)
+        return int(db.session.scalar(query) or 0)
+
+
+def queued_jobs(app: Flask) -> int:
+    with app.app_context():
+        state = get_state()
+        return sum(state.queue(name).count for name, _ in app.config["PLAN_REGEN_QUEUES"])
+
+
+def test_same_key_same_body_replays_first_answer(app: Flask, make_plan: Callable[..., str]) -> None:
+    plan_id = make_plan()
+    client = app.test_client()
+    first = post(client, plan_id, "key-1")
+    # Key order and whitespace do not make a different request.
+    second = client.post(
+        f"/api/v1/plans/{plan_id}/regenerate",
+        data='{ "overrides" : {"topic":"Go concurrency"} }',
+        headers={**ALICE, "Idempotency-Key": "key-1", "Content-Type": "application/json"},
+    )
+    assert first.status_code == second.status_code == 202
+    assert second.json == first.json
+    assert second.headers["Location"] == first.headers["Location"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert regeneration_count(app, plan_id) == 1
+    assert queued_jobs(app) == 1
+
+
+def test_same_key_different_body_is_422(app: Flask, make_plan: Callable[..., str]) -> None:
+    plan_id = make_plan()
+    client = app.test_client()
+    assert post(client, plan_id, "key-2").status_code == 202
+    reused = post(client, plan_id, "key-2", body={"overrides": {"topic": "Other topic"}})
+    assert reused.status_code == 422
+    assert reused.json["code"] == "IDEMPOTENCY_KEY_REUSED"
+    other_plan = make_plan()
+    assert post(client, other_plan, "key-2").json["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert regeneration_count(app, other_plan) == 0
+
+
+def test_keys_are_scoped_per_user(app: Flask, make_plan: Callable[..., str]) -> None:
+    alice_plan, bob_plan = make_plan("alice"), make_plan("bob")
+    client = app.test_client()
+    assert post(client, alice_plan, "shared").status_code == 202
+    bob = post(client, bob_plan, "shared", user=BOB)
+    assert bob.status_code == 202
+    assert "Idempotent-Replayed" not in bob.headers
+    assert queued_jobs(app) == 2
+
+
+def test_error_answers_are_not_kept(app: Flask, make_plan: Callable[..., str]) -> None:
+    plan_id = make_plan()
+    client = app.test_client()
+    invalid = post(client, plan_id, "key-3", body={"overrides": {"weeklyHours": 0}})
+    assert invalid.status_code == 400
+    # The 400 changed nothing, so the key is free for the corrected request.
+    fixed = post(client, plan_id, "key-3", body={"overrides": {"weeklyHours": 4}})
+    assert fixed.status_code == 202
+    assert regeneration_count(app, plan_id) == 1
+
+
+def test_answer_expires_after_ttl(
+    app: Flask, make_plan: Callable[..., str], redis_conn: redis.Redis
+) -> None:
+    plan_id = make_plan()
+    client = app.test_client()
+    assert post(client, plan_id, "key-4").status_code == 202
+    (stored,) = redis_conn.keys("plan_regen:idempotency:*")
+    assert 23 * 3600 < redis_conn.ttl(stored) <= 24 * 3600
+    assert json.loads(redis_conn.get(stored))["status"] == 202
+
+
+def test_malformed_key_is_400(app: Flask, make_plan: Callable[..., str]) -> None:
+    plan_id = make_plan()
+    response = post(app.test_client(), plan_id, "x" * 256)
+    assert response.status_code == 400
+    assert response.json["code"] == "INVALID_IDEMPOTENCY_KEY"
+    assert regeneration_count(app, plan_id) == 0
+
+
+def test_request_in_progress_is_409_after_the_wait(
+    app: Flask, make_plan: Callable[..., str], redis_conn: redis.Redis
+) -> None:
+    app.config["PLAN_REGEN_IDEMPOTENCY_WAIT"] = 0.2
+    plan_id = make_plan()
+    client = app.test_client()
+    assert post(client, plan_id, "key-5").status_code == 202
+    (stored,) = redis_conn.keys("plan_regen:idempotency:*")
+    # Turn the record back into a marker, as if the first request were still running.
+    record = json.loads(redis_conn.get(stored))
+    marker = {"state": "in_progress", "fingerprint": record["fingerprint"]}
+    redis_conn.set(stored, json.dumps(marker))
+    response = post(client, plan_id, "key-5")
+    assert response.status_code == 409
+    assert response.json["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_concurrent_retries_are_processed_once(app: Flask, make_plan: Callable[..., str]) -> None:
+    plan_id = make_plan()
+    with serve(app) as base_url, ThreadPoolExecutor(max_workers=16) as pool:
+        url = f"{base_url}/api/v1/plans/{plan_id}/regenerate"
+        headers = {**ALICE, "Idempotency-Key": "retry-storm"}
+        send = lambda _: requests.post(url, json=BODY, headers=headers, timeout=30)  # noqa: E731
+        responses = list(pool.map(send, range(16)))
+    assert [r.status_code for r in responses] == [202] * 16
+    assert len({r.json()["generationId"] for r in responses}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 15
+    assert regeneration_count(app, plan_id) == 1
+    assert queued_jobs(app) == 1
