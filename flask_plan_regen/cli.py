@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import click
@@ -15,6 +16,7 @@ from werkzeug.utils import import_string
 from .extension import get_state
 from .jobs import set_worker_app
 from .models import metadata
+from .openapi import build_document
 from .recovery import sweep
 
 plan_regen_cli = AppGroup("plan-regen", help="Plan regeneration: tables, workers, queues.")
@@ -106,3 +108,10 @@ def rq_command() -> None:
         "-S rq.serializers.JSONSerializer "
         f"--url {current_app.config['PLAN_REGEN_REDIS_URL']} {' '.join(queue_names())}"
     )
+
+
+@plan_regen_cli.command("openapi")
+@click.option("--indent", type=int, default=2, show_default=True)
+def openapi(indent: int) -> None:
+    """Print the OpenAPI 3 document of the HTTP API."""
+    click.echo(json.dumps(build_document(current_app), indent=indent, sort_keys=True))

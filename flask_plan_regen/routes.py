@@ -16,6 +16,7 @@ from .errors import ApiError
 from .extension import RegenState, get_state
 from .idempotency import idempotent
 from .models import GenerationAttempt, Regeneration
+from .openapi import build_document
 from .plans import create_and_generate
 from .priority import compute_priority, queue_for_priority
 from .queueing import ensure_not_active, submit_regeneration
@@ -305,3 +306,9 @@ def plan_detail(plan_id: str) -> Response:
     if document is None:
         raise ApiError(404, "PLAN_NOT_FOUND", "Plan not found.")
     return jsonify(document)
+
+
+@regen_bp.get("/openapi.json")
+def openapi_document() -> Response:
+    """The OpenAPI 3 document of these routes."""
+    return jsonify(build_document(current_app._get_current_object()))  # type: ignore[attr-defined]

@@ -130,3 +130,113 @@ def field_errors(error: ValidationError) -> dict[str, Any]:
         else:
             flat[str(key)] = value
     return flat
+
+
+# Response documents. They describe what serializers.py and the store answer, for
+# the OpenAPI document (openapi.py); the schemathesis test checks that they agree.
+
+
+class ResponseSchema(Schema):
+    """A response document: every field is required unless declared ``optional``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.required = not field.metadata.get("optional", False)
+
+
+class ErrorSchema(ResponseSchema):
+    error = fields.String(metadata={"description": "A sentence for people."})
+    code = fields.String(metadata={"description": "A stable machine-readable code."})
+    details = fields.Dict(metadata={"optional": True})
+
+
+class AcceptedSchema(ResponseSchema):
+    generation_id = fields.String(data_key="generationId")
+    plan_id = fields.String(data_key="planId")
+    status = fields.String(validate=validate.OneOf(["pending"]))
+    priority = fields.Integer()
+    queue = fields.String()
+
+
+class AttemptSchema(ResponseSchema):
+    number = fields.Integer()
+    outcome = fields.String(validate=validate.OneOf(["succeeded", "failed"]))
+    failure_class = fields.String(data_key="failureClass", allow_none=True)
+    error = fields.String(allow_none=True)
+    duration_ms = fields.Integer(data_key="durationMs")
+    modules = fields.Integer()
+    tasks = fields.Integer()
+    provider = fields.String()
+    model = fields.String(allow_none=True)
+    prompt_tokens = fields.Integer(data_key="promptTokens", allow_none=True)
+    completion_tokens = fields.Integer(data_key="completionTokens", allow_none=True)
+    prompt_hash = fields.String(data_key="promptHash")
+    adjustments = fields.Dict()
+    created_at = fields.DateTime(data_key="createdAt", allow_none=True)
+
+
+class RegenerationSchema(ResponseSchema):
+    generation_id = fields.String(data_key="generationId")
+    plan_id = fields.String(data_key="planId")
+    kind = fields.String()
+    status = fields.String(
+        validate=validate.OneOf(["pending", "processing", "succeeded", "failed", "canceled"])
+    )
+    tier = fields.String()
+    priority = fields.Integer()
+    queue = fields.String()
+    overrides = fields.Dict()
+    attempts = fields.Integer()
+    failure_class = fields.String(data_key="failureClass", allow_none=True)
+    error = fields.String(allow_none=True)
+    error_history = fields.List(fields.Dict(), data_key="errorHistory")
+    result = fields.Dict(allow_none=True)
+    created_at = fields.DateTime(data_key="createdAt", allow_none=True)
+    started_at = fields.DateTime(data_key="startedAt", allow_none=True)
+    finished_at = fields.DateTime(data_key="finishedAt", allow_none=True)
+    updated_at = fields.DateTime(data_key="updatedAt", allow_none=True)
+    attempt_log = fields.List(
+        fields.Nested(AttemptSchema), data_key="attemptLog", metadata={"optional": True}
+    )
+
+
+class RegenerationPageSchema(ResponseSchema):
+    items = fields.List(fields.Nested(RegenerationSchema))
+    page = fields.Integer()
+    per_page = fields.Integer(data_key="perPage")
+    total = fields.Integer()
+    has_more = fields.Boolean(data_key="hasMore")
+
+
+class TaskDocumentSchema(ResponseSchema):
+    position = fields.Integer()
+    title = fields.String()
+    description = fields.String(allow_none=True)
+    estimated_minutes = fields.Integer(data_key="estimatedMinutes")
+    week = fields.Integer(allow_none=True)
+    due_date = fields.Date(data_key="dueDate", allow_none=True)
+
+
+class ModuleDocumentSchema(ResponseSchema):
+    position = fields.Integer()
+    title = fields.String()
+    description = fields.String(allow_none=True)
+    estimated_minutes = fields.Integer(data_key="estimatedMinutes")
+    tasks = fields.List(fields.Nested(TaskDocumentSchema))
+
+
+class PlanDocumentSchema(ResponseSchema):
+    id = fields.String()
+    owner_id = fields.String(data_key="ownerId")
+    topic = fields.String()
+    skill_level = fields.String(data_key="skillLevel")
+    weekly_hours = fields.Integer(data_key="weeklyHours")
+    learning_style = fields.String(data_key="learningStyle")
+    start_date = fields.Date(data_key="startDate", allow_none=True)
+    deadline_date = fields.Date(data_key="deadlineDate", allow_none=True)
+    notes = fields.String(allow_none=True)
+    status = fields.String()
+    created_at = fields.DateTime(data_key="createdAt", allow_none=True)
+    updated_at = fields.DateTime(data_key="updatedAt", allow_none=True)
+    modules = fields.List(fields.Nested(ModuleDocumentSchema))

@@ -1,0 +1,183 @@
+"""The OpenAPI 3 document of the blueprint, built with apispec from the marshmallow schemas.
+
+Served at ``GET <prefix>/openapi.json`` and printed by ``flask plan-regen openapi``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Flask
+from marshmallow import Schema
+
+from . import schemas
+from .extension import get_state
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
+
+# Nested schemas before the schemas that use them, so references use these names.
+COMPONENTS: dict[str, type[Schema]] = {
+    "Error": schemas.ErrorSchema,
+    "Overrides": schemas.OverridesSchema,
+    "RegenerateRequest": schemas.RegenerateRequestSchema,
+    "Accepted": schemas.AcceptedSchema,
+    "Attempt": schemas.AttemptSchema,
+    "Regeneration": schemas.RegenerationSchema,
+    "RegenerationPage": schemas.RegenerationPageSchema,
+    "TaskDocument": schemas.TaskDocumentSchema,
+    "ModuleDocument": schemas.ModuleDocumentSchema,
+    "PlanDocument": schemas.PlanDocumentSchema,
+}
+
+ERROR_DESCRIPTIONS = {
+    400: "Malformed JSON, invalid fields or a malformed Idempotency-Key.",
+    401: "Not authenticated.",
+    404: "No such plan or regeneration for this user.",
+    409: "The plan already has an active regeneration, or a request with this "
+    "Idempotency-Key is still running.",
+    413: "The body is larger than PLAN_REGEN_MAX_BODY_BYTES.",
+    422: "The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_REUSED).",
+    503: "The queue (Redis) is unavailable; nothing was queued.",
+}
+
+
+def _errors(*statuses: int) -> dict[int, Any]:
+    return {
+        status: {"description": ERROR_DESCRIPTIONS[status], "content": _json("Error")}
+        for status in statuses
+    }
+
+
+def _json(schema: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+IDEMPOTENCY_PARAM = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Replays the first 2xx answer for 24 h instead of queueing again "
+    "(scoped per user).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+}
+
+# (path below the prefix, method, operation), in the order the document lists them.
+OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "/plans/{planId}/regenerate",
+        "post",
+        {
+            "operationId": "regeneratePlan",
+            "summary": "Queue a regeneration of the caller's plan.",
+            "parameters": [_path_param("planId"), IDEMPOTENCY_PARAM],
+            "requestBody": {"required": False, "content": _json("RegenerateRequest")},
+            "responses": {
+                202: {
+                    "description": "Queued; poll the Location.",
+                    "headers": {
+                        "Location": {"schema": {"type": "string"}},
+                        REPLAYED_HEADER: {"schema": {"type": "string", "enum": ["true"]}},
+                    },
+                    "content": _json("Accepted"),
+                },
+                **_errors(400, 401, 404, 409, 413, 422, 503),
+            },
+        },
+    ),
+    (
+        "/plans/{planId}/regenerations/{generationId}",
+        "get",
+        {
+            "operationId": "getRegeneration",
+            "summary": "One regeneration with its attempts.",
+            "parameters": [_path_param("planId"), _path_param("generationId")],
+            "responses": {
+                200: {"description": "The regeneration.", "content": _json("Regeneration")},
+                **_errors(401, 404),
+            },
+        },
+    ),
+    (
+        "/plans/{planId}/regenerations",
+        "get",
+        {
+            "operationId": "listRegenerations",
+            "summary": "The plan's regenerations, newest first.",
+            "parameters": [
+                _path_param("planId"),
+                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {
+                    "name": "perPage",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                },
+            ],
+            "responses": {
+                200: {"description": "A page.", "content": _json("RegenerationPage")},
+                **_errors(400, 401, 404),
+            },
+        },
+    ),
+    (
+        "/plans/{planId}",
+        "get",
+        {
+            "operationId": "getPlan",
+            "summary": "The caller's plan with its modules and tasks.",
+            "parameters": [_path_param("planId")],
+            "responses": {
+                200: {"description": "The plan.", "content": _json("PlanDocument")},
+                **_errors(401, 404),
+            },
+        },
+    ),
+    (
+        "/openapi.json",
+        "get",
+        {
+            "operationId": "getOpenApi",
+            "summary": "This document.",
+            "responses": {
+                200: {
+                    "description": "OpenAPI 3 document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        },
+    ),
+]
+
+
+def package_version() -> str:
+    try:
+        return version("flask-plan-regen")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.0 document for ``app``'s mount of the blueprint."""
+    prefixes = get_state(app).url_prefixes
+    prefix = (prefixes[0] if prefixes else "/api/v1").rstrip("/")
+    marshmallow_plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title="flask-plan-regen",
+        version=package_version(),
+        openapi_version="3.0.3",
+        plugins=[marshmallow_plugin],
+        info={"description": "Learning-plan regeneration: queue, status, history."},
+    )
+    # An ISO 8601 date or date-time: no single OpenAPI format covers both.
+    marshmallow_plugin.map_to_openapi_type(schemas.PlanDate, "string", None)  # type: ignore[no-untyped-call]
+    for name, schema in COMPONENTS.items():
+        spec.components.schema(name, schema=schema)
+    for path, method, operation in OPERATIONS:
+        spec.path(path=prefix + path, operations={method: operation})
+    return spec.to_dict()
