@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import click
 from flask import current_app
@@ -11,8 +12,10 @@ from flask.cli import AppGroup
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
+from rq.worker import DequeueStrategy
 from werkzeug.utils import import_string
 
+from . import admin
 from .extension import get_state
 from .jobs import set_worker_app
 from .models import metadata
@@ -53,6 +56,22 @@ def init_db() -> None:
 @click.option("--name", default=None, help="Worker name (default: RQ's).")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
 @click.option("--logging-level", default="INFO", show_default=True)
+@click.option("--max-idle-time", type=int, default=None, help="Exit after idling this many s.")
+@click.option(
+    "--dequeue-strategy",
+    type=click.Choice(["default", "round_robin", "random"]),
+    default="default",
+    show_default=True,
+    help="'default' drains higher-priority queues first; the others share out work.",
+)
+@click.option(
+    "--maintenance-interval",
+    type=int,
+    default=None,
+    help="Seconds between RQ's maintenance passes (abandoned jobs are found in them).",
+)
+@click.option("--worker-ttl", type=int, default=None, help="Seconds before a silent worker dies.")
+@click.option("--job-monitoring-interval", type=int, default=None, help="Work horse heartbeat (s).")
 def worker(
     queues: tuple[str, ...],
     burst: bool,
@@ -61,6 +80,9 @@ def worker(
     name: str | None,
     max_jobs: int | None,
     logging_level: str,
+    max_idle_time: int | None,
+    dequeue_strategy: str,
+    **rq_options: int | None,
 ) -> None:
     """Run an RQ worker on the regeneration queues, highest priority first.
 
@@ -82,6 +104,8 @@ def worker(
         connection=connection,
         serializer=JSONSerializer,
         name=name,
+        # RQ's own defaults for the options not given.
+        **{key: value for key, value in rq_options.items() if value is not None},
     )
     logging.basicConfig(level=logging_level.upper())
     click.echo(f"Worker {rq_worker.name} on queues {', '.join(names)} (in priority order)")
@@ -90,6 +114,8 @@ def worker(
         with_scheduler=with_scheduler,
         max_jobs=max_jobs,
         logging_level=logging_level.upper(),
+        max_idle_time=max_idle_time,
+        dequeue_strategy=DequeueStrategy(dequeue_strategy),
     )
 
 
@@ -115,3 +141,56 @@ def rq_command() -> None:
 def openapi(indent: int) -> None:
     """Print the OpenAPI 3 document of the HTTP API."""
     click.echo(json.dumps(build_document(current_app), indent=indent, sort_keys=True))
+
+
+@plan_regen_cli.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def info(as_json: bool) -> None:
+    """Queues, workers, regenerations by status and rows stuck in processing."""
+    data = admin.collect_info(get_state())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{'queue':<24}{'queued':>8}{'running':>9}{'failed':>8}{'scheduled':>11}")
+    for q in data["queues"]:
+        click.echo(
+            f"{q['queue']:<24}{q['queued']:>8}{q['started']:>9}{q['failed']:>8}{q['scheduled']:>11}"
+        )
+    click.echo(f"workers: {len(data['workers'])}")
+    for w in data["workers"]:
+        click.echo(f"  {w['name']} ({w['state']})")
+    counts = data["regenerations"]
+    click.echo(
+        "regenerations: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+    )
+    click.echo(f"stuck in processing past the job timeout: {len(data['stuck'])}")
+    for row in data["stuck"]:
+        click.echo(f"  {row['generationId']} (plan {row['planId']}, since {row['startedAt']})")
+
+
+@plan_regen_cli.command("requeue-failed")
+@click.option(
+    "--class",
+    "failure_class",
+    type=click.Choice(["validation", "capped", "provider_error", "rate_limit", "timeout"]),
+    default=None,
+    help="Only regenerations that failed with this class.",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be requeued; change nothing.")
+def requeue_failed(failure_class: str | None, dry_run: bool) -> None:
+    """Queue again each plan whose latest regeneration failed (as a new regeneration)."""
+    state = get_state()
+    failed = admin.requeue_candidates(state, failure_class)
+    if dry_run:
+        for row in failed:
+            click.echo(f"{row.id} plan {row.plan_id} ({row.failure_class})")
+        click.echo(f"{len(failed)} would be requeued")
+        return
+    queued = skipped = 0
+    with click.progressbar(
+        admin.requeue(state, failed), length=len(failed), label="Requeueing", file=sys.stderr
+    ) as outcomes:
+        for outcome in outcomes:
+            queued += outcome.new_id is not None
+            skipped += outcome.skipped is not None
+    click.echo(f"requeued {queued}, skipped {skipped} (plan already has an active regeneration)")
