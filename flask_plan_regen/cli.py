@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import AppGroup
 from redis import Redis
-from rq import Queue
+from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.worker import DequeueStrategy
 from werkzeug.utils import import_string
 
-from . import admin
+from . import admin, metrics
 from .extension import get_state
 from .jobs import set_worker_app
+from .logs import install_json_logging
 from .models import metadata
 from .openapi import build_document
 from .recovery import sweep
@@ -72,6 +74,17 @@ def init_db() -> None:
 )
 @click.option("--worker-ttl", type=int, default=None, help="Seconds before a silent worker dies.")
 @click.option("--job-monitoring-interval", type=int, default=None, help="Work horse heartbeat (s).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object a line, with generation_id on a job's lines.",
+)
+@click.option(
+    "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 def worker(
     queues: tuple[str, ...],
     burst: bool,
@@ -82,6 +95,9 @@ def worker(
     logging_level: str,
     max_idle_time: int | None,
     dequeue_strategy: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
     **rq_options: int | None,
 ) -> None:
     """Run an RQ worker on the regeneration queues, highest priority first.
@@ -107,7 +123,12 @@ def worker(
         # RQ's own defaults for the options not given.
         **{key: value for key, value in rq_options.items() if value is not None},
     )
-    logging.basicConfig(level=logging_level.upper())
+    if log_format == "json":
+        install_json_logging(logging_level.upper())
+    else:
+        logging.basicConfig(level=logging_level.upper())
+    if metrics_port is not None:
+        serve_worker_metrics(app, worker_cls, metrics_host, metrics_port)
     click.echo(f"Worker {rq_worker.name} on queues {', '.join(names)} (in priority order)")
     rq_worker.work(
         burst=burst,
@@ -117,6 +138,18 @@ def worker(
         max_idle_time=max_idle_time,
         dequeue_strategy=DequeueStrategy(dequeue_strategy),
     )
+
+
+def serve_worker_metrics(app: Flask, worker_cls: type, host: str, port: int) -> None:
+    if not metrics.enabled(app):
+        raise click.UsageError("--metrics-port needs PLAN_REGEN_METRICS = True.")
+    # A forking worker records in its work horses, which die after each job.
+    if not issubclass(worker_cls, SimpleWorker) and not os.environ.get(metrics.MULTIPROC_ENV):
+        raise click.UsageError(
+            f"--metrics-port with a forking worker needs {metrics.MULTIPROC_ENV} "
+            "(an empty directory for prometheus_client's multiprocess mode)."
+        )
+    metrics.serve_for_worker(host, port)
 
 
 @plan_regen_cli.command("sweep")

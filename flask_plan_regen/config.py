@@ -5,6 +5,7 @@ Every key starts with ``PLAN_REGEN_``; docs/configuration.md lists them all.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Mapping, MutableMapping
@@ -179,6 +180,13 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_int(config, "PLAN_REGEN_IDEMPOTENCY_TTL", minimum=1)
     _check_number(config, "PLAN_REGEN_IDEMPOTENCY_WAIT", minimum=0)
     _check_bool(config, "PLAN_REGEN_METRICS")
+    _check(
+        not config["PLAN_REGEN_METRICS"]
+        or importlib.util.find_spec("prometheus_client") is not None,
+        "PLAN_REGEN_METRICS",
+        "False unless prometheus-client is installed (pip install 'flask-plan-regen[metrics]')",
+        config,
+    )
 
 
 def job_timeout(config: Mapping[str, Any]) -> int:

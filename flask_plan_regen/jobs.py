@@ -20,6 +20,8 @@ from sqlalchemy import select, update
 
 from .errors import GenerationError, OutputValidationError, ProviderError, ProviderTimeout
 from .extension import RegenState, get_state
+from .logs import log_context
+from .metrics import observe_attempt
 from .models import GenerationAttempt, Regeneration, utcnow
 from .output import parse_output
 from .pacing import fit_to_schedule
@@ -57,12 +59,13 @@ def worker_app() -> Flask:
 
 def run_regeneration(generation_id: str) -> dict[str, Any] | Retry | None:
     """RQ entry point: run one regeneration inside the host app's context."""
-    with worker_app().app_context():
+    with worker_app().app_context(), log_context(generation_id=generation_id):
         state = get_state()
         state.dispose_engines_after_fork()
         try:
             return execute(state, generation_id)
         finally:
+            observe_attempt(state, generation_id)
             state.db.session.remove()
 
 

@@ -139,6 +139,21 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     (
+        "/metrics",
+        "get",
+        {
+            "operationId": "getMetrics",
+            "summary": "Prometheus metrics (404 unless PLAN_REGEN_METRICS is on).",
+            "responses": {
+                200: {
+                    "description": "Prometheus text format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                404: {"description": "Metrics are off.", "content": _json("Error")},
+            },
+        },
+    ),
+    (
         "/openapi.json",
         "get",
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import current_app
@@ -14,12 +15,16 @@ from sqlalchemy.exc import IntegrityError
 from .config import job_timeout
 from .errors import ApiError
 from .extension import RegenState
+from .logs import context_of
+from .metrics import count_enqueue
 from .models import ACTIVE_STATUSES, Regeneration
 from .retries import crash_retry
 
 JOB_FUNCTION = "flask_plan_regen.jobs.run_regeneration"
 # Called by RQ when the job raised or its worker was found dead (abandoned job).
 LOST_ATTEMPT_CALLBACK = "flask_plan_regen.recovery.on_job_failure"
+
+logger = logging.getLogger("flask_plan_regen.queueing")
 
 
 def submit_regeneration(
@@ -77,7 +82,7 @@ def submit_regeneration(
 def enqueue_job(state: RegenState, regeneration: Regeneration) -> Job:
     """Put the job for ``regeneration`` on its queue (job id = generation id)."""
     config = current_app.config
-    return state.queue(regeneration.queue).enqueue_call(
+    job = state.queue(regeneration.queue).enqueue_call(
         JOB_FUNCTION,
         args=(regeneration.id,),
         job_id=regeneration.id,
@@ -88,6 +93,9 @@ def enqueue_job(state: RegenState, regeneration: Regeneration) -> Job:
         failure_ttl=config["PLAN_REGEN_RESULT_TTL"],
         description=f"{regeneration.kind} of plan {regeneration.plan_id}",
     )
+    logger.info("queued %s %s", regeneration.kind, regeneration.id, extra=context_of(regeneration))
+    count_enqueue(regeneration.queue)
+    return job
 
 
 def active_regeneration_id(state: RegenState, plan_id: str) -> str | None:

@@ -15,6 +15,8 @@ from .cancel import cancel_regeneration
 from .errors import ApiError
 from .extension import RegenState, get_state
 from .idempotency import idempotent
+from .metrics import count_response, exposition
+from .metrics import enabled as metrics_enabled
 from .models import GenerationAttempt, Regeneration
 from .openapi import build_document
 from .plans import create_and_generate
@@ -48,6 +50,9 @@ _HTTP_CODES = {
     415: "UNSUPPORTED_MEDIA_TYPE",
     429: "TOO_MANY_REQUESTS",
 }
+
+
+regen_bp.after_request(count_response)
 
 
 @regen_bp.record
@@ -312,3 +317,11 @@ def plan_detail(plan_id: str) -> Response:
 def openapi_document() -> Response:
     """The OpenAPI 3 document of these routes."""
     return jsonify(build_document(current_app._get_current_object()))  # type: ignore[attr-defined]
+
+
+@regen_bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics, when ``PLAN_REGEN_METRICS`` is on (else 404)."""
+    if not metrics_enabled():
+        raise ApiError(404, "NOT_FOUND", "No such endpoint.")
+    return exposition()
