@@ -82,10 +82,12 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
 class EmbeddedRedis:
     """A redis-server subprocess on 127.0.0.1, no persistence, data in a temp dir."""
 
-    def __init__(self, tmp_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, tmp_dir: str | os.PathLike[str] | None = None, port: int = 0) -> None:
+        """``port`` 0 picks a free one; give the old port to restart a stopped server there."""
         self._own_dir = tmp_dir is None
         self.dir = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.mkdtemp("-redis"))
-        self.port = 0
+        self.requested_port = port
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "redis-server.log"
 
@@ -99,7 +101,7 @@ class EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         last_error = ""
         for _ in range(attempts):
-            self.port = free_port()
+            self.port = self.requested_port or free_port()
             argv = [
                 str(binary),
                 "--bind", "127.0.0.1",

@@ -27,7 +27,7 @@ DEFAULT_PRIORITY_PHRASES: tuple[str, ...] = (
 DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_ENABLED": True,
     "PLAN_REGEN_REDIS_URL": "redis://127.0.0.1:6379/0",
-    "PLAN_REGEN_REDIS_TIMEOUT": 2.0,
+    "PLAN_REGEN_REDIS_TIMEOUT": 1.5,
     # (queue name, lowest priority it takes), highest priority first.
     "PLAN_REGEN_QUEUES": [
         ["plan_regen_high", 10],

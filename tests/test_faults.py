@@ -1,0 +1,200 @@
+"""Faults with real processes: Redis down, PostgreSQL restarted, a request storm, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from app_server import serve
+from conftest import ALICE, build_app, plan_factory, worker_env
+from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from servers import EmbeddedRedis, WorkerProcs
+from sqlalchemy import func, select
+from waiting import wait_until_terminal
+
+from examples.host_app import db
+from flask_plan_regen import Regeneration, get_state
+
+pytestmark = pytest.mark.slow
+
+
+def regeneration_statuses(app: Flask) -> dict[str, str]:
+    with app.app_context():
+        return {row.id: row.status for row in db.session.scalars(select(Regeneration))}
+
+
+# ------------------------------------------------------------------ Redis down
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of this test's own, which the test stops and starts again."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_stopped_answers_503_fast_and_service_resumes(
+    sqlite_uri: str, own_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    app = build_app(sqlite_uri, own_redis.url)
+    make_plan = plan_factory(app)
+    plans = [make_plan() for _ in range(4)]
+    with serve(app) as base_url:
+
+        def post(plan_id: str, key: str | None = None) -> tuple[requests.Response, float]:
+            headers = dict(ALICE) | ({"Idempotency-Key": key} if key else {})
+            started = time.monotonic()
+            response = requests.post(
+                f"{base_url}/api/v1/plans/{plan_id}/regenerate", headers=headers, timeout=10
+            )
+            return response, time.monotonic() - started
+
+        assert post(plans[0])[0].status_code == 202
+        port = own_redis.port
+        own_redis.stop()
+        for plan_id, key in [(plans[1], None), (plans[2], "k-1"), (plans[3], None)]:
+            response, elapsed = post(plan_id, key)
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == "QUEUE_UNAVAILABLE"
+            assert response.headers["Retry-After"] == "5"
+            assert elapsed < 2.0
+        # Nothing half-written: only the regeneration accepted before the outage.
+        assert list(regeneration_statuses(app).values()) == ["pending"]
+
+        # Hung rather than gone (SIGSTOP): the client's timeout still answers in time.
+        restarted = EmbeddedRedis(tmp_path / "redis-hung", port=port)
+        restarted.start()
+        assert restarted.proc is not None
+        os.kill(restarted.proc.pid, signal.SIGSTOP)
+        try:
+            response, elapsed = post(plans[1])
+            assert (response.status_code, elapsed < 2.0) == (503, True), (response.text, elapsed)
+        finally:
+            os.kill(restarted.proc.pid, signal.SIGCONT)
+            restarted.stop()
+        assert list(regeneration_statuses(app).values()) == ["pending"]
+
+        restarted = EmbeddedRedis(tmp_path / "redis-again", port=port)
+        restarted.start()
+        try:
+            # The same app object, no restart: it reconnects by itself.
+            for plan_id, key in [(plans[1], None), (plans[2], "k-1")]:
+                assert post(plan_id, key)[0].status_code == 202
+        finally:
+            restarted.stop()
+    assert sorted(regeneration_statuses(app).values()) == ["pending"] * 3
+
+
+# ------------------------------------------------------------------ request storm
+
+
+def test_200_concurrent_posts_over_many_users_and_plans(
+    pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
+) -> None:
+    make_plan = plan_factory(pg_app)
+    users = [f"user-{n}" for n in range(40)]
+    plans = [(user, make_plan(user)) for user in users for _ in range(2)]
+    rng = random.Random(5)
+    requests_to_send = [rng.choice(plans) for _ in range(200)]
+
+    with serve(pg_app) as base_url, ThreadPoolExecutor(max_workers=32) as pool:
+
+        def post(target: tuple[str, str]) -> requests.Response:
+            user, plan_id = target
+            return requests.post(
+                f"{base_url}/api/v1/plans/{plan_id}/regenerate",
+                headers={"X-User-Id": user},
+                timeout=30,
+            )
+
+        started = time.monotonic()
+        responses = list(pool.map(post, requests_to_send))
+        elapsed = time.monotonic() - started
+    assert elapsed < 60
+
+    accepted = [r.json()["generationId"] for r in responses if r.status_code == 202]
+    others = [r for r in responses if r.status_code != 202]
+    assert {r.status_code for r in others} <= {409, 429}
+    assert all(r.json()["code"] for r in others)  # clean JSON errors
+    assert len(accepted) == len(set(accepted)) == len({p for _, p in requests_to_send})
+
+    with pg_app.app_context():
+        state = get_state()
+        rows = db.session.scalar(select(func.count()).select_from(Regeneration))
+        job_ids = [
+            job_id
+            for name, _ in pg_app.config["PLAN_REGEN_QUEUES"]
+            for job_id in state.queue(name).job_ids
+        ]
+    assert rows == len(accepted)
+    assert sorted(job_ids) == sorted(accepted)
+
+    env = worker_env(postgres_url, redis_url)
+    workers = [
+        worker_procs.spawn(["flask", "plan-regen", "worker", "--burst"], env) for _ in range(3)
+    ]
+    for worker in workers:
+        assert worker.wait(60) == 0, worker_procs.log_tail(worker)
+    statuses = wait_until_terminal(pg_app, timeout=10)
+    assert set(statuses.values()) == {"succeeded"}
+    assert len(statuses) == len(accepted)
+
+
+# ------------------------------------------------------------------ bad input
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=15), inner),
+    max_leaves=12,
+)
+OVERRIDE_KEYS = ["topic", "notes", "skillLevel", "weeklyHours", "learningStyle", "startDate",
+                 "deadlineDate", "unknown"]  # fmt: skip
+BODIES = st.one_of(
+    st.binary(max_size=200),
+    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.sampled_from(OVERRIDE_KEYS), JSON_VALUES).map(
+        lambda overrides: json.dumps({"overrides": overrides}).encode()
+    ),
+)
+HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=300)
+HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "Content-Type": st.sampled_from(["application/json", "text/plain", "", "x/y; q=1"])
+        | HEADER_TEXT,
+        "Idempotency-Key": HEADER_TEXT,
+        "X-User-Id": st.sampled_from(["alice", "bob", ""]) | HEADER_TEXT,
+        "Content-Encoding": st.sampled_from(["gzip", "identity"]),
+    },
+)
+
+
+def test_generated_bodies_and_headers_never_get_a_5xx(
+    app: Flask, make_plan: Callable[..., str]
+) -> None:
+    plan_ids = [make_plan(), make_plan(), "not-a-plan", "x" * 100]
+    client = app.test_client()
+
+    @given(plan_id=st.sampled_from(plan_ids), body=BODIES, headers=HEADERS)
+    @settings(
+        max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+    def never_5xx(plan_id: str, body: bytes, headers: dict[str, Any]) -> None:
+        response = client.post(f"/api/v1/plans/{plan_id}/regenerate", data=body, headers=headers)
+        assert response.status_code < 500, (response.status_code, response.get_data())
+        assert (response.is_json and "code" in (response.json or {})) or response.status_code == 202
+
+    never_5xx()
