@@ -121,6 +121,7 @@ class EmbeddedPostgres:
         self.bindir = bindir
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.argv: list[str] = []
         self.uid: int | None = None
         self.gid: int | None = None
         if os.geteuid() == 0:
@@ -199,26 +200,44 @@ class EmbeddedPostgres:
                 argv = [str(self.bindir / "postgres"), "-D", str(self.data_dir)]
                 for key, value in settings.items():
                     argv += ["-c", f"{key}={value}"]
+                self.argv = argv
                 self.proc = self._popen(argv, log)
-                deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline and self.proc.poll() is None:
-                    try:
-                        with psycopg.connect(
-                            host="127.0.0.1",
-                            port=self.port,
-                            user=PG_SUPERUSER,
-                            dbname="postgres",
-                            connect_timeout=2,
-                            autocommit=True,
-                        ) as conn:
-                            conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-                        return self.url()
-                    except psycopg.OperationalError:
-                        time.sleep(0.1)
+                if self._wait_until_ready(timeout):
+                    with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+                        conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+                    return self.url()
                 self._kill()
         finally:
             os.close(log)
         raise RuntimeError(f"postgres did not start; log tail:\n{self.log_tail()}")
+
+    def _dsn(self, database: str) -> str:
+        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}?connect_timeout=2"
+
+    def _wait_until_ready(self, timeout: float) -> bool:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc is not None and self.proc.poll() is None:
+            try:
+                psycopg.connect(self._dsn("postgres")).close()
+                return True
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        return False
+
+    def restart(self, downtime: float = 0.0, timeout: float = 60.0) -> None:
+        """Fast shutdown, ``downtime`` s without a server, then start again: same port, data."""
+        if self.proc is not None:
+            stop_process(self.proc, timeout=timeout, sig=signal.SIGINT)
+        time.sleep(downtime)
+        log = os.open(self.log_path, os.O_WRONLY | os.O_APPEND)
+        try:
+            self.proc = self._popen(self.argv, log)
+        finally:
+            os.close(log)
+        if not self._wait_until_ready(timeout):
+            raise RuntimeError(f"postgres did not restart; log tail:\n{self.log_tail()}")
 
     def create_database(self, name: str) -> str:
         """Create another database in this cluster and return its URL."""
