@@ -38,6 +38,16 @@ class ApiError(Exception):
         return body
 
 
+def queue_unavailable() -> ApiError:
+    """The answer of a request that needed Redis and could not reach it."""
+    return ApiError(
+        503,
+        "QUEUE_UNAVAILABLE",
+        "The regeneration queue is unavailable; nothing was queued. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
 class GenerationError(Exception):
     """A provider call or its output failed; ``failure_class`` decides retrying.
 

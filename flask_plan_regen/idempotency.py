@@ -23,13 +23,13 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, cast
 
 from flask import Response, current_app, request
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .errors import ApiError
+from .errors import ApiError, queue_unavailable
 from .extension import get_state
 
 P = ParamSpec("P")
@@ -71,12 +71,7 @@ def idempotent(view: Callable[P, Response]) -> Callable[P, Response]:
         try:
             return slot.run(lambda: view(*args, **kwargs))
         except RedisError as error:
-            raise ApiError(
-                503,
-                "QUEUE_UNAVAILABLE",
-                "The regeneration queue is unavailable; nothing was queued. Try again shortly.",
-                headers={"Retry-After": "5"},
-            ) from error
+            raise queue_unavailable() from error
 
     return wrapper
 
@@ -111,7 +106,7 @@ class IdempotencySlot:
         while True:
             if self.redis.set(self.redis_key, self.marker, nx=True, ex=IN_PROGRESS_TTL):
                 return self._process(view, config["PLAN_REGEN_IDEMPOTENCY_TTL"])
-            raw = self.redis.get(self.redis_key)
+            raw = cast(bytes | None, self.redis.get(self.redis_key))  # a sync client
             if raw is None:  # released or expired between SET and GET: try again
                 continue
             record = json.loads(raw)

@@ -30,6 +30,10 @@ COMPONENTS: dict[str, type[Schema]] = {
     "TaskDocument": schemas.TaskDocumentSchema,
     "ModuleDocument": schemas.ModuleDocumentSchema,
     "PlanDocument": schemas.PlanDocumentSchema,
+    "MonthlyUsage": schemas.MonthlyUsageSchema,
+    "RateLimitUsage": schemas.RateLimitUsageSchema,
+    "Usage": schemas.UsageSchema,
+    "WebhookReceipt": schemas.WebhookReceiptSchema,
 }
 
 ERROR_DESCRIPTIONS = {
@@ -40,7 +44,18 @@ ERROR_DESCRIPTIONS = {
     "Idempotency-Key is still running.",
     413: "The body is larger than PLAN_REGEN_MAX_BODY_BYTES.",
     422: "The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_REUSED).",
-    503: "The queue (Redis) is unavailable; nothing was queued.",
+    429: "Over the rate limit (RATE_LIMITED, with Retry-After) or the monthly quota "
+    "(QUOTA_EXCEEDED).",
+    503: "The queue (Redis) is unavailable or regeneration is switched off; nothing was queued.",
+}
+
+RATE_LIMIT_HEADERS = {
+    name: {"schema": {"type": "string"}, "description": description}
+    for name, description in [
+        ("RateLimit-Limit", "Requests allowed in the window."),
+        ("RateLimit-Remaining", "Requests left in the window."),
+        ("RateLimit-Reset", "Seconds until the window frees up."),
+    ]
 }
 
 
@@ -84,10 +99,23 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     "headers": {
                         "Location": {"schema": {"type": "string"}},
                         REPLAYED_HEADER: {"schema": {"type": "string", "enum": ["true"]}},
+                        **RATE_LIMIT_HEADERS,
                     },
                     "content": _json("Accepted"),
                 },
-                **_errors(400, 401, 404, 409, 413, 422, 503),
+                **_errors(400, 401, 404, 409, 413, 422, 429, 503),
+            },
+        },
+    ),
+    (
+        "/usage",
+        "get",
+        {
+            "operationId": "getUsage",
+            "summary": "The caller's tier, rate limit and monthly quota.",
+            "responses": {
+                200: {"description": "Usage.", "content": _json("Usage")},
+                **_errors(401),
             },
         },
     ),
@@ -170,6 +198,29 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+WEBHOOK_ENDPOINT = "plan_regen_stripe_webhook"
+WEBHOOK = {
+    "operationId": "stripeWebhook",
+    "summary": "Stripe events that refresh a customer's tier (docs/billing.md).",
+    "parameters": [
+        {"name": "Stripe-Signature", "in": "header", "required": True, "schema": {"type": "string"}}
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    "responses": {
+        200: {"description": "Received.", "content": _json("WebhookReceipt")},
+        400: {"description": "Missing or invalid signature.", "content": _json("Error")},
+        413: {"description": "Payload over 1 MiB.", "content": _json("Error")},
+        503: {
+            "description": "Stripe or Redis unavailable; Stripe delivers again.",
+            "content": _json("Error"),
+        },
+    },
+}
+
+
 def package_version() -> str:
     try:
         return version("flask-plan-regen")
@@ -195,4 +246,6 @@ def build_document(app: Flask) -> dict[str, Any]:
         spec.components.schema(name, schema=schema)
     for path, method, operation in OPERATIONS:
         spec.path(path=prefix + path, operations={method: operation})
+    if WEBHOOK_ENDPOINT in app.view_functions:  # only while Stripe webhooks are configured
+        spec.path(path=app.config["PLAN_REGEN_STRIPE_WEBHOOK_PATH"], operations={"post": WEBHOOK})
     return spec.to_dict()

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .config import job_timeout
-from .errors import ApiError
+from .errors import ApiError, queue_unavailable
 from .extension import RegenState
 from .logs import context_of
 from .metrics import count_enqueue
@@ -70,12 +70,7 @@ def submit_regeneration(
     except RedisError as error:
         session.delete(regeneration)
         session.commit()
-        raise ApiError(
-            503,
-            "QUEUE_UNAVAILABLE",
-            "The regeneration queue is unavailable; nothing was queued. Try again shortly.",
-            headers={"Retry-After": "5"},
-        ) from error
+        raise queue_unavailable() from error
     return regeneration
 
 

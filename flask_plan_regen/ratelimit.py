@@ -2,9 +2,9 @@
 
 A moving window of the ``limits`` library (one atomic Lua script per hit on
 the package's Redis), so it holds across any number of web processes. If
-Redis cannot be reached the request is let through with a warning: the queue
-lives in the same Redis, so the request ends in 503 ``QUEUE_UNAVAILABLE``
-anyway, with its quota given back.
+Redis cannot be reached the request answers 503 ``QUEUE_UNAVAILABLE`` at once:
+the queue lives in the same Redis, so it could not be queued anyway, and a hung
+Redis costs one client timeout, not one per Redis call of the request.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from redis import Redis, RedisError
 
-from .errors import ApiError
+from .errors import ApiError, queue_unavailable
 
 if TYPE_CHECKING:
     from .extension import RegenState
@@ -101,8 +101,7 @@ def enforce_rate_limit(state: RegenState, user_id: str) -> None:
     try:
         allowed, status = limiter.hit(user_id, tier)
     except RedisError as error:
-        logger.warning("rate limit not checked, Redis unavailable: %s", error)
-        return
+        raise queue_unavailable() from error
     setattr(g, _G_KEY, status)
     if not allowed:
         retry_after = max(status.reset_after, 1)

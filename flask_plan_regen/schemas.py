@@ -240,3 +240,35 @@ class PlanDocumentSchema(ResponseSchema):
     created_at = fields.DateTime(data_key="createdAt", allow_none=True)
     updated_at = fields.DateTime(data_key="updatedAt", allow_none=True)
     modules = fields.List(fields.Nested(ModuleDocumentSchema))
+
+
+class MonthlyUsageSchema(ResponseSchema):
+    period = fields.String(metadata={"description": "The month, YYYY-MM (UTC)."})
+    limit = fields.Integer(allow_none=True, metadata={"description": "null: unlimited."})
+    used = fields.Integer()
+    remaining = fields.Integer(allow_none=True)
+    resets_at = fields.DateTime(data_key="resetsAt")
+
+
+class RateLimitUsageSchema(ResponseSchema):
+    limit = fields.Integer()
+    window = fields.String()
+    remaining = fields.Integer()
+    resets_in = fields.Integer(data_key="resetsIn")
+
+
+class UsageSchema(ResponseSchema):
+    tier = fields.String()
+    monthly = fields.Nested(MonthlyUsageSchema)
+    rate_limit = fields.Nested(
+        RateLimitUsageSchema,
+        data_key="rateLimit",
+        allow_none=True,
+        metadata={"description": "null while Redis is unreachable."},
+    )
+
+
+class WebhookReceiptSchema(ResponseSchema):
+    received = fields.Boolean()
+    duplicate = fields.Boolean()
+    refreshed = fields.Boolean(metadata={"optional": True})

@@ -28,6 +28,12 @@ from flask_plan_regen import Regeneration, get_state
 
 pytestmark = pytest.mark.slow
 
+# Rate limit and quota out of the way of tests that send many requests as one user.
+NO_LIMITS: dict[str, Any] = {
+    "PLAN_REGEN_RATE_LIMIT": "1000/hour",
+    "PLAN_REGEN_MONTHLY_QUOTAS": {"free": "unlimited", "starter": "unlimited", "pro": "unlimited"},
+}
+
 
 def regeneration_statuses(app: Flask) -> dict[str, str]:
     with app.app_context():
@@ -126,12 +132,13 @@ def plan_shapes(app: Flask, plan_ids: list[str]) -> dict[str, list[tuple[str, in
 @pytest.mark.xfail(
     reason="needs issue 3's retries and sweep: without them a job that meets the dead "
     "database fails in RQ before its claim (row stays pending) or mid-job (stays processing)",
+    raises=AssertionError,
     strict=False,
 )
 def test_postgres_restarted_while_a_worker_runs_jobs(
     own_postgres: EmbeddedPostgres, redis_url: str, redis_conn: Any, worker_procs: WorkerProcs
 ) -> None:
-    app = build_app(own_postgres.url(), redis_url)
+    app = build_app(own_postgres.url(), redis_url, **NO_LIMITS)
     make_plan = plan_factory(app)
     plan_ids = [make_plan(topic=f"Distributed systems part {n}") for n in range(6)]
     client = app.test_client()
