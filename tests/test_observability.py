@@ -134,3 +134,21 @@ def test_forking_worker_serves_job_metrics_and_logs_json(
 
     for generation_id in ids:
         assert lines_about(worker_procs.log(worker), generation_id)
+
+
+@pytest.mark.parametrize("app_config", [{"PLAN_REGEN_METRICS": True}])
+def test_forking_worker_metrics_need_the_multiprocess_directory(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    args = ["plan-regen", "worker", "--burst", "--metrics-port", str(free_port())]
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 2
+    assert "needs PROMETHEUS_MULTIPROC_DIR" in result.output
+
+
+def test_worker_metrics_need_metrics_switched_on(app: Flask) -> None:
+    args = ["plan-regen", "worker", "--burst", "--metrics-port", str(free_port())]
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 2
+    assert "PLAN_REGEN_METRICS" in result.output
