@@ -13,6 +13,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
+from .config import job_timeout
 from .errors import ApiError
 from .extension import RegenState
 from .models import Regeneration, utcnow
@@ -45,7 +46,7 @@ def status_counts(state: RegenState) -> dict[str, int]:
 
 def stuck_regenerations(state: RegenState) -> list[Regeneration]:
     """Rows in ``processing`` for longer than the job timeout: no job can still be running."""
-    cutoff = utcnow() - timedelta(seconds=current_app.config["PLAN_REGEN_JOB_TIMEOUT"])
+    cutoff = utcnow() - timedelta(seconds=job_timeout(current_app.config))
     return list(
         state.db.session.scalars(
             select(Regeneration)

@@ -22,6 +22,7 @@ from .idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
 COMPONENTS: dict[str, type[Schema]] = {
     "Error": schemas.ErrorSchema,
     "Overrides": schemas.OverridesSchema,
+    "CreatePlan": schemas.CreatePlanSchema,
     "RegenerateRequest": schemas.RegenerateRequestSchema,
     "Accepted": schemas.AcceptedSchema,
     "Attempt": schemas.AttemptSchema,
@@ -40,8 +41,9 @@ ERROR_DESCRIPTIONS = {
     400: "Malformed JSON, invalid fields or a malformed Idempotency-Key.",
     401: "Not authenticated.",
     404: "No such plan or regeneration for this user.",
-    409: "The plan already has an active regeneration, or a request with this "
-    "Idempotency-Key is still running.",
+    409: "The plan already has an active regeneration (REGENERATION_ALREADY_QUEUED), it "
+    "has finished (REGENERATION_FINISHED, cancel), or a request with this Idempotency-Key "
+    "is still running.",
     413: "The body is larger than PLAN_REGEN_MAX_BODY_BYTES.",
     422: "The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_REUSED).",
     429: "Over the rate limit (RATE_LIMITED, with Retry-After) or the monthly quota "
@@ -83,8 +85,29 @@ IDEMPOTENCY_PARAM = {
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
 }
 
+ACCEPTED = {
+    "description": "Queued; poll the Location.",
+    "headers": {
+        "Location": {"schema": {"type": "string"}},
+        REPLAYED_HEADER: {"schema": {"type": "string", "enum": ["true"]}},
+        **RATE_LIMIT_HEADERS,
+    },
+    "content": _json("Accepted"),
+}
+
 # (path below the prefix, method, operation), in the order the document lists them.
 OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "/plans",
+        "post",
+        {
+            "operationId": "createPlan",
+            "summary": "Create a plan for the caller and queue its first generation.",
+            "parameters": [IDEMPOTENCY_PARAM],
+            "requestBody": {"required": True, "content": _json("CreatePlan")},
+            "responses": {202: ACCEPTED, **_errors(400, 401, 413, 422, 429, 503)},
+        },
+    ),
     (
         "/plans/{planId}/regenerate",
         "post",
@@ -93,17 +116,26 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "summary": "Queue a regeneration of the caller's plan.",
             "parameters": [_path_param("planId"), IDEMPOTENCY_PARAM],
             "requestBody": {"required": False, "content": _json("RegenerateRequest")},
+            "responses": {202: ACCEPTED, **_errors(400, 401, 404, 409, 413, 422, 429, 503)},
+        },
+    ),
+    (
+        "/plans/{planId}/regenerations/{generationId}/cancel",
+        "post",
+        {
+            "operationId": "cancelRegeneration",
+            "summary": "Cancel a pending or running regeneration.",
+            "parameters": [
+                _path_param("planId"),
+                _path_param("generationId"),
+                IDEMPOTENCY_PARAM,
+            ],
             "responses": {
-                202: {
-                    "description": "Queued; poll the Location.",
-                    "headers": {
-                        "Location": {"schema": {"type": "string"}},
-                        REPLAYED_HEADER: {"schema": {"type": "string", "enum": ["true"]}},
-                        **RATE_LIMIT_HEADERS,
-                    },
-                    "content": _json("Accepted"),
+                200: {
+                    "description": "Canceled (or the replayed answer).",
+                    "content": _json("Regeneration"),
                 },
-                **_errors(400, 401, 404, 409, 413, 422, 429, 503),
+                **_errors(400, 401, 404, 409, 413, 422, 503),
             },
         },
     ),

@@ -226,6 +226,7 @@ def usage() -> Response:
 
 
 @regen_bp.post("/plans")
+@idempotent
 def create_plan() -> Response:
     """Create a plan for the caller and queue its first generation."""
     state = get_state()
@@ -246,6 +247,7 @@ def owned_regeneration(state: RegenState, plan_id: str, generation_id: str) -> R
 
 
 @regen_bp.post("/plans/<plan_id>/regenerations/<generation_id>/cancel")
+@idempotent
 def cancel(plan_id: str, generation_id: str) -> Response:
     """Cancel a pending or running regeneration; 409 once it has finished."""
     state = get_state()

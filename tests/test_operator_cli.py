@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from conftest import ALICE, run_jobs, worker_env
@@ -14,7 +15,14 @@ from sqlalchemy import select
 
 from examples.host_app import db
 from flask_plan_regen import Regeneration
+from flask_plan_regen.config import job_timeout
 from flask_plan_regen.models import utcnow
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    """One attempt per regeneration: a forced failure ends it ``failed`` at once."""
+    return {"PLAN_REGEN_MAX_ATTEMPTS": 1}
 
 
 def regenerate(app: Flask, plan_id: str) -> str:
@@ -49,7 +57,7 @@ def test_info_reports_queues_statuses_and_stuck_rows(
         row = db.session.get(Regeneration, stuck_id)
         assert row is not None
         row.status = "processing"
-        row.started_at = utcnow() - timedelta(seconds=app.config["PLAN_REGEN_JOB_TIMEOUT"] + 5)
+        row.started_at = utcnow() - timedelta(seconds=job_timeout(app.config) + 5)
         db.session.commit()
 
     result = app.test_cli_runner().invoke(args=["plan-regen", "info", "--json"])
