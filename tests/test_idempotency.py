@@ -14,7 +14,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from examples.host_app import db
-from flask_plan_regen import Regeneration, get_state
+from flask_plan_regen import Plan, Regeneration, get_state
 
 BODY = {"overrides": {"topic": "Go concurrency"}}
 
@@ -139,3 +139,31 @@ def test_concurrent_retries_are_processed_once(app: Flask, make_plan: Callable[.
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 15
     assert regeneration_count(app, plan_id) == 1
     assert queued_jobs(app) == 1
+
+
+def test_create_plan_is_idempotent(app: Flask) -> None:
+    client = app.test_client()
+    headers = {**ALICE, "Idempotency-Key": "new-plan"}
+    body = {"topic": "Kubernetes operations", "weeklyHours": 4}
+    first = client.post("/api/v1/plans", json=body, headers=headers)
+    second = client.post("/api/v1/plans", json=body, headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert second.json == first.json  # same plan, same generation
+    assert second.headers["Idempotent-Replayed"] == "true"
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Plan)) == 1
+    assert queued_jobs(app) == 1
+
+
+def test_cancel_is_idempotent(app: Flask, make_plan: Callable[..., str]) -> None:
+    plan_id = make_plan()
+    client = app.test_client()
+    generation_id = post(client, plan_id, None).json["generationId"]
+    url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
+    headers = {**ALICE, "Idempotency-Key": "cancel-1"}
+    first = client.post(url, headers=headers)
+    retried = client.post(url, headers=headers)
+    assert first.status_code == retried.status_code == 200
+    assert retried.json == first.json and retried.json["status"] == "canceled"
+    # Without the key, the same request is evaluated again: it has finished by now.
+    assert client.post(url, headers=ALICE).json["code"] == "REGENERATION_FINISHED"
