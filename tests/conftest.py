@@ -33,6 +33,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ALICE = {"X-User-Id": "alice"}
 BOB = {"X-User-Id": "bob"}
 
+# Rate limit and quota out of the way of tests that send many requests as one user.
+NO_LIMITS: dict[str, Any] = {
+    "PLAN_REGEN_RATE_LIMIT": "1000/hour",
+    "PLAN_REGEN_MONTHLY_QUOTAS": {"free": "unlimited", "starter": "unlimited", "pro": "unlimited"},
+}
+
 
 @pytest.fixture
 def redis_conn(redis_url: str) -> Iterator[redis.Redis]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import schemathesis
-from conftest import ALICE, run_jobs
+from conftest import ALICE, NO_LIMITS, run_jobs
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -58,6 +58,7 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+@pytest.mark.parametrize("app_config", [NO_LIMITS])
 def test_api_honours_its_document(app: Flask, make_plan: Callable[..., str]) -> None:
     """Schemathesis, in-process over WSGI: no 5xx, every answer as documented."""
     plan_id = make_plan()
