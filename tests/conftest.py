@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,7 +16,6 @@ from flask import Flask
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from sqlalchemy import text
-from werkzeug.serving import make_server
 
 from examples.host_app import create_app, db
 from flask_plan_regen import get_state, metadata
@@ -138,19 +135,6 @@ def worker_env(database_uri: str, redis_url: str, **config: str) -> dict[str, st
     }
     env.update({f"FLASK_{key}": value for key, value in config.items()})
     return env
-
-
-@contextlib.contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    """Serve ``app`` on a real threaded HTTP server on loopback; yield its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
 
 
 def post_json(url: str, body: Any, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import ALICE, plan_factory, post_json, serve
+from app_server import serve
+from conftest import ALICE, plan_factory, post_json
 from flask import Flask
 from rq import Queue
 from rq.serializers import JSONSerializer
