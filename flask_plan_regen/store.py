@@ -51,11 +51,8 @@ class SQLAlchemyPlanStore:
         self.db = db
 
     def _get(self, plan_id: str) -> Plan | None:
-        try:
-            canonical = str(uuid.UUID(plan_id))
-        except ValueError:
-            return None
-        return self.db.session.get(Plan, canonical)
+        canonical = _canonical_id(plan_id)
+        return self.db.session.get(Plan, canonical) if canonical else None
 
     def load_plan(self, plan_id: str) -> PlanInput | None:
         plan = self._get(plan_id)
@@ -119,9 +116,8 @@ class SQLAlchemyPlanStore:
         plan.status = "ready"
 
     def plan_document(self, plan_id: str) -> dict[str, Any] | None:
-        try:
-            canonical = str(uuid.UUID(plan_id))
-        except ValueError:
+        canonical = _canonical_id(plan_id)
+        if canonical is None:
             return None
         plan = self.db.session.scalar(
             select(Plan)
@@ -164,6 +160,14 @@ class SQLAlchemyPlanStore:
                 for module in plan.modules
             ],
         }
+
+
+def _canonical_id(plan_id: str) -> str | None:
+    """Built-in plan ids are UUIDs; anything else names no plan."""
+    try:
+        return str(uuid.UUID(plan_id))
+    except ValueError:
+        return None
 
 
 def _iso(value: date | None) -> str | None:
