@@ -28,7 +28,7 @@ from .pacing import fit_to_schedule
 from .providers import GenerationRequest, GenerationResult
 from .quota import refund_failed
 from .retries import rq_retry, should_retry
-from .schemas import OverridesSchema
+from .schemas import overrides_schema
 
 logger = logging.getLogger("flask_plan_regen.jobs")
 
@@ -131,7 +131,7 @@ def execute(state: RegenState, generation_id: str) -> dict[str, Any] | Retry | N
         )
         conclude_failure(state, regeneration, attempt, gone)
         return None
-    overrides = OverridesSchema().load(regeneration.overrides)
+    overrides = overrides_schema.load(regeneration.overrides)
     request = GenerationRequest(
         plan=plan.with_overrides(overrides),
         tier=regeneration.tier,

@@ -26,10 +26,10 @@ from .quota import monthly_usage, reserve
 from .ratelimit import add_rate_limit_headers, enforce_rate_limit, rate_limit_usage
 from .schemas import (
     CreatePlanSchema,
-    OverridesSchema,
     PaginationSchema,
-    RegenerateRequestSchema,
     field_errors,
+    overrides_schema,
+    regenerate_request_schema,
 )
 from .serializers import regeneration_document
 from .types import PlanInput
@@ -189,7 +189,7 @@ def regenerate(plan_id: str) -> Response:
     user_id = state.authenticate()
     enforce_rate_limit(state, user_id)
     body = read_json_body(state)
-    overrides = load_body(RegenerateRequestSchema(), body, "Invalid overrides.")["overrides"]
+    overrides = load_body(regenerate_request_schema, body, "Invalid overrides.")["overrides"]
     ensure_enabled()
     plan = owned_plan(state, plan_id, user_id)
     merged = plan.with_overrides(overrides)
@@ -203,7 +203,7 @@ def regenerate(plan_id: str) -> Response:
             state,
             plan_id=plan.id,
             user_id=user_id,
-            overrides=OverridesSchema().dump(overrides),
+            overrides=overrides_schema.dump(overrides),
             tier=tier,
             priority=priority,
             queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),

@@ -108,6 +108,12 @@ class RegenerateRequestSchema(Schema):
         return data
 
 
+# Built once per process: building a schema (fields, validators, nested schemas) costs more
+# than loading a body with it, and loading or dumping never changes the instance.
+overrides_schema = OverridesSchema()
+regenerate_request_schema = RegenerateRequestSchema()
+
+
 class PaginationSchema(Schema):
     """Query string of list endpoints."""
 
