@@ -197,7 +197,8 @@ def execute(state: RegenState, generation_id: str) -> dict[str, Any] | Retry | N
             public_message="The generated plan could not be saved.",
         )
         return fail_attempt(state, regeneration, request, started, result, failure)
-    logger.info("regeneration %s succeeded: %s", regeneration.id, summary)
+    # generation_id, not regeneration.id: the commit expired the row, reading it costs a SELECT.
+    logger.info("regeneration %s succeeded: %s", generation_id, summary)
     return summary
 
 

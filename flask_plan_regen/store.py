@@ -13,7 +13,7 @@ from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import selectinload
 
 from .models import Module, Plan, Task
@@ -89,30 +89,40 @@ class SQLAlchemyPlanStore:
             raise LookupError(f"plan {plan_id} no longer exists")
         # Bulk deletes rather than ORM cascades: SQLite only honours ON DELETE
         # CASCADE with a pragma the host may not have set.
-        module_ids = select(Module.id).where(Module.plan_id == plan.id)
-        session.execute(delete(Task).where(Task.module_id.in_(module_ids)))
+        old_modules = select(Module.id).where(Module.plan_id == plan.id)
+        session.execute(delete(Task).where(Task.module_id.in_(old_modules)))
         session.execute(delete(Module).where(Module.plan_id == plan.id))
         session.expire(plan, ["modules"])
-        for position, generated in enumerate(modules):
-            module = Module(
-                plan_id=plan.id,
-                position=position,
-                title=generated.title,
-                description=generated.description,
-                estimated_minutes=generated.estimated_minutes,
-                tasks=[
-                    Task(
-                        position=task_position,
-                        title=task.title,
-                        description=task.description,
-                        estimated_minutes=task.estimated_minutes,
-                        week=task.week,
-                        due_date=task.due_date,
-                    )
-                    for task_position, task in enumerate(generated.tasks)
-                ],
-            )
-            session.add(module)
+        # Bulk inserts (two statements, no ORM objects): the ORM unit of work spent more
+        # CPU on a few dozen rows than everything else in the job.
+        module_ids = session.scalars(
+            insert(Module).returning(Module.id, sort_by_parameter_order=True),
+            [
+                {
+                    "plan_id": plan.id,
+                    "position": position,
+                    "title": generated.title,
+                    "description": generated.description,
+                    "estimated_minutes": generated.estimated_minutes,
+                }
+                for position, generated in enumerate(modules)
+            ],
+        ).all()
+        tasks = [
+            {
+                "module_id": module_id,
+                "position": position,
+                "title": task.title,
+                "description": task.description,
+                "estimated_minutes": task.estimated_minutes,
+                "week": task.week,
+                "due_date": task.due_date,
+            }
+            for module_id, generated in zip(module_ids, modules, strict=True)
+            for position, task in enumerate(generated.tasks)
+        ]
+        if tasks:
+            session.execute(insert(Task), tasks)
         plan.status = "ready"
 
     def plan_document(self, plan_id: str) -> dict[str, Any] | None:
