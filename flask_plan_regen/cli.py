@@ -108,9 +108,8 @@ def worker(
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     set_worker_app(app)
     state = get_state(app)
-    # The work horses are forked from this process: hold no pooled connections.
-    for engine in state.db.engines.values():
-        engine.dispose()
+    # The work horses are forked from this process: warm it up, hold no pooled connections.
+    state.prepare_for_fork()
     # No socket timeout here: RQ blocks on Redis while it waits for jobs.
     connection = Redis.from_url(app.config["PLAN_REGEN_REDIS_URL"])
     names = list(queues) or queue_names()

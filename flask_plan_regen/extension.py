@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,8 @@ from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import configure_mappers
 
 from . import config as settings
 from .errors import ApiError, ConfigurationError
@@ -89,6 +92,20 @@ class RegenState:
         if name not in self._queues:
             self._queues[name] = Queue(name, connection=self.redis, serializer=JSONSerializer)
         return self._queues[name]
+
+    def prepare_for_fork(self) -> None:
+        """In a worker's main process, do once what every forked work horse would redo.
+
+        Configures the ORM mappers and lets each engine's dialect read the database
+        server's settings on a first connection, then drops the pooled connections,
+        which must not cross ``fork()``. A database that is down now only costs the
+        work horses that first connection later.
+        """
+        configure_mappers()
+        for engine in self.db.engines.values():
+            with contextlib.suppress(SQLAlchemyError), engine.connect():
+                pass
+            engine.dispose()
 
     def dispose_engines_after_fork(self) -> None:
         """Drop pooled connections inherited from a parent process, once per process."""
