@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 SRC := $(wildcard flask_plan_regen tests examples bench)
 PYTEST_ARGS ?=
 
-.PHONY: venv postgres lint format typecheck test test-fast demo clean
+.PHONY: venv postgres lint format typecheck test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,16 @@ test-fast: venv
 
 demo: venv
 	$(BIN)/python examples/demo.py
+
+# Benchmarks (about 5-10 minutes); rewrites the results table in docs/performance.md.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP) postgres
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

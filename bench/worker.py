@@ -1,0 +1,165 @@
+"""Worker benchmark: regenerations/s against bare RQ no-op jobs, and the workers' memory.
+
+Each run pre-fills a queue, starts 1 or 2 burst workers of one class and reads the jobs'
+own ``started_at``/``ended_at`` from Redis: throughput = jobs / (last end - first start),
+so process start-up is not counted for either side. The package's side is ``flask
+plan-regen worker`` running regenerations with the built-in provider at zero delay (every
+one must end ``succeeded``); the bare side is ``rq worker -c bench.rq_settings`` (the host
+app loaded by RQ's settings module) running ``bench.jobs.noop``. PSS is sampled over the
+worker processes and their work horses while they drain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
+from rq.serializers import JSONSerializer
+from sqlalchemy import func, select
+
+from bench.common import Database, pss_kib, spawn
+from examples.host_app import db
+from flask_plan_regen.models import Regeneration
+
+BARE_QUEUE = "bench_bare"
+WORKER_CLASSES = {"forking": "rq.Worker", "simple": "rq.SimpleWorker"}
+
+
+@dataclass
+class DrainResult:
+    jobs_per_s: float
+    peak_pss_kib: int
+
+
+def fill_package_queue(database: Database, jobs: int) -> list[str]:
+    """Queue ``jobs`` regenerations through the real route (test client); their queues."""
+    app = database.app()
+    client = app.test_client()
+    queues: set[str] = set()
+    for plan_id, owner in database.plans[:jobs]:
+        response = client.post(
+            f"/api/v1/plans/{plan_id}/regenerate", json={}, headers={"X-User-Id": owner}
+        )
+        if response.status_code != 202:
+            raise RuntimeError(f"prefill got {response.status_code}: {response.get_json()}")
+        queues.add(response.get_json()["queue"])
+    with app.app_context():
+        db.engine.dispose()
+    return sorted(queues)
+
+
+def fill_bare_queue(database: Database, jobs: int) -> None:
+    queue = Queue(
+        BARE_QUEUE, connection=Redis.from_url(database.redis_url), serializer=JSONSerializer
+    )
+    queue.enqueue_many([Queue.prepare_data("bench.jobs.noop", timeout=180) for _ in range(jobs)])
+
+
+def worker_argv(side: str, worker_class: str, database: Database, burst: bool) -> list[str]:
+    cls = WORKER_CLASSES[worker_class]
+    burst_flag = ["--burst"] if burst else []
+    if side == "package":
+        return [
+            "flask", "plan-regen", "worker", *burst_flag, "--without-scheduler",
+            "--worker-class", cls, "--logging-level", "WARNING",
+        ]  # fmt: skip
+    return [
+        "rq", "worker", *burst_flag, "-c", "bench.rq_settings", "-w", cls,
+        "-S", "rq.serializers.JSONSerializer", "--url", database.redis_url,
+        "--logging_level", "WARNING", BARE_QUEUE,
+    ]  # fmt: skip
+
+
+def drain(
+    side: str, worker_class: str, processes: int, database: Database, jobs: int
+) -> DrainResult:
+    """Fill a queue with ``jobs`` jobs and time ``processes`` burst workers draining it."""
+    database.reset()
+    if side == "package":
+        queue_names = fill_package_queue(database, jobs)
+    else:
+        fill_bare_queue(database, jobs)
+        queue_names = [BARE_QUEUE]
+    with contextlib.ExitStack() as stack:
+        pids = [
+            stack.enter_context(
+                spawn(
+                    worker_argv(side, worker_class, database, burst=True),
+                    database.env(),
+                    f"{side}-{worker_class}-{index}",
+                )
+            )
+            for index in range(processes)
+        ]
+        done = threading.Event()
+        peak = [0]
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], sum(pss_kib(pid) for pid in pids))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        wait_until_drained(database, queue_names, jobs)
+        done.set()
+        sampler.join()
+    if side == "package":
+        check_all_succeeded(database, jobs)
+    return DrainResult(jobs / job_span(database, queue_names), peak[0])
+
+
+def wait_until_drained(database: Database, queue_names: list[str], jobs: int) -> None:
+    connection = Redis.from_url(database.redis_url)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        finished = sum(
+            FinishedJobRegistry(name, connection=connection).count for name in queue_names
+        )
+        if finished >= jobs:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"queues {queue_names} did not drain in time")
+
+
+def job_span(database: Database, queue_names: list[str]) -> float:
+    """Seconds from the first job's start to the last job's end."""
+    connection = Redis.from_url(database.redis_url)
+    starts, ends = [], []
+    for name in queue_names:
+        ids = FinishedJobRegistry(name, connection=connection).get_job_ids()
+        for job in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer):
+            starts.append(job.started_at)
+            ends.append(job.ended_at)
+    return (max(ends) - min(starts)).total_seconds()
+
+
+def check_all_succeeded(database: Database, jobs: int) -> None:
+    with database.app().app_context():
+        succeeded = db.session.scalar(
+            select(func.count()).where(Regeneration.status == "succeeded")
+        )
+        db.engine.dispose()
+    if succeeded != jobs:
+        raise RuntimeError(f"only {succeeded} of {jobs} regenerations succeeded")
+
+
+def idle_pss(side: str, database: Database, settle: float = 1.0) -> int:
+    """PSS of one forking worker waiting on empty queues, once it has registered and settled."""
+    database.reset()
+    connection = Redis.from_url(database.redis_url)
+    argv = worker_argv(side, "forking", database, burst=False)
+    with spawn(argv, database.env(), f"{side}-idle") as pid:
+        deadline = time.monotonic() + 60
+        while Worker.count(connection=connection) == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {side} worker did not start")
+            time.sleep(0.05)
+        time.sleep(settle)
+        return pss_kib(pid)
