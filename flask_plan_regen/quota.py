@@ -69,16 +69,7 @@ def reserve(state: RegenState, user_id: str, tier: str) -> Iterator[Reservation]
     session = state.db.session
     period = current_period()
     limit = monthly_limit(tier, current_app.config)
-    _ensure_usage_row(session, user_id, period)
-    statement = (
-        update(Usage)
-        .where(Usage.user_id == user_id, Usage.period == period)
-        .values(used=Usage.used + 1)
-        .execution_options(synchronize_session=False)
-    )
-    if limit is not None:
-        statement = statement.where(Usage.used < limit)
-    reserved = bool(getattr(session.execute(statement), "rowcount", 0))
+    reserved = _take_one(session, user_id, period, limit)
     session.commit()
     if not reserved:
         raise ApiError(
@@ -135,20 +126,40 @@ def monthly_usage(state: RegenState, user_id: str, tier: str) -> dict[str, Any]:
     }
 
 
-def _ensure_usage_row(session: scoped_session[Session], user_id: str, period: str) -> None:
-    """Insert the month's row with ``used = 0`` unless it exists (race-free)."""
-    values = {"user_id": user_id, "period": period, "used": 0}
+def _take_one(
+    session: scoped_session[Session], user_id: str, period: str, limit: int | None
+) -> bool:
+    """Count one regeneration unless the month's ``limit`` is reached (race-free)."""
+    if limit is not None and limit <= 0:
+        return False
     dialect = session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
+        # One upsert: the first request of the month inserts used = 1, later ones add
+        # one while under the limit (no row changes past it).
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        session.execute(insert(Usage).values(**values).on_conflict_do_nothing())
-        return
+        statement = insert(Usage).values(user_id=user_id, period=period, used=1)
+        upsert = statement.on_conflict_do_update(
+            index_elements=[Usage.user_id, Usage.period],
+            set_={"used": Usage.used + 1},
+            where=Usage.used < limit if limit is not None else None,
+        )
+        # RETURNING, not rowcount: psycopg counts the row even when WHERE skips the update.
+        return session.execute(upsert.returning(Usage.used)).first() is not None
     # Other databases: a savepoint absorbs the duplicate-key error of a concurrent insert.
     try:
         with session.begin_nested():
-            session.add(Usage(**values))
+            session.add(Usage(user_id=user_id, period=period, used=0))
     except IntegrityError:
         pass
+    increment = (
+        update(Usage)
+        .where(Usage.user_id == user_id, Usage.period == period)
+        .values(used=Usage.used + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if limit is not None:
+        increment = increment.where(Usage.used < limit)
+    return bool(getattr(session.execute(increment), "rowcount", 0))
 
 
 def _give_back(session: scoped_session[Session], reservation: Reservation) -> None:

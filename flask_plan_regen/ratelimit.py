@@ -32,6 +32,28 @@ logger = logging.getLogger("flask_plan_regen.ratelimit")
 KEY_PREFIX = "plan_regen_limits"
 _G_KEY = "plan_regen_rate_limit"
 
+# limits' moving window (a Redis list of hit timestamps, newest first, trimmed to the
+# limit), hit and read in one script: through limits that takes two calls
+# (acquire_entry, then get_moving_window), a second Redis round trip on every request.
+# Returns {allowed 1|0, hits in the window, oldest hit in the window as a string}.
+_HIT_AND_COUNT = """
+local now, limit, expiry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = redis.call('lindex', KEYS[1], limit - 1)
+local allowed = 0
+if not (last and tonumber(last) >= now - expiry) then
+    allowed = 1
+    redis.call('lpush', KEYS[1], ARGV[1])
+    redis.call('ltrim', KEYS[1], 0, limit - 1)
+    redis.call('expire', KEYS[1], expiry)
+end
+local count, oldest = 0, ARGV[1]
+for _, hit in ipairs(redis.call('lrange', KEYS[1], 0, limit - 1)) do
+    if tonumber(hit) < now - expiry then break end
+    count, oldest = count + 1, hit
+end
+return {allowed, count, oldest}
+"""
+
 
 @dataclasses.dataclass(frozen=True)
 class RateLimitStatus:
@@ -59,7 +81,9 @@ class RegenRateLimiter:
             connection_pool=redis.connection_pool,
             key_prefix=KEY_PREFIX,
         )
+        self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
+        self._hit_and_count = redis.register_script(_HIT_AND_COUNT)
         self._default = parse(config["PLAN_REGEN_RATE_LIMIT"])
         self._per_tier = {
             tier: parse(rate) for tier, rate in config["PLAN_REGEN_TIER_RATE_LIMITS"].items()
@@ -75,13 +99,21 @@ class RegenRateLimiter:
     def hit(self, user_id: str, tier: str | None) -> tuple[bool, RateLimitStatus]:
         """Count one request; ``(allowed, status after it)``. Raises ``RedisError``."""
         item = self.item(tier)
-        allowed = self._limiter.hit(item, "regenerate", user_id)
-        return allowed, self.status(user_id, tier)
+        key = self._storage.prefixed_key(item.key_for("regenerate", user_id))
+        expiry = item.get_expiry()
+        allowed, hits, oldest = self._hit_and_count(
+            keys=[key], args=[repr(time.time()), item.amount, expiry]
+        )
+        return bool(allowed), self._status(item, float(oldest) + expiry, item.amount - hits)
 
     def status(self, user_id: str, tier: str | None) -> RateLimitStatus:
         """The user's window without counting anything. Raises ``RedisError``."""
         item = self.item(tier)
         reset_time, remaining = self._limiter.get_window_stats(item, "regenerate", user_id)
+        return self._status(item, reset_time, remaining)
+
+    @staticmethod
+    def _status(item: RateLimitItem, reset_time: float, remaining: int) -> RateLimitStatus:
         return RateLimitStatus(
             limit=item.amount,
             remaining=max(remaining, 0),
