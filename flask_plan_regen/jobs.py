@@ -212,9 +212,10 @@ def finish_attempt(session: Any, generation_id: str, attempt: int, **values: Any
             Regeneration.attempts == attempt,
         )
         .values(updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
+        # The loaded row takes the new values in memory: no reload of it (nor of the plan,
+        # as expire_all would cost). Callers roll back when the claim was lost.
+        .execution_options(synchronize_session="evaluate")
     )
-    session.expire_all()
     return bool(getattr(changed, "rowcount", 0))
 
 
