@@ -22,6 +22,7 @@ sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT / "examples")]
 
 import redis  # noqa: E402
 from embedded_redis import EmbeddedRedis, free_port, stop_process  # noqa: E402
+from flask import Flask  # noqa: E402
 from servers import EmbeddedPostgres, find_postgres_bindir, spawn_worker  # noqa: E402
 from sqlalchemy import delete, insert, text  # noqa: E402
 
@@ -60,7 +61,7 @@ class Database:
             "PLAN_REGEN_REDIS_URL": self.redis_url,
         }
 
-    def app(self):  # type: ignore[no-untyped-def]
+    def app(self) -> Flask:
         return create_app(
             {"SQLALCHEMY_DATABASE_URI": self.uri, "PLAN_REGEN_REDIS_URL": self.redis_url}
         )
@@ -104,6 +105,14 @@ class Servers:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Servers:
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _start(self) -> None:
         redis_server = self._stack.enter_context(EmbeddedRedis(self.dir / "redis"))
         bindir = find_postgres_bindir()
         if bindir is None:
@@ -117,7 +126,6 @@ class Servers:
         for index, database in enumerate(self.databases.values()):
             # One Redis database each, so a reset of one never touches the other.
             database.redis_url = f"redis://127.0.0.1:{redis_server.port}/{index}"
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()

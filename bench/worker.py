@@ -15,6 +15,7 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from redis import Redis
 from rq import Queue, Worker
@@ -131,10 +132,13 @@ def wait_until_drained(database: Database, queue_names: list[str], jobs: int) ->
 def job_span(database: Database, queue_names: list[str]) -> float:
     """Seconds from the first job's start to the last job's end."""
     connection = Redis.from_url(database.redis_url)
-    starts, ends = [], []
+    starts: list[datetime] = []
+    ends: list[datetime] = []
     for name in queue_names:
         ids = FinishedJobRegistry(name, connection=connection).get_job_ids()
         for job in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer):
+            if job is None or job.started_at is None or job.ended_at is None:
+                raise RuntimeError(f"a finished job of {name} lacks its timestamps")
             starts.append(job.started_at)
             ends.append(job.ended_at)
     return (max(ends) - min(starts)).total_seconds()
