@@ -110,6 +110,7 @@ def requeue(state: RegenState, failed: list[Regeneration]) -> Iterator[RequeueOu
                 priority=old.priority,
                 queue=old.queue,
                 kind=old.kind,
+                charge_quota=False,  # the user already paid for the failed one
             )
         except ApiError as error:
             if error.status != 409:

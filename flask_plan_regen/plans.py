@@ -11,7 +11,6 @@ from .extension import RegenState
 from .models import Regeneration
 from .priority import compute_priority, queue_for_priority
 from .queueing import submit_regeneration
-from .quota import reserve
 
 
 def create_and_generate(state: RegenState, user_id: str, fields: dict[str, Any]) -> Regeneration:
@@ -25,25 +24,23 @@ def create_and_generate(state: RegenState, user_id: str, fields: dict[str, Any])
     config = current_app.config
     tier = state.resolve_tier(user_id)
     priority = compute_priority(tier, fields["topic"], config)
-    # The quota is reserved (and committed) before the plan exists, and given
-    # back by ``reserve`` if the generation is not queued.
-    with reserve(state, user_id, tier) as reservation:
-        plan_id = state.store.create_plan(user_id, fields)
-        try:
-            return submit_regeneration(
-                state,
-                plan_id=plan_id,
-                user_id=user_id,
-                overrides={},
-                tier=tier,
-                priority=priority,
-                queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
-                kind="generation",
-                quota_period=reservation.period,
-            )
-        except ApiError:
-            delete_plan = getattr(state.store, "delete_plan", None)
-            if delete_plan is not None:
-                delete_plan(plan_id)
-                state.db.session.commit()
-            raise
+    # The plan is committed with its regeneration and quota charge, so a 429
+    # rolls all three back.
+    plan_id = state.store.create_plan(user_id, fields)
+    try:
+        return submit_regeneration(
+            state,
+            plan_id=plan_id,
+            user_id=user_id,
+            overrides={},
+            tier=tier,
+            priority=priority,
+            queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
+            kind="generation",
+        )
+    except ApiError as error:
+        delete_plan = getattr(state.store, "delete_plan", None)
+        if error.status == 503 and delete_plan is not None:
+            delete_plan(plan_id)
+            state.db.session.commit()
+        raise

@@ -18,6 +18,7 @@ from .extension import RegenState
 from .logs import context_of
 from .metrics import count_enqueue
 from .models import ACTIVE_STATUSES, Regeneration
+from .quota import charge, current_period, give_back
 from .retries import crash_retry
 
 JOB_FUNCTION = "flask_plan_regen.jobs.run_regeneration"
@@ -37,13 +38,16 @@ def submit_regeneration(
     priority: int,
     queue: str,
     kind: str = "regeneration",
-    quota_period: str | None = None,
+    charge_quota: bool = True,
 ) -> Regeneration:
     """Insert a pending regeneration and enqueue its job, or raise an :class:`ApiError`.
 
-    The row is committed before the job is enqueued so that a worker always
-    finds it; if Redis refuses the job, the row is deleted again, so nothing
-    is left pending without a job.
+    One transaction inserts the row (the unique index answers 409 when the
+    plan is busy) and charges the monthly quota (429 when used up), so a
+    refused request spends nothing. It is committed before the job is
+    enqueued so that a worker always finds the row; if Redis refuses the job,
+    the row is deleted and the quota given back, so nothing is left pending
+    without a job.
     """
     session = state.db.session
     regeneration = Regeneration(
@@ -57,11 +61,13 @@ def submit_regeneration(
         queue=queue,
         attempts=0,
         error_history=[],
-        quota_period=quota_period,
+        quota_period=current_period() if charge_quota else None,
     )
     session.add(regeneration)
     try:
         session.flush()
+        if charge_quota:
+            charge(state, regeneration)
         # Detached with its values loaded, so reading them after the commit
         # (enqueue, the 202 answer) costs no refreshing SELECT.
         session.expunge(regeneration)
@@ -69,10 +75,14 @@ def submit_regeneration(
     except IntegrityError:
         session.rollback()
         raise already_queued(state, plan_id) from None
+    except ApiError:
+        session.rollback()
+        raise
     try:
         enqueue_job(state, regeneration)
     except RedisError as error:
         session.delete(regeneration)
+        give_back(state, regeneration)
         session.commit()
         raise queue_unavailable() from error
     return regeneration
@@ -109,16 +119,6 @@ def active_regeneration_id(state: RegenState, plan_id: str) -> str | None:
             Regeneration.plan_id == plan_id, Regeneration.status.in_(ACTIVE_STATUSES)
         )
     )
-
-
-def ensure_not_active(state: RegenState, plan_id: str) -> None:
-    """Answer 409 early when the plan is busy, before any quota is reserved.
-
-    Only a fast path: the unique index in :func:`submit_regeneration` is what
-    enforces the rule under concurrency.
-    """
-    if active_regeneration_id(state, plan_id) is not None:
-        raise already_queued(state, plan_id)
 
 
 def already_queued(state: RegenState, plan_id: str) -> ApiError:

@@ -1,8 +1,9 @@
 """The monthly regeneration quota per tier, counted in the database.
 
-A reservation is one conditional ``UPDATE ... SET used = used + 1 WHERE used <
-limit`` on the user's ``plan_regen_usage`` row for the month, so concurrent
-requests (any number of web processes) can never take more than the limit.
+A charge is one conditional upsert (``used = used + 1 WHERE used < limit``) on
+the user's ``plan_regen_usage`` row for the month, in the same transaction
+that records the regeneration, so concurrent requests (any number of web
+processes) can never take more than the limit.
 The quota is given back when a request ends without being queued, and when a
 regeneration fails for a reason that is ours rather than the user's
 (:data:`REFUNDED_FAILURES`); a regeneration is refunded at most once.
@@ -11,8 +12,7 @@ regeneration fails for a reason that is ours rather than the user's
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,34 +58,33 @@ def monthly_limit(tier: str, config: Mapping[str, Any]) -> int | None:
     return None if limit == UNLIMITED else int(limit)
 
 
-@contextmanager
-def reserve(state: RegenState, user_id: str, tier: str) -> Iterator[Reservation]:
-    """Take one regeneration from this month's quota, or answer 429 ``QUOTA_EXCEEDED``.
+def charge(state: RegenState, regeneration: Regeneration) -> None:
+    """Count ``regeneration`` against its user's quota, or answer 429 ``QUOTA_EXCEEDED``.
 
-    The reservation is committed at once; if the ``with`` block raises (the
-    request ends without a queued job: 409 duplicate, 503 queue down, ...),
-    it is given back before the error propagates.
+    The month charged is the row's ``quota_period``. Runs inside the
+    transaction that inserts the regeneration and is committed with it: a
+    request that ends up not recorded (409 duplicate, 429) never spends quota,
+    and no separate commit is needed.
     """
-    session = state.db.session
-    period = current_period()
-    limit = monthly_limit(tier, current_app.config)
-    reserved = _take_one(session, user_id, period, limit)
-    session.commit()
-    if not reserved:
+    period = regeneration.quota_period
+    assert period is not None, "set quota_period = current_period() before charging"
+    limit = monthly_limit(regeneration.tier, current_app.config)
+    if not _take_one(state.db.session, regeneration.user_id, period, limit):
         raise ApiError(
             429,
             "QUOTA_EXCEEDED",
-            f"The monthly regeneration quota of the {tier} tier ({limit}) is used up.",
+            f"The monthly regeneration quota of the {regeneration.tier} tier ({limit}) is used up.",
             details={"limit": limit, "remaining": 0, "resetsAt": period_resets_at(period)},
         )
-    reservation = Reservation(user_id=user_id, period=period)
-    try:
-        yield reservation
-    except BaseException:
-        session.rollback()
-        _give_back(session, reservation)
-        session.commit()
-        raise
+
+
+def give_back(state: RegenState, regeneration: Regeneration) -> None:
+    """Return the quota of a regeneration that was recorded but never queued (not committed)."""
+    if regeneration.quota_period is not None:
+        _give_back(
+            state.db.session,
+            Reservation(user_id=regeneration.user_id, period=regeneration.quota_period),
+        )
 
 
 def refund_failed(state: RegenState, regeneration: Regeneration, failure_class: str) -> bool:

@@ -21,8 +21,8 @@ from .models import GenerationAttempt, Regeneration
 from .openapi import build_document
 from .plans import create_and_generate
 from .priority import compute_priority, queue_for_priority
-from .queueing import ensure_not_active, submit_regeneration
-from .quota import monthly_usage, reserve
+from .queueing import submit_regeneration
+from .quota import monthly_usage
 from .ratelimit import add_rate_limit_headers, enforce_rate_limit, rate_limit_usage
 from .schemas import (
     CreatePlanSchema,
@@ -194,21 +194,18 @@ def regenerate(plan_id: str) -> Response:
     plan = owned_plan(state, plan_id, user_id)
     merged = plan.with_overrides(overrides)
     check_dates(merged)
-    ensure_not_active(state, plan.id)
     config = current_app.config
     tier = state.resolve_tier(user_id)
     priority = compute_priority(tier, merged.topic, config)
-    with reserve(state, user_id, tier) as reservation:
-        regeneration = submit_regeneration(
-            state,
-            plan_id=plan.id,
-            user_id=user_id,
-            overrides=overrides_schema.dump(overrides),
-            tier=tier,
-            priority=priority,
-            queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
-            quota_period=reservation.period,
-        )
+    regeneration = submit_regeneration(
+        state,
+        plan_id=plan.id,
+        user_id=user_id,
+        overrides=overrides_schema.dump(overrides),
+        tier=tier,
+        priority=priority,
+        queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
+    )
     return accepted(state, regeneration)
 
 

@@ -22,7 +22,7 @@ from examples.host_app import db
 
 # Read the plan, look for an active regeneration (409 before any quota is taken), take one
 # from the monthly quota (one upsert), insert the regeneration.
-MAX_SQL_STATEMENTS = 4
+MAX_SQL_STATEMENTS = 3
 # The rate limit (hit and window in one script), the enqueue (one pipeline).
 MAX_REDIS_ROUND_TRIPS = 2
 
