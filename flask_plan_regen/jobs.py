@@ -16,7 +16,7 @@ from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
 from rq import Retry
 from rq.timeouts import JobTimeoutException
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from .errors import GenerationError, OutputValidationError, ProviderError, ProviderTimeout
 from .extension import RegenState, get_state
@@ -69,8 +69,8 @@ def run_regeneration(generation_id: str) -> dict[str, Any] | Retry | None:
             state.db.session.remove()
 
 
-def claim(state: RegenState, generation_id: str) -> int | None:
-    """Move ``pending`` to ``processing`` and count the attempt; return its number.
+def claim(state: RegenState, generation_id: str) -> Regeneration | None:
+    """Move ``pending`` to ``processing`` and count the attempt; return the row.
 
     ``None`` when the row is not pending (finished, canceled, or another
     delivery got there first). A pending row that has used up its attempts
@@ -79,7 +79,8 @@ def claim(state: RegenState, generation_id: str) -> int | None:
     session = state.db.session
     max_attempts = current_app.config["PLAN_REGEN_MAX_ATTEMPTS"]
     pending = (Regeneration.id == generation_id, Regeneration.status == "pending")
-    claimed = session.execute(
+    # RETURNING the row: the claim and the read of what was claimed are one statement.
+    regeneration = session.scalar(
         update(Regeneration)
         .where(*pending, Regeneration.attempts < max_attempts)
         .values(
@@ -88,14 +89,10 @@ def claim(state: RegenState, generation_id: str) -> int | None:
             started_at=utcnow(),
             updated_at=utcnow(),
         )
+        .returning(Regeneration)
+        .execution_options(populate_existing=True)
     )
-    attempt: int | None = None
-    if getattr(claimed, "rowcount", 0):
-        # Only this delivery can have moved the row off pending, so this read is ours.
-        attempt = session.scalar(
-            select(Regeneration.attempts).where(Regeneration.id == generation_id)
-        )
-    else:
+    if regeneration is None:
         session.execute(
             update(Regeneration)
             .where(*pending)
@@ -108,7 +105,7 @@ def claim(state: RegenState, generation_id: str) -> int | None:
             )
         )
     session.commit()
-    return attempt
+    return regeneration
 
 
 def execute(state: RegenState, generation_id: str) -> dict[str, Any] | Retry | None:
@@ -117,13 +114,12 @@ def execute(state: RegenState, generation_id: str) -> dict[str, Any] | Retry | N
     Returns the success summary, an :class:`rq.Retry` when a retryable failure
     has attempts left (the row is ``pending`` again by then), or ``None``.
     """
-    attempt = claim(state, generation_id)
-    if attempt is None:
+    regeneration = claim(state, generation_id)
+    if regeneration is None:
         logger.info("regeneration %s is not pending; nothing to do", generation_id)
         return None
+    attempt = regeneration.attempts
     session = state.db.session
-    regeneration = session.get(Regeneration, generation_id)
-    assert regeneration is not None  # claimed just now
     plan = state.load_plan(regeneration.plan_id)
     if plan is None:
         gone = OutputValidationError(

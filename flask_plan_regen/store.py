@@ -13,10 +13,10 @@ from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import selectinload
 
-from .models import Module, Plan, Task
+from .models import Module, Plan, Task, utcnow
 from .serializers import iso_utc
 from .types import GeneratedModule, PlanInput
 
@@ -84,22 +84,28 @@ class SQLAlchemyPlanStore:
 
     def replace_content(self, plan_id: str, modules: Sequence[GeneratedModule]) -> None:
         session = self.db.session
-        plan = self._get(plan_id)
-        if plan is None:
+        canonical = _canonical_id(plan_id)
+        # Marking the plan ready doubles as the existence check: no SELECT needed.
+        marked = session.execute(
+            update(Plan)
+            .where(Plan.id == canonical)
+            .values(status="ready", updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(marked, "rowcount", 0):
             raise LookupError(f"plan {plan_id} no longer exists")
         # Bulk deletes rather than ORM cascades: SQLite only honours ON DELETE
         # CASCADE with a pragma the host may not have set.
-        old_modules = select(Module.id).where(Module.plan_id == plan.id)
+        old_modules = select(Module.id).where(Module.plan_id == canonical)
         session.execute(delete(Task).where(Task.module_id.in_(old_modules)))
-        session.execute(delete(Module).where(Module.plan_id == plan.id))
-        session.expire(plan, ["modules"])
+        session.execute(delete(Module).where(Module.plan_id == canonical))
         # Bulk inserts (two statements, no ORM objects): the ORM unit of work spent more
         # CPU on a few dozen rows than everything else in the job.
         module_ids = session.scalars(
             insert(Module).returning(Module.id, sort_by_parameter_order=True),
             [
                 {
-                    "plan_id": plan.id,
+                    "plan_id": canonical,
                     "position": position,
                     "title": generated.title,
                     "description": generated.description,
@@ -123,7 +129,6 @@ class SQLAlchemyPlanStore:
         ]
         if tasks:
             session.execute(insert(Task), tasks)
-        plan.status = "ready"
 
     def plan_document(self, plan_id: str) -> dict[str, Any] | None:
         canonical = _canonical_id(plan_id)
