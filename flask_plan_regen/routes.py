@@ -39,6 +39,7 @@ logger = logging.getLogger("flask_plan_regen")
 regen_bp = Blueprint("plan_regen", __name__, url_prefix="/api/v1")
 """The package's routes; register it after ``PlanRegen.init_app``."""
 regen_bp.after_request(add_rate_limit_headers)
+regen_bp.after_request(count_response)
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -50,9 +51,6 @@ _HTTP_CODES = {
     415: "UNSUPPORTED_MEDIA_TYPE",
     429: "TOO_MANY_REQUESTS",
 }
-
-
-regen_bp.after_request(count_response)
 
 
 @regen_bp.record
