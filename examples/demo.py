@@ -30,7 +30,8 @@ USER = "alice"
 TERMINAL = {"succeeded", "failed", "canceled"}
 POLL_INTERVAL = 0.3
 REGEN_TIMEOUT = 60.0
-OVERRIDES = {"skillLevel": "intermediate", "weeklyHours": 8}
+OVERRIDES = {"skillLevel": "intermediate", "weeklyHours": 2}
+START_DATE, DEADLINE = "2027-01-04", "2027-02-15"  # 6 weeks x 2 h: pacing trims to 16 tasks
 
 
 class DemoError(RuntimeError):
@@ -166,6 +167,8 @@ class Demo:
             "--topic", "Interview prep: data structures",
             "--weekly-hours", "6",
             "--skill-level", "beginner",
+            "--start-date", START_DATE,
+            "--deadline", DEADLINE,
         )  # fmt: skip
         lines = [line.strip() for line in out.splitlines() if line.strip()]
         if not lines:
@@ -222,46 +225,20 @@ class Demo:
         raise DemoError(f"regeneration still {last!r} after {REGEN_TIMEOUT:.0f}s")
 
 
-def _first(mapping: dict[str, Any], *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if mapping.get(key) is not None:
-            return mapping[key]
-    return default
-
-
-def print_plan(payload: Any) -> None:
-    plan = payload.get("plan", payload) if isinstance(payload, dict) else None
-    if not isinstance(plan, dict):
-        print(f"\nplan: {payload}")
-        return
-    print(f"\nPlan {_first(plan, 'id', default='?')}: {_first(plan, 'topic', 'title', default='')}")
-    details = [
-        f"{label}={plan[key]}"
-        for key, label in (
-            ("skillLevel", "skill level"),
-            ("weeklyHours", "weekly hours"),
-            ("version", "version"),
-        )
-        if key in plan
-    ]
-    if details:
-        print("  " + ", ".join(details))
-    modules = _first(plan, "modules", default=[])
-    for number, module in enumerate(modules, 1):
-        if not isinstance(module, dict):
-            print(f"  {number}. {module}")
-            continue
-        minutes = _first(module, "minutes", "estimatedMinutes", "durationMinutes")
-        suffix = f" ({minutes} min)" if minutes is not None else ""
-        print(f"  {number}. {_first(module, 'title', 'name', default='(untitled)')}{suffix}")
-        for task in _first(module, "tasks", default=[]):
-            if isinstance(task, dict):
-                task_minutes = _first(task, "minutes", "estimatedMinutes", "durationMinutes")
-                task_suffix = f" ({task_minutes} min)" if task_minutes is not None else ""
-                title = _first(task, "title", "name", "description", default="")
-                print(f"       - {title}{task_suffix}")
-            else:
-                print(f"       - {task}")
+def print_plan(plan: dict[str, Any]) -> None:
+    """The plan as ``GET /api/v1/plans/<id>`` answers it, one line per module and task."""
+    print(f"\nPlan {plan['id']}: {plan['topic']} ({plan['status']})")
+    print(
+        f"  stored input: {plan['skillLevel']}, {plan['weeklyHours']} h/week, "
+        f"{plan['startDate']} to {plan['deadlineDate']}; this generation used {OVERRIDES}"
+    )
+    for number, module in enumerate(plan["modules"], 1):
+        print(f"  {number}. {module['title']} ({module['estimatedMinutes']} min)")
+        for task in module["tasks"]:
+            print(
+                f"       - week {task['week']}, due {task['dueDate']}: "
+                f"{task['title']} ({task['estimatedMinutes']} min)"
+            )
 
 
 def main() -> int:
