@@ -125,6 +125,19 @@ def run_jobs(app: Flask) -> int:
         return queued
 
 
+def lose_the_queue(app: Flask) -> None:
+    """Point only the enqueue at a Redis that is not there (the rate limiter keeps its own).
+
+    Failing exactly at the enqueue, after everything before it succeeded, is the
+    case where a recorded row and a charged quota must be undone.
+    """
+    from servers import free_port
+
+    state = get_state(app)
+    state.redis = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    state._queues.clear()
+
+
 def worker_env(database_uri: str, redis_url: str, **config: str) -> dict[str, str]:
     """Environment for a worker subprocess that loads the example host app."""
     env = {

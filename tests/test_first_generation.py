@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import ALICE, BOB, build_app, run_jobs
+from conftest import ALICE, BOB, build_app, lose_the_queue, run_jobs
 from flask import Flask
 from servers import free_port
 
@@ -72,6 +72,21 @@ def test_invalid_bodies_are_400_and_create_nothing(app: Flask, body: Any, field:
 
 def test_unauthenticated_is_401(app: Flask) -> None:
     assert create(app, {"topic": "Rust"}, headers={}).status_code == 401
+
+
+def test_an_enqueue_failure_removes_the_new_plan_and_gives_the_quota_back(
+    sqlite_uri: str, redis_url: str
+) -> None:
+    app = build_app(sqlite_uri, redis_url)
+    lose_the_queue(app)
+    answer = create(app, {"topic": "Rust for web services"})
+    assert answer.status_code == 503
+    assert answer.get_json()["code"] == "QUEUE_UNAVAILABLE"
+    with app.app_context():
+        assert db.session.query(Plan).count() == 0
+        assert db.session.query(Regeneration).count() == 0
+    usage = app.test_client().get("/api/v1/usage", headers=ALICE).get_json()
+    assert usage["monthly"]["used"] == 0
 
 
 def test_queue_down_is_503_and_leaves_no_plan(sqlite_uri: str) -> None:

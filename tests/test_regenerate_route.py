@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ALICE, BOB, build_app
+from conftest import ALICE, BOB, build_app, lose_the_queue
 from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue
@@ -224,6 +224,19 @@ def test_redis_down_is_503_and_leaves_no_row(
     assert response.status_code == 503
     assert response.json["code"] == "QUEUE_UNAVAILABLE"
     assert regeneration_count(app) == 0
+
+
+def test_an_enqueue_failure_after_the_row_was_recorded_undoes_it(
+    app: Flask, client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    plan_id = make_plan()
+    lose_the_queue(app)
+    response = regenerate(client, plan_id, {})
+    assert response.status_code == 503
+    assert response.json["code"] == "QUEUE_UNAVAILABLE"
+    assert regeneration_count(app) == 0
+    usage = client.get("/api/v1/usage", headers=ALICE).json
+    assert usage["monthly"]["used"] == 0  # the quota charge was given back
 
 
 def test_priority_topic_and_tier_pick_the_queue(
