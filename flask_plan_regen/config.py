@@ -329,7 +329,14 @@ def _is_int(value: Any) -> bool:
 
 def _check(ok: bool, key: str, expected: str, config: Mapping[str, Any]) -> None:
     if not ok:
-        raise ConfigurationError(f"{key} must be {expected}; got {config[key]!r}.")
+        raise ConfigurationError(f"{key} must be {expected}; got {_shown(key, config[key])}.")
+
+
+def _shown(key: str, value: Any) -> str:
+    """The value for an error message; secrets and URLs (which may hold passwords) hidden."""
+    if value is not None and any(word in key for word in ("KEY", "SECRET", "URL")):
+        return f"a {type(value).__name__} (value hidden)"
+    return repr(value)
 
 
 def _check_bool(config: Mapping[str, Any], key: str) -> None:

@@ -13,11 +13,22 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from .types import GeneratedModule, GeneratedTask, PlanInput
 
 AVERAGE_TASK_MINUTES = {"beginner": 55, "intermediate": 45, "advanced": 35}
+
+
+def deadline_problem(start: date | None, deadline: date | None) -> str | None:
+    """Why ``deadline`` cannot be paced from ``start`` (today when there is none), or None."""
+    if deadline is None:
+        return None
+    if start is not None:
+        return "The deadline must be after the start." if deadline <= start else None
+    if deadline <= datetime.now(UTC).date():
+        return "The deadline must be after today when there is no start date."
+    return None
 
 
 def plan_weeks(start: date, deadline: date) -> int:

@@ -117,8 +117,7 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
             released += 1
             # The old delivery is dead or will find the row claimed by someone else.
             live = False
-        if row.status == "pending" and not live:
-            _requeue(state, row)
+        if row.status == "pending" and not live and _requeue(state, row):
             requeued += 1
     if released or requeued:
         logger.warning("sweep released %s attempts, requeued %s jobs", released, requeued)
@@ -138,11 +137,21 @@ def _job_is_live(state: RegenState, row: Regeneration) -> bool:
     return job.get_status(refresh=False) in _LIVE_JOB
 
 
-def _requeue(state: RegenState, row: Regeneration) -> None:
-    """Replace whatever RQ still has under the row's job id with a fresh job."""
+def _requeue(state: RegenState, row: Regeneration) -> bool:
+    """Replace whatever RQ still has under the row's job id with a fresh job.
+
+    Workers sweep concurrently (every one at start-up and maintenance): a lock
+    per row and attempt lets only one of them requeue it, since two deliveries
+    of one job id would let the second find the first one's attempt in
+    ``processing`` with an RQ record that says it has finished.
+    """
+    lock = f"plan_regen:requeue:{row.id}:{row.attempts}"
+    if not state.redis.set(lock, 1, nx=True, ex=int(PENDING_GRACE.total_seconds())):
+        return False
     with contextlib.suppress(NoSuchJobError):
         Job.fetch(row.id, connection=state.redis, serializer=JSONSerializer).delete()
     enqueue_job(state, row)
+    return True
 
 
 class RecoveringWorker(Worker):

@@ -19,6 +19,7 @@ from .metrics import count_response, exposition
 from .metrics import enabled as metrics_enabled
 from .models import GenerationAttempt, Regeneration
 from .openapi import build_document
+from .pacing import deadline_problem
 from .plans import create_and_generate
 from .priority import compute_priority, queue_for_priority
 from .queueing import submit_regeneration
@@ -144,12 +145,14 @@ def owned_plan(state: RegenState, plan_id: str, user_id: str) -> PlanInput:
 
 
 def check_dates(plan: PlanInput) -> None:
-    if plan.start_date and plan.deadline_date and plan.deadline_date <= plan.start_date:
+    """The merged plan's dates must leave time to learn (checked after the overrides)."""
+    problem = deadline_problem(plan.start_date, plan.deadline_date)
+    if problem:
         raise ApiError(
             400,
             "VALIDATION_ERROR",
             "Invalid overrides.",
-            details={"fieldErrors": {"deadlineDate": ["The deadline must be after the start."]}},
+            details={"fieldErrors": {"deadlineDate": [problem]}},
         )
 
 

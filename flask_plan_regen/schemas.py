@@ -16,14 +16,34 @@ from marshmallow import (
     validates_schema,
 )
 
+from .pacing import deadline_problem
 from .types import LEARNING_STYLES, SKILL_LEVELS
 
 
 class TrimmedString(fields.String):
-    """A string with surrounding whitespace removed before validation."""
+    """A storable string with surrounding whitespace removed before validation.
+
+    NUL characters and lone surrogates are refused here: JSON can carry them,
+    but PostgreSQL text and UTF-8 cannot, so they would fail much later.
+    """
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's own convention
+        "unstorable": "Must not contain NUL characters or unpaired surrogates.",
+    }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        return super()._deserialize(value, attr, data, **kwargs).strip()
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text or (not text.isascii() and _has_lone_surrogate(text)):
+            raise self.make_error("unstorable")
+        return text.strip()
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class BlankAsNullString(TrimmedString):
@@ -89,9 +109,9 @@ class CreatePlanSchema(PlanFieldsSchema):
 
     @validates_schema
     def _deadline_after_start(self, data: dict[str, Any], **kwargs: Any) -> None:
-        start, deadline = data.get("start_date"), data.get("deadline_date")
-        if start and deadline and deadline <= start:
-            raise ValidationError("The deadline must be after the start.", "deadlineDate")
+        problem = deadline_problem(data.get("start_date"), data.get("deadline_date"))
+        if problem:
+            raise ValidationError(problem, "deadlineDate")
 
 
 class RegenerateRequestSchema(Schema):

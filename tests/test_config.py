@@ -37,7 +37,6 @@ def test_defaults_are_set_without_overwriting_the_hosts_values() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("PLAN_REGEN_REDIS_URL", "localhost:6379"),
         ("PLAN_REGEN_ENABLED", "yes"),
         ("PLAN_REGEN_REDIS_TIMEOUT", 0),
         ("PLAN_REGEN_QUEUES", [["high", 5], ["low", 10]]),
@@ -58,6 +57,21 @@ def test_a_wrong_value_is_named_in_a_clear_error(key: str, value: Any) -> None:
     with pytest.raises(ConfigurationError, match=key) as raised:
         make_app(**{key: value})
     assert repr(value) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PLAN_REGEN_REDIS_URL", "localhost://:hunter2@cache:6379"),
+        ("PLAN_REGEN_PROVIDER_API_KEY", b"sk-live-secret"),
+        ("PLAN_REGEN_STRIPE_WEBHOOK_SECRET", 12345),
+    ],
+)
+def test_an_error_about_a_secret_or_url_never_prints_its_value(key: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=key) as raised:
+        make_app(**{key: value})
+    assert "value hidden" in str(raised.value)
+    assert str(value).strip("b'") not in str(raised.value)
 
 
 def test_an_import_string_that_cannot_be_imported_is_a_configuration_error() -> None:

@@ -148,6 +148,21 @@ def test_sweep_requeues_pending_rows_whose_job_is_gone(app: Flask, make_plan: An
     assert document(app, location)["status"] == "succeeded"
 
 
+def test_concurrent_sweeps_requeue_a_row_once(app: Flask, make_plan: Any) -> None:
+    generation_id, _ = regenerate(app, make_plan())
+    with app.app_context():
+        state = get_state()
+        Job.fetch(generation_id, connection=state.redis, serializer=JSONSerializer).delete()
+        later = utcnow() + timedelta(minutes=5)
+        # Another worker's sweep got there first and holds the row's requeue lock.
+        state.redis.set(f"plan_regen:requeue:{generation_id}:0", 1)
+        assert sweep(state, now=later) == {"released": 0, "requeued": 0}
+        state.redis.delete(f"plan_regen:requeue:{generation_id}:0")
+        assert sweep(state, now=later) == {"released": 0, "requeued": 1}
+        queue = state.queue("plan_regen_low")
+        assert queue.job_ids.count(generation_id) == 1
+
+
 def test_sweep_fails_a_stuck_row_without_attempts_left(app: Flask, make_plan: Any) -> None:
     generation_id, location = regenerate(app, make_plan())
     with app.app_context():

@@ -113,6 +113,8 @@ def test_valid_overrides_are_normalised(
         ({"deadlineDate": "2026-13-40"}, "deadlineDate"),
         ({"deadlineDate": 20270101}, "deadlineDate"),
         ({"colour": "blue"}, "colour"),
+        ({"topic": "Rust\u0000 basics"}, "topic"),
+        ({"notes": "bad \ud800 surrogate"}, "notes"),
         ({"skill_level": "advanced"}, "skill_level"),
     ],
 )
@@ -175,6 +177,16 @@ def test_a_deadline_not_after_the_start_is_400_after_merging(
     # Clearing the start makes the same deadline fine.
     cleared = {"overrides": {"deadlineDate": "2027-03-01", "startDate": None}}
     assert regenerate(client, plan_id, cleared).status_code == 202
+
+
+def test_a_deadline_that_has_passed_with_no_start_is_400(
+    client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    response = regenerate(client, make_plan(), {"overrides": {"deadlineDate": "2020-01-01"}})
+    assert response.status_code == 400
+    assert response.json["details"]["fieldErrors"]["deadlineDate"] == [
+        "The deadline must be after today when there is no start date."
+    ]
 
 
 def test_no_user_is_401(client: FlaskClient, make_plan: Callable[..., str]) -> None:
