@@ -248,7 +248,10 @@ WEBHOOK = {
     },
     "responses": {
         200: {"description": "Received.", "content": _json("WebhookReceipt")},
-        400: {"description": "Missing or invalid signature.", "content": _json("Error")},
+        400: {
+            "description": "Missing or invalid signature, or an event without id or type.",
+            "content": _json("Error"),
+        },
         413: {"description": "Payload over 1 MiB.", "content": _json("Error")},
         503: {
             "description": "Stripe or Redis unavailable; Stripe delivers again.",
