@@ -27,6 +27,9 @@ logger = logging.getLogger("flask_plan_regen.billing")
 CACHE_KEY = "plan_regen:tier:"
 LAST_KNOWN_KEY = "plan_regen:tier_last_known:"
 LAST_KNOWN_TTL = 90 * 24 * 3600
+# How long a fallback tier stands in for Stripe's answer while Stripe fails:
+# an outage then costs one slow call per customer per this many seconds.
+FALLBACK_CACHE_TTL = 30
 ENTITLED_STATUSES = frozenset({"active", "trialing"})
 
 
@@ -114,6 +117,7 @@ class StripeBilling:
                 "last known" if last_known else "default",
                 fallback,
             )
+            self._cache_fallback(customer_id, fallback)
             return fallback
 
     def refresh(self, customer_id: str) -> str:
@@ -127,6 +131,13 @@ class StripeBilling:
         except RedisError as error:
             logger.warning("tier cache not written, Redis unavailable: %s", error)
         return tier
+
+    def _cache_fallback(self, customer_id: str, tier: str) -> None:
+        ttl = min(FALLBACK_CACHE_TTL, self.cache_ttl)
+        try:
+            self.redis.set(CACHE_KEY + customer_id, tier, ex=ttl)
+        except RedisError as error:
+            logger.warning("fallback tier not cached, Redis unavailable: %s", error)
 
     def forget(self, customer_id: str) -> None:
         """Drop the cached tier (not the last known one) so the next request asks Stripe."""

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from flask import Flask, current_app
@@ -17,6 +18,7 @@ from rq.worker import DequeueStrategy
 from werkzeug.utils import import_string
 
 from . import admin, metrics
+from .errors import ApiError
 from .extension import get_state
 from .jobs import set_worker_app
 from .logs import install_json_logging
@@ -160,12 +162,25 @@ def sweep_command() -> None:
 
 @plan_regen_cli.command("rq-command")
 def rq_command() -> None:
-    """Print the equivalent plain ``rq worker`` command line for this app."""
+    """Print the equivalent plain ``rq worker`` command line for this app.
+
+    The Redis password is masked (``***``): put it back, or give the URL in ``RQ_REDIS_URL``.
+    """
     click.echo(
         "rq worker --with-scheduler -w flask_plan_regen.recovery.RecoveringWorker "
         "-S rq.serializers.JSONSerializer "
-        f"--url {current_app.config['PLAN_REGEN_REDIS_URL']} {' '.join(queue_names())}"
+        f"--url {masked_url(current_app.config['PLAN_REGEN_REDIS_URL'])} "
+        f"{' '.join(queue_names())}"
     )
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, safe to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 @plan_regen_cli.command("openapi")
@@ -219,10 +234,16 @@ def requeue_failed(failure_class: str | None, dry_run: bool) -> None:
         click.echo(f"{len(failed)} would be requeued")
         return
     queued = skipped = 0
-    with click.progressbar(
-        admin.requeue(state, failed), length=len(failed), label="Requeueing", file=sys.stderr
-    ) as outcomes:
-        for outcome in outcomes:
-            queued += outcome.new_id is not None
-            skipped += outcome.skipped is not None
+    try:
+        with click.progressbar(
+            admin.requeue(state, failed), length=len(failed), label="Requeueing", file=sys.stderr
+        ) as outcomes:
+            for outcome in outcomes:
+                queued += outcome.new_id is not None
+                skipped += outcome.skipped is not None
+    except ApiError as error:  # Redis unreachable: the rest is untouched, run it again later
+        raise click.ClickException(
+            f"{error.message} Requeued {queued}, skipped {skipped} before stopping; "
+            "run the command again once Redis is back."
+        ) from error
     click.echo(f"requeued {queued}, skipped {skipped} (plan already has an active regeneration)")

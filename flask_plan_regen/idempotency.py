@@ -11,7 +11,8 @@ changed nothing, so the lock is released and a retry is evaluated afresh.
 A duplicate that arrives while the first is still running waits up to
 ``PLAN_REGEN_IDEMPOTENCY_WAIT`` seconds for its answer, then gets 409
 ``IDEMPOTENCY_REQUEST_IN_PROGRESS``. The same key with another fingerprint is 422
-``IDEMPOTENCY_KEY_REUSED``.
+``IDEMPOTENCY_KEY_REUSED``. Answers given from the record (replays, 409, 422)
+carry the caller's ``RateLimit-*`` headers on rate-limited routes, counting nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, cast
 
 from flask import Response, current_app, request
@@ -31,15 +33,20 @@ from redis.exceptions import RedisError
 
 from .errors import ApiError, queue_unavailable
 from .extension import get_state
+from .ratelimit import note_rate_limit
 
 P = ParamSpec("P")
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
-# How long an "in progress" marker outlives a crashed web process; far above
-# the few seconds a POST takes, far below the 24 h an answer is kept.
-IN_PROGRESS_TTL = 60
+# An "in progress" marker must outlive the request that holds it (else a duplicate
+# would run it twice), yet free the key soon after a web process dies: it lives
+# twice a POST's worst case (see in_progress_ttl), and at least this long.
+MIN_IN_PROGRESS_TTL = 60
+REDIS_CALLS_PER_REQUEST = 6  # lock, rate limit, tier cache, enqueue, answer, spare
+STRIPE_MAX_BACKOFF = 5.0  # the Stripe SDK's longest sleep between retries
+REQUEST_MARGIN = 10.0  # database statements and the rest of the request
 POLL_INTERVAL = 0.05
 REPLAYED_HEADERS = ("Location", "Content-Type", "Retry-After")
 
@@ -52,28 +59,53 @@ return 0
 """
 
 
-def idempotent(view: Callable[P, Response]) -> Callable[P, Response]:
-    """Make a POST view honour the ``Idempotency-Key`` header (a no-op without it)."""
+def idempotent(*, rate_limited: bool) -> Callable[[Callable[P, Response]], Callable[P, Response]]:
+    """Make a POST view honour the ``Idempotency-Key`` header (a no-op without it).
 
-    @functools.wraps(view)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
-        key = request.headers.get(HEADER)
-        if key is None:
-            return view(*args, **kwargs)
-        if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
-            raise ApiError(
-                400,
-                "INVALID_IDEMPOTENCY_KEY",
-                f"{HEADER} must be 1-{MAX_KEY_LENGTH} printable ASCII characters.",
+    ``rate_limited``: the view counts the rate limit, so answers given from the
+    record carry the ``RateLimit-*`` headers too.
+    """
+
+    def decorator(view: Callable[P, Response]) -> Callable[P, Response]:
+        @functools.wraps(view)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
+            key = request.headers.get(HEADER)
+            if key is None:
+                return view(*args, **kwargs)
+            state = get_state()
+            user_id = state.authenticate()  # 401 before any complaint about the key
+            if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+                raise ApiError(
+                    400,
+                    "INVALID_IDEMPOTENCY_KEY",
+                    f"{HEADER} must be 1-{MAX_KEY_LENGTH} printable ASCII characters.",
+                )
+            slot = IdempotencySlot(state.redis, user_id, key, request_fingerprint())
+            on_recorded_answer = (
+                functools.partial(note_rate_limit, state, user_id) if rate_limited else None
             )
-        state = get_state()
-        slot = IdempotencySlot(state.redis, state.authenticate(), key, request_fingerprint())
-        try:
-            return slot.run(lambda: view(*args, **kwargs))
-        except RedisError as error:
-            raise queue_unavailable() from error
+            try:
+                return slot.run(lambda: view(*args, **kwargs), on_recorded_answer)
+            except RedisError as error:
+                raise queue_unavailable() from error
 
-    return wrapper
+        return wrapper
+
+    return decorator
+
+
+def in_progress_ttl(config: Mapping[str, Any]) -> int:
+    """Seconds an "in progress" marker lives: twice the worst case of a POST.
+
+    That worst case is a Stripe call with all its retries (when Stripe is on),
+    a slow Redis answering each call just inside its timeout, and a margin.
+    """
+    worst = REDIS_CALLS_PER_REQUEST * config["PLAN_REGEN_REDIS_TIMEOUT"] + REQUEST_MARGIN
+    if config["PLAN_REGEN_STRIPE_API_KEY"]:
+        attempts = config["PLAN_REGEN_STRIPE_MAX_NETWORK_RETRIES"] + 1
+        worst += attempts * config["PLAN_REGEN_STRIPE_TIMEOUT"]
+        worst += (attempts - 1) * STRIPE_MAX_BACKOFF
+    return max(MIN_IN_PROGRESS_TTL, math.ceil(2 * float(worst)))
 
 
 def request_fingerprint() -> str:
@@ -100,32 +132,49 @@ class IdempotencySlot:
             {"state": "in_progress", "fingerprint": fingerprint, "token": secrets.token_hex(8)}
         )
 
-    def run(self, view: Callable[[], Response]) -> Response:
+    def run(
+        self, view: Callable[[], Response], on_recorded_answer: Callable[[], None] | None = None
+    ) -> Response:
+        """The view's answer, or one from the record (``on_recorded_answer`` is called first)."""
         config = current_app.config
         deadline = time.monotonic() + config["PLAN_REGEN_IDEMPOTENCY_WAIT"]
+        marker_ttl = in_progress_ttl(config)
         while True:
-            if self.redis.set(self.redis_key, self.marker, nx=True, ex=IN_PROGRESS_TTL):
+            if self.redis.set(self.redis_key, self.marker, nx=True, ex=marker_ttl):
                 return self._process(view, config["PLAN_REGEN_IDEMPOTENCY_TTL"])
             raw = cast(bytes | None, self.redis.get(self.redis_key))  # a sync client
             if raw is None:  # released or expired between SET and GET: try again
                 continue
-            record = json.loads(raw)
-            if record["fingerprint"] != self.fingerprint:
-                raise ApiError(
-                    422,
-                    "IDEMPOTENCY_KEY_REUSED",
-                    f"This {HEADER} was already used with a different request.",
-                )
-            if record["state"] == "done":
-                return replay(record)
-            if time.monotonic() >= deadline:
-                raise ApiError(
-                    409,
-                    "IDEMPOTENCY_REQUEST_IN_PROGRESS",
-                    f"A request with this {HEADER} is still being processed; retry shortly.",
-                    headers={"Retry-After": "1"},
-                )
-            time.sleep(POLL_INTERVAL)
+            answer = self._recorded_answer(json.loads(raw), deadline)
+            if answer is None:
+                time.sleep(POLL_INTERVAL)
+                continue
+            if on_recorded_answer is not None:
+                on_recorded_answer()
+            if isinstance(answer, ApiError):
+                raise answer
+            return answer
+
+    def _recorded_answer(
+        self, record: dict[str, Any], deadline: float
+    ) -> Response | ApiError | None:
+        """What the record answers; ``None`` while the first request may still answer."""
+        if record["fingerprint"] != self.fingerprint:
+            return ApiError(
+                422,
+                "IDEMPOTENCY_KEY_REUSED",
+                f"This {HEADER} was already used with a different request.",
+            )
+        if record["state"] == "done":
+            return replay(record)
+        if time.monotonic() >= deadline:
+            return ApiError(
+                409,
+                "IDEMPOTENCY_REQUEST_IN_PROGRESS",
+                f"A request with this {HEADER} is still being processed; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        return None
 
     def _process(self, view: Callable[[], Response], ttl: int) -> Response:
         try:

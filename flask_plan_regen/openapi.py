@@ -48,6 +48,8 @@ ERROR_DESCRIPTIONS = {
     422: "The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_REUSED).",
     429: "Over the rate limit (RATE_LIMITED, with Retry-After) or the monthly quota "
     "(QUOTA_EXCEEDED).",
+    500: "The tier resolver returned a tier PLAN_REGEN_TIER_PRIORITY does not know "
+    "(UNKNOWN_TIER, a server misconfiguration); nothing was queued.",
     503: "The queue (Redis) is unavailable or regeneration is switched off; nothing was queued.",
 }
 
@@ -105,7 +107,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "summary": "Create a plan for the caller and queue its first generation.",
             "parameters": [IDEMPOTENCY_PARAM],
             "requestBody": {"required": True, "content": _json("CreatePlan")},
-            "responses": {202: ACCEPTED, **_errors(400, 401, 413, 422, 429, 503)},
+            "responses": {202: ACCEPTED, **_errors(400, 401, 409, 413, 422, 429, 500, 503)},
         },
     ),
     (
@@ -116,7 +118,10 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "summary": "Queue a regeneration of the caller's plan.",
             "parameters": [_path_param("planId"), IDEMPOTENCY_PARAM],
             "requestBody": {"required": False, "content": _json("RegenerateRequest")},
-            "responses": {202: ACCEPTED, **_errors(400, 401, 404, 409, 413, 422, 429, 503)},
+            "responses": {
+                202: ACCEPTED,
+                **_errors(400, 401, 404, 409, 413, 422, 429, 500, 503),
+            },
         },
     ),
     (
@@ -243,7 +248,10 @@ WEBHOOK = {
     },
     "responses": {
         200: {"description": "Received.", "content": _json("WebhookReceipt")},
-        400: {"description": "Missing or invalid signature.", "content": _json("Error")},
+        400: {
+            "description": "Missing or invalid signature, or an event without id or type.",
+            "content": _json("Error"),
+        },
         413: {"description": "Payload over 1 MiB.", "content": _json("Error")},
         503: {
             "description": "Stripe or Redis unavailable; Stripe delivers again.",

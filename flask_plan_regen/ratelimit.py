@@ -129,9 +129,8 @@ def enforce_rate_limit(state: RegenState, user_id: str) -> None:
     ``RateLimit-*`` headers on whatever this request finally answers.
     """
     limiter = state.rate_limiter
-    tier = state.resolve_tier(user_id) if limiter.depends_on_tier else None
     try:
-        allowed, status = limiter.hit(user_id, tier)
+        allowed, status = limiter.hit(user_id, _limit_tier(state, user_id))
     except RedisError as error:
         raise queue_unavailable() from error
     setattr(g, _G_KEY, status)
@@ -145,6 +144,24 @@ def enforce_rate_limit(state: RegenState, user_id: str) -> None:
             details={"limit": status.limit, "retryAfter": retry_after},
             headers={**status.headers(), "Retry-After": str(retry_after)},
         )
+
+
+def note_rate_limit(state: RegenState, user_id: str) -> None:
+    """Keep the user's status on ``g`` without counting, for answers the view didn't give.
+
+    An idempotent replay or refusal spends nothing but still carries the
+    ``RateLimit-*`` headers; without Redis it goes without them.
+    """
+    try:
+        status = state.rate_limiter.status(user_id, _limit_tier(state, user_id))
+    except RedisError as error:
+        logger.warning("rate limit status unavailable, Redis unavailable: %s", error)
+        return
+    setattr(g, _G_KEY, status)
+
+
+def _limit_tier(state: RegenState, user_id: str) -> str | None:
+    return state.resolve_tier(user_id) if state.rate_limiter.depends_on_tier else None
 
 
 def add_rate_limit_headers(response: Response) -> Response:

@@ -183,7 +183,7 @@ def accepted(state: RegenState, regeneration: Regeneration) -> Response:
 
 
 @regen_bp.post("/plans/<plan_id>/regenerate")
-@idempotent
+@idempotent(rate_limited=True)
 def regenerate(plan_id: str) -> Response:
     """Queue a regeneration of the caller's plan, with optional overrides."""
     state = get_state()
@@ -224,7 +224,7 @@ def usage() -> Response:
 
 
 @regen_bp.post("/plans")
-@idempotent
+@idempotent(rate_limited=True)
 def create_plan() -> Response:
     """Create a plan for the caller and queue its first generation."""
     state = get_state()
@@ -245,7 +245,7 @@ def owned_regeneration(state: RegenState, plan_id: str, generation_id: str) -> R
 
 
 @regen_bp.post("/plans/<plan_id>/regenerations/<generation_id>/cancel")
-@idempotent
+@idempotent(rate_limited=False)
 def cancel(plan_id: str, generation_id: str) -> Response:
     """Cancel a pending or running regeneration; 409 once it has finished."""
     state = get_state()

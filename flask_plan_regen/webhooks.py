@@ -77,7 +77,9 @@ def handle_event(state: RegenState) -> dict[str, Any]:
         raise ApiError(
             400, "INVALID_SIGNATURE", "The Stripe-Signature header is missing or invalid."
         ) from None
-    event_key = EVENT_KEY + str(event["id"])
+    if not (isinstance(event.get("id"), str) and isinstance(event.get("type"), str)):
+        raise ApiError(400, "INVALID_EVENT", "The event has no string 'id' and 'type'.")
+    event_key = EVENT_KEY + event["id"]
     try:
         first_delivery = state.redis.set(event_key, str(event["type"]), nx=True, ex=EVENT_TTL)
     except RedisError as error:

@@ -15,7 +15,7 @@ from servers import free_port
 from stripe_server import API_KEY, WEBHOOK_SECRET, Subscribe, stripe_config
 
 from flask_plan_regen import ConfigurationError, get_state
-from flask_plan_regen.billing import CACHE_KEY, is_entitled
+from flask_plan_regen.billing import CACHE_KEY, FALLBACK_CACHE_TTL, is_entitled
 
 
 def tier_of(app: Flask, user_id: str = "alice") -> str:
@@ -143,6 +143,15 @@ def test_stripe_down_uses_the_last_known_tier_else_the_default_and_warns(
     warnings = [r.getMessage() for r in caplog.records]
     assert any("last known tier 'pro'" in w for w in warnings)
     assert any("default tier 'free'" in w for w in warnings)
+    # The fallback stands in for Stripe briefly: the next requests don't wait for Stripe.
+    assert redis_conn.get(CACHE_KEY + customer_id) == b"pro"
+    assert 0 < redis_conn.ttl(CACHE_KEY + customer_id) <= FALLBACK_CACHE_TTL <= 30
+    assert redis_conn.get(CACHE_KEY + "cus_never_seen") == b"free"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flask_plan_regen.billing"):
+        assert tier_of(down, "alice") == "pro"
+        assert tier_of(down, "bob") == "free"
+    assert not caplog.records  # no second Stripe call, so no second warning
     client = down.test_client()
     plan_id = plan_factory(down)()
     assert client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE).status_code == 202

@@ -39,3 +39,16 @@ def test_rq_command_lists_the_queues_in_priority_order(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert result.output.strip().endswith("-S rq.serializers.JSONSerializer --url "
                                           "redis://127.0.0.1:6379/0 urgent rest")  # fmt: skip
+
+
+def test_rq_command_masks_the_redis_password() -> None:
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": "sqlite://",
+            "PLAN_REGEN_REDIS_URL": "redis://:s3cret@redis.internal:6380/2",
+        }
+    )
+    result = app.test_cli_runner().invoke(args=["plan-regen", "rq-command"])
+    assert result.exit_code == 0
+    assert "s3cret" not in result.output
+    assert "--url redis://:***@redis.internal:6380/2 " in result.output

@@ -15,6 +15,8 @@ from sqlalchemy import func, select
 
 from examples.host_app import db
 from flask_plan_regen import Plan, Regeneration, get_state
+from flask_plan_regen.config import DEFAULTS
+from flask_plan_regen.idempotency import in_progress_ttl
 
 BODY = {"overrides": {"topic": "Go concurrency"}}
 
@@ -107,6 +109,60 @@ def test_malformed_key_is_400(app: Flask, make_plan: Callable[..., str]) -> None
     assert response.status_code == 400
     assert response.json["code"] == "INVALID_IDEMPOTENCY_KEY"
     assert regeneration_count(app, plan_id) == 0
+
+
+def rate_limit_headers(response) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {k: v for k, v in response.headers.items() if k.startswith("RateLimit-")}
+
+
+def test_answers_from_the_record_carry_rate_limit_headers_without_counting(
+    app: Flask, make_plan: Callable[..., str], redis_conn: redis.Redis
+) -> None:
+    app.config["PLAN_REGEN_IDEMPOTENCY_WAIT"] = 0
+    plan_id = make_plan()
+    # A real server: pytest-flask's request context would carry `g` across test-client calls.
+    with serve(app) as base_url:
+
+        def send(body: object = BODY, key: str | None = "key-rl", plan: str = plan_id):  # type: ignore[no-untyped-def]
+            headers = {**ALICE, **({"Idempotency-Key": key} if key else {})}
+            url = f"{base_url}/api/v1/plans/{plan}/regenerate"
+            return requests.post(url, json=body, headers=headers, timeout=30)
+
+        first = send()
+        replayed = send()
+        reused = send({"overrides": {"topic": "Other topic"}})
+        (stored,) = redis_conn.keys("plan_regen:idempotency:*")
+        fingerprint = json.loads(redis_conn.get(stored))["fingerprint"]
+        redis_conn.set(stored, json.dumps({"state": "in_progress", "fingerprint": fingerprint}))
+        in_progress = send()
+        counted = send(key=None, plan=make_plan())
+
+    assert first.headers["RateLimit-Remaining"] == "9"
+    assert [replayed.status_code, reused.status_code, in_progress.status_code] == [202, 422, 409]
+    for answer in (replayed, reused, in_progress):
+        assert rate_limit_headers(answer) == rate_limit_headers(first)  # nothing counted
+    assert counted.headers["RateLimit-Remaining"] == "8"
+
+
+def test_malformed_key_without_authentication_is_401(
+    app: Flask, make_plan: Callable[..., str]
+) -> None:
+    plan_id = make_plan()
+    response = post(app.test_client(), plan_id, "x" * 256, user={})
+    assert response.status_code == 401
+    assert response.json["code"] == "UNAUTHORIZED"
+
+
+def test_in_progress_marker_outlives_the_slowest_request() -> None:
+    stripe_on = {
+        **DEFAULTS,
+        "PLAN_REGEN_STRIPE_API_KEY": "sk_test_x",
+        "PLAN_REGEN_STRIPE_TIMEOUT": 30.0,
+        "PLAN_REGEN_STRIPE_MAX_NETWORK_RETRIES": 3,
+    }
+    # Four Stripe attempts of 30 s alone take 120 s; the marker lives at least twice that.
+    assert in_progress_ttl(stripe_on) >= 2 * (4 * 30 + 6 * DEFAULTS["PLAN_REGEN_REDIS_TIMEOUT"])
+    assert in_progress_ttl(DEFAULTS) >= 60
 
 
 def test_request_in_progress_is_409_after_the_wait(

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+import redis
 import schemathesis
 from conftest import ALICE, NO_LIMITS, run_jobs
 from flask import Flask
@@ -51,6 +52,47 @@ def test_document_lists_every_route_of_the_package(app: Flask) -> None:
         assert path in paths, f"{rule.rule} is missing from the OpenAPI document"
         documented = set(paths[path])
         assert (rule.methods or set()) - {"HEAD", "OPTIONS"} == {m.upper() for m in documented}
+
+
+# What each POST route's code can answer: the view's own errors, the idempotency
+# layer's (400 bad key, 409 in progress, 422 reused, 503 Redis), body size (413),
+# and UNKNOWN_TIER (500) where the tier is resolved.
+POST_STATUSES = {
+    "/api/v1/plans": {202, 400, 401, 409, 413, 422, 429, 500, 503},
+    "/api/v1/plans/{planId}/regenerate": {202, 400, 401, 404, 409, 413, 422, 429, 500, 503},
+    "/api/v1/plans/{planId}/regenerations/{generationId}/cancel": {
+        200,
+        400,
+        401,
+        404,
+        409,
+        413,
+        422,
+        503,
+    },
+}
+
+
+def test_post_routes_document_every_status_they_answer(app: Flask) -> None:
+    paths = app.test_client().get("/api/v1/openapi.json").json["paths"]
+    for path, statuses in POST_STATUSES.items():
+        assert {int(status) for status in paths[path]["post"]["responses"]} == statuses, path
+
+
+def test_create_plan_in_progress_409_is_documented(app: Flask, redis_conn: redis.Redis) -> None:
+    app.config["PLAN_REGEN_IDEMPOTENCY_WAIT"] = 0
+    client = app.test_client()
+    headers = {**ALICE, "Idempotency-Key": "plan-1"}
+    body = {"topic": "Kubernetes operations", "weeklyHours": 4}
+    assert client.post("/api/v1/plans", json=body, headers=headers).status_code == 202
+    (stored,) = redis_conn.keys("plan_regen:idempotency:*")
+    fingerprint = json.loads(redis_conn.get(stored))["fingerprint"]
+    redis_conn.set(stored, json.dumps({"state": "in_progress", "fingerprint": fingerprint}))
+    answer = client.post("/api/v1/plans", json=body, headers=headers)
+    assert answer.status_code == 409
+    assert answer.json["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+    responses = client.get("/api/v1/openapi.json").json["paths"]["/api/v1/plans"]["post"]
+    assert "409" in responses["responses"]
 
 
 def _camel(name: str) -> str:

@@ -8,9 +8,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import ALICE, run_jobs, worker_env
+from conftest import ALICE, build_app, run_jobs, worker_env
 from flask import Flask
-from servers import WorkerProcs
+from servers import WorkerProcs, free_port
 from sqlalchemy import select
 
 from examples.host_app import db
@@ -119,6 +119,21 @@ def test_requeue_failed_skips_a_plan_with_an_active_regeneration(
     result = app.test_cli_runner().invoke(args=["plan-regen", "requeue-failed"])
     assert "requeued 0, skipped 1" in result.output
     assert sorted(r.status for r in rows(app, plan_id)) == ["failed", "pending"]
+
+
+def test_requeue_failed_with_redis_down_is_a_clean_error(
+    app: Flask, make_plan: Callable[..., str], sqlite_uri: str
+) -> None:
+    plan_id = make_plan()
+    fail_regeneration(app, plan_id, "timeout")
+    dead_redis = build_app(sqlite_uri, f"redis://127.0.0.1:{free_port()}/0")
+    with dead_redis.app_context():  # else pytest-flask's context of `app` is the current app
+        result = dead_redis.test_cli_runner().invoke(args=["plan-regen", "requeue-failed"])
+    assert result.exit_code == 1
+    assert "Error: The regeneration queue is unavailable" in result.output
+    assert "Traceback" not in result.output and result.exception is not None
+    assert isinstance(result.exception, SystemExit)
+    assert [r.status for r in rows(app, plan_id)] == ["failed"]  # nothing half-queued
 
 
 @pytest.mark.slow

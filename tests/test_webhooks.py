@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 import redis
 import stripe
 from conftest import build_app
@@ -106,6 +107,18 @@ def test_bad_or_missing_signature_is_400_and_changes_nothing(
     # The same event, properly signed, is still applied.
     assert post(stripe_app, body).json["refreshed"] is True
     assert tier_of(stripe_app) == "free"
+
+
+@pytest.mark.parametrize("missing", ["id", "type"])
+def test_a_signed_event_without_id_or_type_is_a_json_400(
+    stripe_app: Flask, customers: dict[str, str], redis_conn: redis.Redis, missing: str
+) -> None:
+    body = event("customer.subscription.updated", "cus_x")
+    del body[missing]
+    answer = post(stripe_app, body)
+    assert answer.status_code == 400
+    assert answer.json["code"] == "INVALID_EVENT"
+    assert redis_conn.keys(EVENT_KEY + "*") == []
 
 
 def test_a_duplicate_event_id_is_ignored(
