@@ -37,6 +37,16 @@ NO_LIMITS: dict[str, Any] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _push_request_context() -> None:
+    """Turn off pytest-flask's request context around every test that uses ``app``.
+
+    With it, every test-client request of a test shares one app context, so one
+    database session and one ``g``: state would leak between requests that in
+    production never share anything. Each request gets its own context instead.
+    """
+
+
 @pytest.fixture
 def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
     """A client on the session's Redis, emptied before each test."""
