@@ -105,7 +105,7 @@ class StripeBilling:
         if cached is not None:
             return cached
         try:
-            return self.refresh(customer_id)
+            return self.refresh(customer_id, overwrite=False)
         except stripe.StripeError as error:
             last_known = self._cache_get(LAST_KNOWN_KEY + customer_id)
             fallback = last_known or self.default_tier
@@ -120,12 +120,16 @@ class StripeBilling:
             self._cache_fallback(customer_id, fallback)
             return fallback
 
-    def refresh(self, customer_id: str) -> str:
-        """Read the customer's tier from Stripe now and cache it. Raises ``StripeError``."""
+    def refresh(self, customer_id: str, *, overwrite: bool = True) -> str:
+        """Read the customer's tier from Stripe now and cache it. Raises ``StripeError``.
+
+        A request that found no cached tier passes ``overwrite=False``: if a
+        webhook cached a newer tier while this read was in flight, that one stays.
+        """
         tier, ttl = self.fetch_tier(customer_id)
         try:
             pipe = self.redis.pipeline()
-            pipe.set(CACHE_KEY + customer_id, tier, ex=ttl)
+            pipe.set(CACHE_KEY + customer_id, tier, ex=ttl, nx=not overwrite)
             pipe.set(LAST_KNOWN_KEY + customer_id, tier, ex=LAST_KNOWN_TTL)
             pipe.execute()
         except RedisError as error:
@@ -135,7 +139,7 @@ class StripeBilling:
     def _cache_fallback(self, customer_id: str, tier: str) -> None:
         ttl = min(FALLBACK_CACHE_TTL, self.cache_ttl)
         try:
-            self.redis.set(CACHE_KEY + customer_id, tier, ex=ttl)
+            self.redis.set(CACHE_KEY + customer_id, tier, ex=ttl, nx=True)
         except RedisError as error:
             logger.warning("fallback tier not cached, Redis unavailable: %s", error)
 

@@ -67,6 +67,22 @@ def test_cancel_at_period_end_keeps_the_tier_until_the_subscription_ends(
         assert billing.refresh(customer_id) == "free"
 
 
+def test_a_request_never_overwrites_a_tier_a_webhook_cached_meanwhile(
+    stripe_app: Flask, subscribe: Subscribe, redis_conn: redis.Redis
+) -> None:
+    customer_id, _ = subscribe("alice", "starter")
+    with stripe_app.app_context():
+        billing = get_state().billing
+        assert billing is not None
+        # A webhook cached the newest tier while this request was reading Stripe.
+        redis_conn.set(CACHE_KEY + customer_id, "pro")
+        assert billing.refresh(customer_id, overwrite=False) == "starter"
+        assert redis_conn.get(CACHE_KEY + customer_id) == b"pro"
+        # The webhook path itself always writes what Stripe says now.
+        assert billing.refresh(customer_id) == "starter"
+        assert redis_conn.get(CACHE_KEY + customer_id) == b"starter"
+
+
 @pytest.mark.parametrize(
     ("subscription", "past_due_keeps_tier", "entitled"),
     [
