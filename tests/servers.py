@@ -64,6 +64,9 @@ __all__ = [
 ]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# Where .ci/ensure-postgres pip-installs `pgserver` when the machine has no PostgreSQL:
+# outside the checkout, so the unprivileged server user can reach the binaries.
+PIP_PG_BIN = Path("/opt/plan-regen-pg/pgserver/pginstall/bin")
 PG_DATABASE = "plan_regen_test"
 PG_SUPERUSER = "postgres"
 
@@ -85,7 +88,8 @@ def find_postgres_bindir() -> Path | None:
     """Directory holding ``initdb`` and ``postgres``, or None.
 
     Looks at ``$PLAN_REGEN_PG_BIN``, ``/usr/lib/postgresql/<newest>/bin`` (Debian),
-    ``initdb``/``postgres`` on ``PATH`` (symlinks resolved) and ``/usr/local/pgsql/bin``.
+    ``initdb``/``postgres`` on ``PATH`` (symlinks resolved), ``/usr/local/pgsql/bin`` and
+    the pip-installed server that ``.ci/ensure-postgres`` falls back to (``PIP_PG_BIN``).
     """
     candidates: list[Path] = []
     if override := os.environ.get("PLAN_REGEN_PG_BIN"):
@@ -96,6 +100,7 @@ def find_postgres_bindir() -> Path | None:
         if found := shutil.which(name):
             candidates.append(Path(found).resolve().parent)
     candidates.append(Path("/usr/local/pgsql/bin"))
+    candidates.append(PIP_PG_BIN)
     for bindir in candidates:
         if all(os.access(bindir / tool, os.X_OK) for tool in ("initdb", "postgres")):
             return bindir
