@@ -7,7 +7,7 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, g
 from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 from rq import Queue
@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from .billing import StripeBilling
 
 EXTENSION_KEY = "plan_regen"
+# Per-request memos on flask.g: the rate limit, idempotency and the view all
+# need the user and tier, and the hooks behind them may cost a query or a
+# Redis round trip each.
+_G_USER = "plan_regen_user_id"
+_G_TIERS = "plan_regen_tiers"
 
 
 @dataclasses.dataclass
@@ -60,11 +65,16 @@ class RegenState:
         return self.config_hooks.get(key) or registered or default
 
     def authenticate(self) -> str:
-        handler = self.hook("PLAN_REGEN_AUTH_HANDLER", self.extension._auth_handler, deny_all)
-        user_id = handler()
-        if not user_id:
-            raise ApiError(401, "UNAUTHORIZED", "Authentication required.")
-        return str(user_id)
+        """The request's user id (401 without one); the hook runs once per request."""
+        user_id: str | None = g.get(_G_USER)
+        if user_id is None:
+            handler = self.hook("PLAN_REGEN_AUTH_HANDLER", self.extension._auth_handler, deny_all)
+            found = handler()
+            if not found:
+                raise ApiError(401, "UNAUTHORIZED", "Authentication required.")
+            user_id = str(found)
+            setattr(g, _G_USER, user_id)
+        return user_id
 
     def load_plan(self, plan_id: str) -> PlanInput | None:
         loader: PlanLoader = self.hook(
@@ -73,12 +83,16 @@ class RegenState:
         return loader(plan_id)
 
     def resolve_tier(self, user_id: str) -> str:
-        resolver: TierResolver = self.hook(
-            "PLAN_REGEN_TIER_RESOLVER",
-            self.extension._tier_resolver,
-            self.billing.resolve_tier if self.billing else default_tier,
-        )
-        return resolver(user_id)
+        """The user's tier; the resolver (a Stripe cache read) runs once per request."""
+        tiers: dict[str, str] = g.setdefault(_G_TIERS, {})
+        if user_id not in tiers:
+            resolver: TierResolver = self.hook(
+                "PLAN_REGEN_TIER_RESOLVER",
+                self.extension._tier_resolver,
+                self.billing.resolve_tier if self.billing else default_tier,
+            )
+            tiers[user_id] = resolver(user_id)
+        return tiers[user_id]
 
     def stripe_customer_id(self, user_id: str) -> str | None:
         loader: StripeCustomerLoader = self.hook(
