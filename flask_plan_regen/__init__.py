@@ -9,10 +9,21 @@ from .errors import (
     ProviderRateLimited,
     ProviderTimeout,
 )
-from .extension import PlanRegen, RegenState, get_state
-from .models import GenerationAttempt, Module, Plan, Regeneration, Task, metadata
+from .extension import PlanRegen
+from .models import (
+    FailureClass,
+    GenerationAttempt,
+    Module,
+    Plan,
+    Regeneration,
+    Status,
+    Task,
+    metadata,
+)
 from .providers import BuiltinProvider, GenerationProvider, GenerationRequest, GenerationResult
+from .recovery import RecoveringWorker
 from .routes import regen_bp
+from .state import RegenState, get_state
 from .store import PlanStore, SQLAlchemyPlanStore
 from .types import GeneratedModule, GeneratedTask, PlanInput
 
@@ -20,6 +31,7 @@ __all__ = [
     "ApiError",
     "BuiltinProvider",
     "ConfigurationError",
+    "FailureClass",
     "GeneratedModule",
     "GeneratedTask",
     "GenerationAttempt",
@@ -36,9 +48,11 @@ __all__ = [
     "ProviderError",
     "ProviderRateLimited",
     "ProviderTimeout",
+    "RecoveringWorker",
     "RegenState",
     "Regeneration",
     "SQLAlchemyPlanStore",
+    "Status",
     "Task",
     "get_state",
     "metadata",

@@ -8,33 +8,14 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from rq import Worker
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from .config import job_timeout
+from . import lifecycle, queue
+from .config import job_timeout, rq_queue_names
 from .errors import ApiError
-from .extension import RegenState
-from .models import Regeneration, utcnow
-from .queueing import submit_regeneration
-
-
-def queue_stats(state: RegenState) -> list[dict[str, Any]]:
-    """Per queue, highest priority first: queued, running, failed and scheduled jobs."""
-    stats = []
-    for name, _ in current_app.config["PLAN_REGEN_QUEUES"]:
-        queue = state.queue(name)
-        stats.append(
-            {
-                "queue": name,
-                "queued": queue.count,
-                "started": StartedJobRegistry(queue=queue).count,
-                "failed": FailedJobRegistry(queue=queue).count,
-                "scheduled": ScheduledJobRegistry(queue=queue).count,  # type: ignore[no-untyped-call]
-            }
-        )
-    return stats
+from .models import FailureClass, Regeneration, Status, utcnow
+from .state import RegenState
 
 
 def status_counts(state: RegenState) -> dict[str, int]:
@@ -50,7 +31,7 @@ def stuck_regenerations(state: RegenState) -> list[Regeneration]:
     return list(
         state.db.session.scalars(
             select(Regeneration)
-            .where(Regeneration.status == "processing", Regeneration.started_at < cutoff)
+            .where(Regeneration.status == Status.PROCESSING, Regeneration.started_at < cutoff)
             .order_by(Regeneration.started_at)
         )
     )
@@ -58,10 +39,11 @@ def stuck_regenerations(state: RegenState) -> list[Regeneration]:
 
 def collect_info(state: RegenState) -> dict[str, Any]:
     """Everything ``flask plan-regen info`` shows, as plain data."""
-    workers = Worker.all(connection=state.redis)
+    names = rq_queue_names(current_app.config)
     return {
-        "queues": queue_stats(state),
-        "workers": [{"name": w.name, "state": str(w.get_state())} for w in workers],
+        "namespace": state.namespace,
+        "queues": queue.queue_stats(state.redis, names),
+        "workers": queue.worker_states(state.redis, names),
         "regenerations": status_counts(state),
         "stuck": [
             {"generationId": row.id, "planId": row.plan_id, "startedAt": str(row.started_at)}
@@ -70,7 +52,7 @@ def collect_info(state: RegenState) -> dict[str, Any]:
     }
 
 
-def requeue_candidates(state: RegenState, failure_class: str | None) -> list[Regeneration]:
+def requeue_candidates(state: RegenState, failure_class: FailureClass | None) -> list[Regeneration]:
     """Failed regenerations that are still their plan's latest one, oldest first.
 
     A failure that a later regeneration of the same plan superseded (including
@@ -80,7 +62,7 @@ def requeue_candidates(state: RegenState, failure_class: str | None) -> list[Reg
     later = select(newer.id).where(
         newer.plan_id == Regeneration.plan_id, newer.created_at > Regeneration.created_at
     )
-    query = select(Regeneration).where(Regeneration.status == "failed", ~later.exists())
+    query = select(Regeneration).where(Regeneration.status == Status.FAILED, ~later.exists())
     if failure_class is not None:
         query = query.where(Regeneration.failure_class == failure_class)
     return list(state.db.session.scalars(query.order_by(Regeneration.created_at)))
@@ -101,14 +83,14 @@ def requeue(state: RegenState, failed: list[Regeneration]) -> Iterator[RequeueOu
     """
     for old in failed:
         try:
-            new = submit_regeneration(
+            new = lifecycle.submit(
                 state,
                 plan_id=old.plan_id,
                 user_id=old.user_id,
                 overrides=old.overrides,
                 tier=old.tier,
                 priority=old.priority,
-                queue=old.queue,
+                queue_name=old.queue,
                 kind=old.kind,
                 charge_quota=False,  # the user already paid for the failed one
             )

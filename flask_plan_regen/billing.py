@@ -20,12 +20,8 @@ from typing import Any
 import stripe
 from redis import Redis, RedisError
 
-from .extension import get_state
-
 logger = logging.getLogger("flask_plan_regen.billing")
 
-CACHE_KEY = "plan_regen:tier:"
-LAST_KNOWN_KEY = "plan_regen:tier_last_known:"
 LAST_KNOWN_TTL = 90 * 24 * 3600
 # How long a fallback tier stands in for Stripe's answer while Stripe fails:
 # an outage then costs one slow call per customer per this many seconds.
@@ -88,26 +84,24 @@ class StripeBilling:
             http_client=stripe.RequestsClient(timeout=config["PLAN_REGEN_STRIPE_TIMEOUT"]),
         )
         self.redis = redis
+        namespace = config["PLAN_REGEN_NAMESPACE"]
+        self.cache_prefix = f"{namespace}:tier:"
+        self.last_known_prefix = f"{namespace}:tier_last_known:"
         self.webhook_secret: str | None = config["PLAN_REGEN_STRIPE_WEBHOOK_SECRET"]
         self.cache_ttl = int(config["PLAN_REGEN_TIER_CACHE_TTL"])
         self.past_due_keeps_tier = bool(config["PLAN_REGEN_STRIPE_PAST_DUE_KEEPS_TIER"])
         self.default_tier = str(config["PLAN_REGEN_DEFAULT_TIER"])
         self.priorities: Mapping[str, int] = config["PLAN_REGEN_TIER_PRIORITY"]
 
-    def resolve_tier(self, user_id: str) -> str:
-        """The tier resolver used while Stripe is configured: never raises for Stripe."""
-        customer_id = get_state().stripe_customer_id(user_id)
-        return self.tier_for_customer(customer_id) if customer_id else self.default_tier
-
     def tier_for_customer(self, customer_id: str) -> str:
         """Cached tier, else Stripe's; if Stripe fails, the last known tier, else the default."""
-        cached = self._cache_get(CACHE_KEY + customer_id)
+        cached = self._cache_get(self.cache_prefix + customer_id)
         if cached is not None:
             return cached
         try:
             return self.refresh(customer_id, overwrite=False)
         except stripe.StripeError as error:
-            last_known = self._cache_get(LAST_KNOWN_KEY + customer_id)
+            last_known = self._cache_get(self.last_known_prefix + customer_id)
             fallback = last_known or self.default_tier
             logger.warning(
                 "Stripe unavailable for customer %s (%s: %s); using the %s tier %r",
@@ -129,8 +123,8 @@ class StripeBilling:
         tier, ttl = self.fetch_tier(customer_id)
         try:
             pipe = self.redis.pipeline()
-            pipe.set(CACHE_KEY + customer_id, tier, ex=ttl, nx=not overwrite)
-            pipe.set(LAST_KNOWN_KEY + customer_id, tier, ex=LAST_KNOWN_TTL)
+            pipe.set(self.cache_prefix + customer_id, tier, ex=ttl, nx=not overwrite)
+            pipe.set(self.last_known_prefix + customer_id, tier, ex=LAST_KNOWN_TTL)
             pipe.execute()
         except RedisError as error:
             logger.warning("tier cache not written, Redis unavailable: %s", error)
@@ -139,14 +133,14 @@ class StripeBilling:
     def _cache_fallback(self, customer_id: str, tier: str) -> None:
         ttl = min(FALLBACK_CACHE_TTL, self.cache_ttl)
         try:
-            self.redis.set(CACHE_KEY + customer_id, tier, ex=ttl, nx=True)
+            self.redis.set(self.cache_prefix + customer_id, tier, ex=ttl, nx=True)
         except RedisError as error:
             logger.warning("fallback tier not cached, Redis unavailable: %s", error)
 
     def forget(self, customer_id: str) -> None:
         """Drop the cached tier (not the last known one) so the next request asks Stripe."""
         try:
-            self.redis.delete(CACHE_KEY + customer_id)
+            self.redis.delete(self.cache_prefix + customer_id)
         except RedisError as error:
             logger.warning("tier cache not cleared, Redis unavailable: %s", error)
 

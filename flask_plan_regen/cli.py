@@ -12,32 +12,25 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from redis import Redis
-from rq import Queue, SimpleWorker
-from rq.serializers import JSONSerializer
-from rq.worker import DequeueStrategy
 from werkzeug.utils import import_string
 
-from . import admin, metrics
+from . import admin, metrics, queue
+from .config import rq_queue_names
 from .errors import ApiError
-from .extension import get_state
 from .jobs import set_worker_app
 from .logs import install_json_logging
-from .models import metadata
+from .models import FailureClass, metadata
 from .openapi import build_document
 from .recovery import sweep
+from .state import get_state
 
 plan_regen_cli = AppGroup("plan-regen", help="Plan regeneration: tables, workers, queues.")
-
-
-def queue_names() -> list[str]:
-    """Queue names in priority order, highest first."""
-    return [str(name) for name, _ in current_app.config["PLAN_REGEN_QUEUES"]]
 
 
 @plan_regen_cli.command("init-db")
 def init_db() -> None:
     """Create the package's tables (those that do not exist yet)."""
-    get_state().extension.create_all()
+    metadata.create_all(get_state().db.engine)
     click.echo(f"Created plan regeneration tables: {', '.join(sorted(metadata.tables))}")
 
 
@@ -54,8 +47,8 @@ def init_db() -> None:
     "--worker-class",
     default="flask_plan_regen.recovery.RecoveringWorker",
     show_default=True,
-    help="RQ worker class (import path). The default recovers attempts of killed work "
-    "horses and sweeps stuck rows at every maintenance pass.",
+    help="RQ worker class (import path). The default outlives Redis outages and recovers "
+    "the attempts of killed workers (docs/operations.md).",
 )
 @click.option("--name", default=None, help="Worker name (default: RQ's).")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
@@ -114,30 +107,30 @@ def worker(
     state.prepare_for_fork()
     # No socket timeout here: RQ blocks on Redis while it waits for jobs.
     connection = Redis.from_url(app.config["PLAN_REGEN_REDIS_URL"])
-    names = list(queues) or queue_names()
+    names = list(queues) or rq_queue_names(app.config)
     worker_cls = import_string(worker_class)
-    rq_worker = worker_cls(
-        [Queue(n, connection=connection, serializer=JSONSerializer) for n in names],
-        connection=connection,
-        serializer=JSONSerializer,
-        name=name,
-        # RQ's own defaults for the options not given.
-        **{key: value for key, value in rq_options.items() if value is not None},
-    )
     if log_format == "json":
         install_json_logging(logging_level.upper())
     else:
         logging.basicConfig(level=logging_level.upper())
     if metrics_port is not None:
         serve_worker_metrics(app, worker_cls, metrics_host, metrics_port)
-    click.echo(f"Worker {rq_worker.name} on queues {', '.join(names)} (in priority order)")
-    rq_worker.work(
-        burst=burst,
-        with_scheduler=with_scheduler,
-        max_jobs=max_jobs,
-        logging_level=logging_level.upper(),
-        max_idle_time=max_idle_time,
-        dequeue_strategy=DequeueStrategy(dequeue_strategy),
+    click.echo(f"Worker on queues {', '.join(names)} (in priority order)")
+    queue.start_worker(
+        worker_cls,
+        connection,
+        names,
+        name=name,
+        # RQ's own defaults for the options not given.
+        rq_options={key: value for key, value in rq_options.items() if value is not None},
+        work_options={
+            "burst": burst,
+            "with_scheduler": with_scheduler,
+            "max_jobs": max_jobs,
+            "logging_level": logging_level.upper(),
+            "max_idle_time": max_idle_time,
+            "dequeue_strategy": dequeue_strategy,
+        },
     )
 
 
@@ -145,7 +138,7 @@ def serve_worker_metrics(app: Flask, worker_cls: type, host: str, port: int) -> 
     if not metrics.enabled(app):
         raise click.UsageError("--metrics-port needs PLAN_REGEN_METRICS = True.")
     # A forking worker records in its work horses, which die after each job.
-    if not issubclass(worker_cls, SimpleWorker) and not os.environ.get(metrics.MULTIPROC_ENV):
+    if queue.is_forking(worker_cls) and not os.environ.get(metrics.MULTIPROC_ENV):
         raise click.UsageError(
             f"--metrics-port with a forking worker needs {metrics.MULTIPROC_ENV} "
             "(an empty directory for prometheus_client's multiprocess mode)."
@@ -166,11 +159,13 @@ def rq_command() -> None:
 
     The Redis password is masked (``***``): put it back, or give the URL in ``RQ_REDIS_URL``.
     """
+    app_path = os.environ.get("FLASK_APP")
+    prefix = f"FLASK_APP={app_path} " if app_path else ""
     click.echo(
-        "rq worker --with-scheduler -w flask_plan_regen.recovery.RecoveringWorker "
+        f"{prefix}rq worker --with-scheduler -w flask_plan_regen.recovery.RecoveringWorker "
         "-S rq.serializers.JSONSerializer "
         f"--url {masked_url(current_app.config['PLAN_REGEN_REDIS_URL'])} "
-        f"{' '.join(queue_names())}"
+        f"{' '.join(rq_queue_names(current_app.config))}"
     )
 
 
@@ -198,6 +193,7 @@ def info(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    click.echo(f"namespace: {data['namespace']}")
     click.echo(f"{'queue':<24}{'queued':>8}{'running':>9}{'failed':>8}{'scheduled':>11}")
     for q in data["queues"]:
         click.echo(
@@ -219,7 +215,7 @@ def info(as_json: bool) -> None:
 @click.option(
     "--class",
     "failure_class",
-    type=click.Choice(["validation", "capped", "provider_error", "rate_limit", "timeout"]),
+    type=click.Choice([str(member) for member in FailureClass]),
     default=None,
     help="Only regenerations that failed with this class.",
 )
@@ -227,7 +223,7 @@ def info(as_json: bool) -> None:
 def requeue_failed(failure_class: str | None, dry_run: bool) -> None:
     """Queue again each plan whose latest regeneration failed (as a new regeneration)."""
     state = get_state()
-    failed = admin.requeue_candidates(state, failure_class)
+    failed = admin.requeue_candidates(state, FailureClass(failure_class) if failure_class else None)
     if dry_run:
         for row in failed:
             click.echo(f"{row.id} plan {row.plan_id} ({row.failure_class})")

@@ -28,11 +28,15 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_ENABLED": True,
     "PLAN_REGEN_REDIS_URL": "redis://127.0.0.1:6379/0",
     "PLAN_REGEN_REDIS_TIMEOUT": 1.5,
-    # (queue name, lowest priority it takes), highest priority first.
+    # Prefixes every queue name ("plan_regen_high") and Redis key ("plan_regen:...") of
+    # the package, so that several apps can share one Redis.
+    "PLAN_REGEN_NAMESPACE": "plan_regen",
+    # (queue name, lowest priority it takes), highest priority first; the RQ queue is
+    # named "<namespace>_<name>".
     "PLAN_REGEN_QUEUES": [
-        ["plan_regen_high", 10],
-        ["plan_regen_default", 5],
-        ["plan_regen_low", 0],
+        ["high", 10],
+        ["default", 5],
+        ["low", 0],
     ],
     "PLAN_REGEN_TIER_PRIORITY": {"free": 1, "starter": 5, "pro": 10},
     "PLAN_REGEN_PRIORITY_PHRASES": list(DEFAULT_PRIORITY_PHRASES),
@@ -47,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
     # None: derived from the provider timeout (see job_timeout()).
     "PLAN_REGEN_JOB_TIMEOUT": None,
     "PLAN_REGEN_RESULT_TTL": 24 * 3600,
+    # Recovery (docs/operations.md): a running attempt renews its lease in Redis every
+    # third of the TTL; workers sweep for lapsed leases and lost jobs every interval.
+    "PLAN_REGEN_LEASE_TTL": 15,
+    "PLAN_REGEN_SWEEP_INTERVAL": 10,
     "PLAN_REGEN_PAGE_SIZE": 20,
     "PLAN_REGEN_BUILTIN_DELAY": 0.0,
     "PLAN_REGEN_BUILTIN_FAILURE": None,
@@ -97,7 +105,7 @@ BUILTIN_FAILURES = ("validation", "provider_error", "rate_limit", "timeout", "in
 UNLIMITED = "unlimited"
 RATE_FORMAT = "a rate such as '10/hour' or '10 per hour'"
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
 
 
 def apply_defaults(config: MutableMapping[str, Any]) -> None:
@@ -116,7 +124,16 @@ def validate(config: Mapping[str, Any]) -> None:
         config,
     )
     _check_number(config, "PLAN_REGEN_REDIS_TIMEOUT", minimum=0.1)
+    _check(
+        isinstance(config["PLAN_REGEN_NAMESPACE"], str)
+        and _QUEUE_NAME.match(config["PLAN_REGEN_NAMESPACE"]) is not None,
+        "PLAN_REGEN_NAMESPACE",
+        "1-60 letters, digits, '_' or '-'",
+        config,
+    )
     _check_queues(config)
+    _check_int(config, "PLAN_REGEN_LEASE_TTL", minimum=3, maximum=3600)
+    _check_int(config, "PLAN_REGEN_SWEEP_INTERVAL", minimum=1, maximum=3600)
     tiers = config["PLAN_REGEN_TIER_PRIORITY"]
     _check(
         isinstance(tiers, Mapping)
@@ -187,6 +204,19 @@ def validate(config: Mapping[str, Any]) -> None:
         "False unless prometheus-client is installed (pip install 'flask-plan-regen[metrics]')",
         config,
     )
+
+
+def rq_queues(config: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """``(RQ queue name, lowest priority)`` pairs, highest priority first, namespaced."""
+    namespace = config["PLAN_REGEN_NAMESPACE"]
+    return [
+        (f"{namespace}_{name}", int(threshold)) for name, threshold in config["PLAN_REGEN_QUEUES"]
+    ]
+
+
+def rq_queue_names(config: Mapping[str, Any]) -> list[str]:
+    """The RQ queue names in priority order, highest first."""
+    return [name for name, _ in rq_queues(config)]
 
 
 def job_timeout(config: Mapping[str, Any]) -> int:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-FailureClass = Literal["validation", "capped", "provider_error", "rate_limit", "timeout"]
-
-RETRYABLE_CLASSES: frozenset[str] = frozenset({"provider_error", "rate_limit", "timeout"})
+from .models import RETRYABLE_FAILURES, FailureClass
 
 
 class ConfigurationError(RuntimeError):
@@ -55,7 +53,7 @@ class GenerationError(Exception):
     provider internals and only goes to the logs.
     """
 
-    failure_class: FailureClass = "provider_error"
+    failure_class: FailureClass = FailureClass.PROVIDER_ERROR
     public_message = "The generation provider failed."
 
     def __init__(self, detail: str = "", *, public_message: str | None = None) -> None:
@@ -65,24 +63,24 @@ class GenerationError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.failure_class in RETRYABLE_CLASSES
+        return self.failure_class in RETRYABLE_FAILURES
 
 
 class ProviderError(GenerationError):
-    failure_class = "provider_error"
+    failure_class = FailureClass.PROVIDER_ERROR
     public_message = "The generation provider returned an error or unreadable output."
 
 
 class ProviderRateLimited(GenerationError):
-    failure_class = "rate_limit"
+    failure_class = FailureClass.RATE_LIMIT
     public_message = "The generation provider is rate limiting requests."
 
 
 class ProviderTimeout(GenerationError):
-    failure_class = "timeout"
+    failure_class = FailureClass.TIMEOUT
     public_message = "The generation provider did not answer in time."
 
 
 class OutputValidationError(GenerationError):
-    failure_class = "validation"
+    failure_class = FailureClass.VALIDATION
     public_message = "The generated plan did not meet the output rules."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,35 @@ StripeCustomerLoader = Callable[[str], str | None]
 """``(user_id) -> Stripe customer id`` (``cus_...``), or ``None`` for a user with none."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+HOOK_CONFIG_KEYS = {
+    "auth_handler": "PLAN_REGEN_AUTH_HANDLER",
+    "plan_loader": "PLAN_REGEN_PLAN_LOADER",
+    "tier_resolver": "PLAN_REGEN_TIER_RESOLVER",
+    "stripe_customer_loader": "PLAN_REGEN_STRIPE_CUSTOMER_LOADER",
+}
+
+
+@dataclasses.dataclass
+class Hooks:
+    """The host's hooks; ``None`` where the host gave none."""
+
+    auth_handler: AuthHandler | None = None
+    plan_loader: PlanLoader | None = None
+    tier_resolver: TierResolver | None = None
+    stripe_customer_loader: StripeCustomerLoader | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> Hooks:
+        """The hooks set in config, import strings resolved."""
+        return cls(
+            **{
+                name: load_object(config[key], key)
+                for name, key in HOOK_CONFIG_KEYS.items()
+                if config[key] is not None
+            }
+        )
+
 
 NO_AUTH_HANDLER = (
     "Authentication is not configured: register a function with "

@@ -32,8 +32,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from .errors import ApiError, queue_unavailable
-from .extension import get_state
+from .identity import current_user_id, rate_limit_tier
 from .ratelimit import note_rate_limit
+from .state import get_state
 
 P = ParamSpec("P")
 
@@ -73,16 +74,22 @@ def idempotent(*, rate_limited: bool) -> Callable[[Callable[P, Response]], Calla
             if key is None:
                 return view(*args, **kwargs)
             state = get_state()
-            user_id = state.authenticate()  # 401 before any complaint about the key
+            user_id = current_user_id(state)  # 401 before any complaint about the key
             if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
                 raise ApiError(
                     400,
                     "INVALID_IDEMPOTENCY_KEY",
                     f"{HEADER} must be 1-{MAX_KEY_LENGTH} printable ASCII characters.",
                 )
-            slot = IdempotencySlot(state.redis, user_id, key, request_fingerprint())
+            slot = IdempotencySlot(
+                state.redis, state.key("idempotency"), user_id, key, request_fingerprint()
+            )
             on_recorded_answer = (
-                functools.partial(note_rate_limit, state, user_id) if rate_limited else None
+                functools.partial(
+                    note_rate_limit, state.rate_limiter, user_id, rate_limit_tier(state, user_id)
+                )
+                if rate_limited
+                else None
             )
             try:
                 return slot.run(lambda: view(*args, **kwargs), on_recorded_answer)
@@ -123,10 +130,12 @@ def request_fingerprint() -> str:
 class IdempotencySlot:
     """One (user, key) pair's record in Redis and the protocol around it."""
 
-    def __init__(self, redis: Redis, user_id: str, key: str, fingerprint: str) -> None:
+    def __init__(
+        self, redis: Redis, key_prefix: str, user_id: str, key: str, fingerprint: str
+    ) -> None:
         self.redis = redis
         scope = hashlib.sha256(json.dumps([user_id, key]).encode()).hexdigest()
-        self.redis_key = f"plan_regen:idempotency:{scope}"
+        self.redis_key = f"{key_prefix}:{scope}"
         self.fingerprint = fingerprint
         self.marker = json.dumps(
             {"state": "in_progress", "fingerprint": fingerprint, "token": secrets.token_hex(8)}

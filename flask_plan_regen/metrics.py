@@ -25,8 +25,8 @@ from typing import Any
 from flask import Flask, Response, current_app, request
 from sqlalchemy import select
 
-from .extension import RegenState
 from .models import GenerationAttempt, Regeneration
+from .state import RegenState
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)

@@ -8,6 +8,7 @@ package never has to subclass a model of an app it does not know; the host's
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any
@@ -27,8 +28,32 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-ACTIVE_STATUSES = ("pending", "processing")
-TERMINAL_STATUSES = ("succeeded", "failed", "canceled")
+
+class Status(enum.StrEnum):
+    """Where a regeneration stands; only :mod:`flask_plan_regen.lifecycle` changes it."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class FailureClass(enum.StrEnum):
+    """Why a regeneration (or one attempt of it) failed."""
+
+    VALIDATION = "validation"
+    CAPPED = "capped"
+    PROVIDER_ERROR = "provider_error"
+    RATE_LIMIT = "rate_limit"
+    TIMEOUT = "timeout"
+
+
+ACTIVE_STATUSES: tuple[Status, ...] = (Status.PENDING, Status.PROCESSING)
+TERMINAL_STATUSES: tuple[Status, ...] = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+RETRYABLE_FAILURES: frozenset[FailureClass] = frozenset(
+    {FailureClass.PROVIDER_ERROR, FailureClass.RATE_LIMIT, FailureClass.TIMEOUT}
+)
 
 metadata = MetaData(
     naming_convention={
@@ -42,6 +67,11 @@ metadata = MetaData(
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` with its time zone; SQLite hands back naive datetimes, which are UTC here."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def new_id() -> str:
@@ -137,7 +167,7 @@ class Regeneration(Base):
     plan_id: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[str] = mapped_column(String(255), index=True)
     kind: Mapped[str] = mapped_column(String(20), default="regeneration")
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=Status.PENDING)
     overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     tier: Mapped[str] = mapped_column(String(50))
     priority: Mapped[int] = mapped_column(Integer)

@@ -13,28 +13,30 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema
 
-from . import schemas
-from .extension import get_state
+from . import documents, schemas
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
+from .metrics import enabled as metrics_enabled
+from .state import get_state
 
 # Nested schemas before the schemas that use them, so references use these names.
 COMPONENTS: dict[str, type[Schema]] = {
-    "Error": schemas.ErrorSchema,
+    "Error": documents.ErrorSchema,
     "Overrides": schemas.OverridesSchema,
     "CreatePlan": schemas.CreatePlanSchema,
     "RegenerateRequest": schemas.RegenerateRequestSchema,
-    "Accepted": schemas.AcceptedSchema,
-    "Attempt": schemas.AttemptSchema,
-    "Regeneration": schemas.RegenerationSchema,
-    "RegenerationPage": schemas.RegenerationPageSchema,
-    "TaskDocument": schemas.TaskDocumentSchema,
-    "ModuleDocument": schemas.ModuleDocumentSchema,
-    "PlanDocument": schemas.PlanDocumentSchema,
-    "MonthlyUsage": schemas.MonthlyUsageSchema,
-    "RateLimitUsage": schemas.RateLimitUsageSchema,
-    "Usage": schemas.UsageSchema,
-    "WebhookReceipt": schemas.WebhookReceiptSchema,
+    "Accepted": documents.AcceptedSchema,
+    "Attempt": documents.AttemptSchema,
+    "RegenerationSummary": documents.RegenerationSummarySchema,
+    "Regeneration": documents.RegenerationSchema,
+    "RegenerationPage": documents.RegenerationPageSchema,
+    "TaskDocument": documents.TaskDocumentSchema,
+    "ModuleDocument": documents.ModuleDocumentSchema,
+    "PlanDocument": documents.PlanDocumentSchema,
+    "MonthlyUsage": documents.MonthlyUsageSchema,
+    "RateLimitUsage": documents.RateLimitUsageSchema,
+    "Usage": documents.UsageSchema,
+    "WebhookReceipt": documents.WebhookReceiptSchema,
 }
 
 ERROR_DESCRIPTIONS = {
@@ -138,7 +140,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "responses": {
                 200: {
                     "description": "Canceled (or the replayed answer).",
-                    "content": _json("Regeneration"),
+                    "content": _json("RegenerationSummary"),
                 },
                 **_errors(400, 401, 404, 409, 413, 422, 503),
             },
@@ -152,7 +154,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "summary": "The caller's tier, rate limit and monthly quota.",
             "responses": {
                 200: {"description": "Usage.", "content": _json("Usage")},
-                **_errors(401),
+                **_errors(401, 500),
             },
         },
     ),
@@ -208,13 +210,12 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
         "get",
         {
             "operationId": "getMetrics",
-            "summary": "Prometheus metrics (404 unless PLAN_REGEN_METRICS is on).",
+            "summary": "Prometheus metrics (listed while PLAN_REGEN_METRICS is on).",
             "responses": {
                 200: {
                     "description": "Prometheus text format.",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
                 },
-                404: {"description": "Metrics are off.", "content": _json("Error")},
             },
         },
     ),
@@ -285,6 +286,8 @@ def build_document(app: Flask) -> dict[str, Any]:
     for name, schema in COMPONENTS.items():
         spec.components.schema(name, schema=schema)
     for path, method, operation in OPERATIONS:
+        if path == "/metrics" and not metrics_enabled(app):
+            continue
         spec.path(path=prefix + path, operations={method: operation})
     if WEBHOOK_ENDPOINT in app.view_functions:  # only while Stripe webhooks are configured
         spec.path(path=app.config["PLAN_REGEN_STRIPE_WEBHOOK_PATH"], operations={"post": WEBHOOK})

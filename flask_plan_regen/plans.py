@@ -6,11 +6,12 @@ from typing import Any
 
 from flask import current_app
 
+from . import lifecycle
 from .errors import ApiError
-from .extension import RegenState
+from .identity import tier_of
 from .models import Regeneration
 from .priority import compute_priority, queue_for_priority
-from .queueing import submit_regeneration
+from .state import RegenState
 
 
 def create_and_generate(state: RegenState, user_id: str, fields: dict[str, Any]) -> Regeneration:
@@ -22,20 +23,20 @@ def create_and_generate(state: RegenState, user_id: str, fields: dict[str, Any])
     removed again when the store can (``delete_plan``), so a 503 leaves nothing.
     """
     config = current_app.config
-    tier = state.resolve_tier(user_id)
+    tier = tier_of(state, user_id)
     priority = compute_priority(tier, fields["topic"], config)
     # The plan is committed with its regeneration and quota charge, so a 429
     # rolls all three back.
     plan_id = state.store.create_plan(user_id, fields)
     try:
-        return submit_regeneration(
+        return lifecycle.submit(
             state,
             plan_id=plan_id,
             user_id=user_id,
             overrides={},
             tier=tier,
             priority=priority,
-            queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
+            queue_name=queue_for_priority(priority, config),
             kind="generation",
         )
     except ApiError as error:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from .errors import ApiError
+from .config import rq_queues
 
 
 @lru_cache(maxsize=32)
@@ -25,30 +25,20 @@ def is_priority_topic(topic: str, phrases: Iterable[str]) -> bool:
 def compute_priority(tier: str, topic: str, config: Mapping[str, Any]) -> int:
     """Tier base priority, plus the boost for a priority topic.
 
-    An unknown tier is a server-side error: it means the tier resolver and
-    ``PLAN_REGEN_TIER_PRIORITY`` disagree, which no user input can cause.
+    ``tier`` is one of ``PLAN_REGEN_TIER_PRIORITY`` (``identity.tier_of`` checks it).
     """
-    bases: Mapping[str, int] = config["PLAN_REGEN_TIER_PRIORITY"]
-    if tier not in bases:
-        raise ApiError(
-            500,
-            "UNKNOWN_TIER",
-            "The subscription tier could not be resolved.",
-        ) from LookupError(
-            f"tier resolver returned {tier!r}, not one of {sorted(bases)} "
-            "(PLAN_REGEN_TIER_PRIORITY)"
-        )
     boost = (
         config["PLAN_REGEN_PRIORITY_BOOST"]
         if is_priority_topic(topic, config["PLAN_REGEN_PRIORITY_PHRASES"])
         else 0
     )
-    return int(bases[tier]) + int(boost)
+    return int(config["PLAN_REGEN_TIER_PRIORITY"][tier]) + int(boost)
 
 
-def queue_for_priority(priority: int, queues: Sequence[Sequence[Any]]) -> str:
-    """The first queue (highest first) whose threshold ``priority`` reaches."""
+def queue_for_priority(priority: int, config: Mapping[str, Any]) -> str:
+    """The RQ queue of the first entry (highest first) whose threshold ``priority`` reaches."""
+    queues = rq_queues(config)
     for name, threshold in queues:
         if priority >= threshold:
-            return str(name)
-    return str(queues[-1][0])
+            return name
+    return queues[-1][0]

@@ -24,11 +24,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import scoped_session
 
 from .config import UNLIMITED
+from .documents import iso_utc
 from .errors import ApiError
-from .extension import RegenState
-from .models import Regeneration, Usage
+from .models import FailureClass, Regeneration, Usage
+from .state import RegenState
 
-REFUNDED_FAILURES: frozenset[str] = frozenset({"provider_error", "rate_limit", "timeout"})
+REFUNDED_FAILURES: frozenset[FailureClass] = frozenset(
+    {FailureClass.PROVIDER_ERROR, FailureClass.RATE_LIMIT, FailureClass.TIMEOUT}
+)
 """Failure classes that give the quota back: the provider's fault, not the user's."""
 
 
@@ -45,11 +48,11 @@ def current_period(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m")
 
 
-def period_resets_at(period: str) -> str:
-    """When the month after ``period`` starts, as an ISO 8601 UTC timestamp."""
+def period_resets_at(period: str) -> datetime:
+    """When the month after ``period`` starts (UTC)."""
     year, month = (int(part) for part in period.split("-"))
     year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return datetime(year, month, 1, tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    return datetime(year, month, 1, tzinfo=UTC)
 
 
 def monthly_limit(tier: str, config: Mapping[str, Any]) -> int | None:
@@ -74,7 +77,11 @@ def charge(state: RegenState, regeneration: Regeneration) -> None:
             429,
             "QUOTA_EXCEEDED",
             f"The monthly regeneration quota of the {regeneration.tier} tier ({limit}) is used up.",
-            details={"limit": limit, "remaining": 0, "resetsAt": period_resets_at(period)},
+            details={
+                "limit": limit,
+                "remaining": 0,
+                "resetsAt": iso_utc(period_resets_at(period)),
+            },
         )
 
 
@@ -110,19 +117,30 @@ def refund_failed(state: RegenState, regeneration: Regeneration, failure_class: 
     return True
 
 
-def monthly_usage(state: RegenState, user_id: str, tier: str) -> dict[str, Any]:
-    """``{limit, used, remaining, resetsAt, period}`` for ``GET /usage``."""
+@dataclasses.dataclass(frozen=True)
+class MonthlyUsage:
+    """Where a user stands in this month's quota (``GET /usage``)."""
+
+    period: str
+    limit: int | None
+    used: int
+    remaining: int | None
+    resets_at: datetime
+
+
+def monthly_usage(state: RegenState, user_id: str, tier: str) -> MonthlyUsage:
+    """The user's quota this month; ``limit`` and ``remaining`` are ``None`` when unlimited."""
     period = current_period()
     row = state.db.session.get(Usage, (user_id, period))
     used = row.used if row is not None else 0
     limit = monthly_limit(tier, current_app.config)
-    return {
-        "period": period,
-        "limit": limit,
-        "used": used,
-        "remaining": None if limit is None else max(limit - used, 0),
-        "resetsAt": period_resets_at(period),
-    }
+    return MonthlyUsage(
+        period=period,
+        limit=limit,
+        used=used,
+        remaining=None if limit is None else max(limit - used, 0),
+        resets_at=period_resets_at(period),
+    )
 
 
 def _take_one(

@@ -14,9 +14,9 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flask import Response, g
+from flask import Response, request
 from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -24,13 +24,11 @@ from redis import Redis, RedisError
 
 from .errors import ApiError, queue_unavailable
 
-if TYPE_CHECKING:
-    from .extension import RegenState
-
 logger = logging.getLogger("flask_plan_regen.ratelimit")
 
-KEY_PREFIX = "plan_regen_limits"
-_G_KEY = "plan_regen_rate_limit"
+# Where a counted request's status waits for add_rate_limit_headers: the request's own
+# environ, never flask.g (shared by requests pushed inside one app context).
+_STATUS_KEY = "flask_plan_regen.rate_limit"
 
 # limits' moving window (a Redis list of hit timestamps, newest first, trimmed to the
 # limit), hit and read in one script: through limits that takes two calls
@@ -79,7 +77,7 @@ class RegenRateLimiter:
         storage = RedisStorage(
             config["PLAN_REGEN_REDIS_URL"],
             connection_pool=redis.connection_pool,
-            key_prefix=KEY_PREFIX,
+            key_prefix=f"{config['PLAN_REGEN_NAMESPACE']}_limits",
         )
         self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
@@ -122,18 +120,17 @@ class RegenRateLimiter:
         )
 
 
-def enforce_rate_limit(state: RegenState, user_id: str) -> None:
+def enforce_rate_limit(limiter: RegenRateLimiter, user_id: str, tier: str | None) -> None:
     """Count this request; 429 ``RATE_LIMITED`` with ``Retry-After`` past the limit.
 
-    The status is kept on ``g`` so that :func:`add_rate_limit_headers` puts the
-    ``RateLimit-*`` headers on whatever this request finally answers.
+    The status is kept with the request so that :func:`add_rate_limit_headers`
+    puts the ``RateLimit-*`` headers on whatever this request finally answers.
     """
-    limiter = state.rate_limiter
     try:
-        allowed, status = limiter.hit(user_id, _limit_tier(state, user_id))
+        allowed, status = limiter.hit(user_id, tier)
     except RedisError as error:
         raise queue_unavailable() from error
-    setattr(g, _G_KEY, status)
+    request.environ[_STATUS_KEY] = status
     if not allowed:
         retry_after = max(status.reset_after, 1)
         raise ApiError(
@@ -146,42 +143,31 @@ def enforce_rate_limit(state: RegenState, user_id: str) -> None:
         )
 
 
-def note_rate_limit(state: RegenState, user_id: str) -> None:
-    """Keep the user's status on ``g`` without counting, for answers the view didn't give.
+def note_rate_limit(limiter: RegenRateLimiter, user_id: str, tier: str | None) -> None:
+    """Keep the user's status for the headers without counting, for answers the view didn't give.
 
     An idempotent replay or refusal spends nothing but still carries the
     ``RateLimit-*`` headers; without Redis it goes without them.
     """
-    try:
-        status = state.rate_limiter.status(user_id, _limit_tier(state, user_id))
-    except RedisError as error:
-        logger.warning("rate limit status unavailable, Redis unavailable: %s", error)
-        return
-    setattr(g, _G_KEY, status)
-
-
-def _limit_tier(state: RegenState, user_id: str) -> str | None:
-    return state.resolve_tier(user_id) if state.rate_limiter.depends_on_tier else None
+    status = rate_limit_usage(limiter, user_id, tier)
+    if status is not None:
+        request.environ[_STATUS_KEY] = status
 
 
 def add_rate_limit_headers(response: Response) -> Response:
     """``after_request``: the ``RateLimit-*`` headers of a request that was counted."""
-    status: RateLimitStatus | None = g.get(_G_KEY)
+    status: RateLimitStatus | None = request.environ.get(_STATUS_KEY)
     if status is not None:
         response.headers.update(status.headers())
     return response
 
 
-def rate_limit_usage(state: RegenState, user_id: str, tier: str) -> dict[str, Any] | None:
-    """``{limit, window, remaining, resetsIn}`` for ``GET /usage``; ``None`` if Redis is down."""
+def rate_limit_usage(
+    limiter: RegenRateLimiter, user_id: str, tier: str | None
+) -> RateLimitStatus | None:
+    """Where ``user_id`` stands, counting nothing; ``None`` while Redis is unreachable."""
     try:
-        status = state.rate_limiter.status(user_id, tier)
+        return limiter.status(user_id, tier)
     except RedisError as error:
         logger.warning("rate limit status unavailable, Redis unavailable: %s", error)
         return None
-    return {
-        "limit": status.limit,
-        "window": status.window,
-        "remaining": status.remaining,
-        "resetsIn": status.reset_after,
-    }

@@ -2,11 +2,11 @@
 
 The database row is the source of truth: ``Regeneration.attempts`` counts the
 provider calls of *this* regeneration (never of the plan), and a retry puts the
-row back to ``pending`` before RQ is asked to run the job again. The job asks
-RQ for the next delivery by returning :class:`rq.Retry` with one interval (RQ
->= 2.1), so the delay is computed, with jitter, when the failure happens.
-Delayed deliveries need RQ's scheduler (``rq worker --with-scheduler``;
-``flask plan-regen worker`` runs it by default).
+row back to ``pending`` (lifecycle.fail) before RQ is asked to run the job
+again. The job asks RQ for the next delivery by returning an ``rq.Retry`` with
+one interval (queue.retry_in), so the delay is computed, with jitter, when the
+failure happens. Delayed deliveries need RQ's scheduler (``rq worker
+--with-scheduler``; ``flask plan-regen worker`` runs it by default).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from typing import Any
-
-from rq import Retry
 
 from .errors import GenerationError
 
@@ -35,26 +33,3 @@ def backoff_seconds(
 def should_retry(error: GenerationError, attempts: int, config: Mapping[str, Any]) -> bool:
     """Retry a retryable failure while this regeneration has attempts left."""
     return error.retryable and attempts < int(config["PLAN_REGEN_MAX_ATTEMPTS"])
-
-
-def rq_retry(attempt: int, config: Mapping[str, Any]) -> Retry:
-    """What the job returns to have RQ deliver it again after the backoff.
-
-    RQ schedules in whole seconds. ``max`` is only RQ's safety net: the job
-    never asks for more retries than ``PLAN_REGEN_MAX_ATTEMPTS`` allows.
-    """
-    delay = round(backoff_seconds(attempt, config))
-    return Retry(max=int(config["PLAN_REGEN_MAX_ATTEMPTS"]), interval=[delay])
-
-
-def crash_retry(config: Mapping[str, Any]) -> Retry:
-    """The ``retry=`` a job is enqueued with: RQ redelivers it if its worker dies.
-
-    The intervals are the backoff without jitter; a redelivery whose row is
-    no longer pending does nothing (see ``jobs.claim``).
-    """
-    attempts = int(config["PLAN_REGEN_MAX_ATTEMPTS"])
-    base = float(config["PLAN_REGEN_RETRY_BACKOFF_BASE"])
-    cap = float(config["PLAN_REGEN_RETRY_BACKOFF_CAP"])
-    intervals = [round(min(cap, base * 2**n)) for n in range(max(attempts - 1, 1))]
-    return Retry(max=max(attempts - 1, 1), interval=intervals)

@@ -11,18 +11,17 @@ from marshmallow import Schema, ValidationError
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from .cancel import cancel_regeneration
+from . import documents, lifecycle
 from .errors import ApiError
-from .extension import RegenState, get_state
 from .idempotency import idempotent
+from .identity import current_user_id, owned_plan, rate_limit_tier, tier_of
 from .metrics import count_response, exposition
 from .metrics import enabled as metrics_enabled
-from .models import GenerationAttempt, Regeneration
+from .models import Regeneration
 from .openapi import build_document
 from .pacing import deadline_problem
 from .plans import create_and_generate
 from .priority import compute_priority, queue_for_priority
-from .queueing import submit_regeneration
 from .quota import monthly_usage
 from .ratelimit import add_rate_limit_headers, enforce_rate_limit, rate_limit_usage
 from .schemas import (
@@ -32,7 +31,7 @@ from .schemas import (
     overrides_schema,
     regenerate_request_schema,
 )
-from .serializers import regeneration_document
+from .state import RegenState, get_state
 from .types import PlanInput
 
 logger = logging.getLogger("flask_plan_regen")
@@ -60,7 +59,7 @@ def _remember_prefix(setup: Any) -> None:
 
 
 def error_response(error: ApiError) -> Response:
-    response = jsonify(error.body())
+    response = jsonify(documents.dump(documents.error_schema, error))
     response.status_code = error.status
     response.headers.update(error.headers)
     return response
@@ -115,7 +114,7 @@ def json_routing_errors() -> Response | None:
     return None
 
 
-def read_json_body(state: RegenState) -> Any:
+def read_json_body() -> Any:
     """The body as JSON; empty means ``{}``. 413 past the size limit, 400 if malformed."""
     request.max_content_length = current_app.config["PLAN_REGEN_MAX_BODY_BYTES"]
     raw = request.get_data(cache=True)
@@ -134,14 +133,6 @@ def load_body(schema: Schema, body: Any, message: str) -> Any:
         raise ApiError(
             400, "VALIDATION_ERROR", message, details={"fieldErrors": field_errors(error)}
         ) from None
-
-
-def owned_plan(state: RegenState, plan_id: str, user_id: str) -> PlanInput:
-    """The plan if ``user_id`` owns it; the same 404 whether it is missing or not theirs."""
-    plan = state.load_plan(plan_id) if len(plan_id) <= 64 else None
-    if plan is None or plan.owner_id != user_id:
-        raise ApiError(404, "PLAN_NOT_FOUND", "Plan not found.")
-    return plan
 
 
 def check_dates(plan: PlanInput) -> None:
@@ -165,14 +156,8 @@ def ensure_enabled() -> None:
         )
 
 
-def accepted(state: RegenState, regeneration: Regeneration) -> Response:
-    response = jsonify(
-        generationId=regeneration.id,
-        planId=regeneration.plan_id,
-        status=regeneration.status,
-        priority=regeneration.priority,
-        queue=regeneration.queue,
-    )
+def accepted(regeneration: Regeneration) -> Response:
+    response = jsonify(documents.dump(documents.accepted_schema, regeneration))
     response.status_code = 202
     response.headers["Location"] = url_for(
         "plan_regen.regeneration_status",
@@ -187,40 +172,41 @@ def accepted(state: RegenState, regeneration: Regeneration) -> Response:
 def regenerate(plan_id: str) -> Response:
     """Queue a regeneration of the caller's plan, with optional overrides."""
     state = get_state()
-    user_id = state.authenticate()
-    enforce_rate_limit(state, user_id)
-    body = read_json_body(state)
+    user_id = current_user_id(state)
+    enforce_rate_limit(state.rate_limiter, user_id, rate_limit_tier(state, user_id))
+    body = read_json_body()
     overrides = load_body(regenerate_request_schema, body, "Invalid overrides.")["overrides"]
     ensure_enabled()
     plan = owned_plan(state, plan_id, user_id)
     merged = plan.with_overrides(overrides)
     check_dates(merged)
     config = current_app.config
-    tier = state.resolve_tier(user_id)
+    tier = tier_of(state, user_id)
     priority = compute_priority(tier, merged.topic, config)
-    regeneration = submit_regeneration(
+    regeneration = lifecycle.submit(
         state,
         plan_id=plan.id,
         user_id=user_id,
         overrides=overrides_schema.dump(overrides),
         tier=tier,
         priority=priority,
-        queue=queue_for_priority(priority, config["PLAN_REGEN_QUEUES"]),
+        queue_name=queue_for_priority(priority, config),
     )
-    return accepted(state, regeneration)
+    return accepted(regeneration)
 
 
 @regen_bp.get("/usage")
 def usage() -> Response:
     """The caller's tier, rate limit and monthly quota."""
     state = get_state()
-    user_id = state.authenticate()
-    tier = state.resolve_tier(user_id)
-    return jsonify(
-        tier=tier,
-        monthly=monthly_usage(state, user_id, tier),
-        rateLimit=rate_limit_usage(state, user_id, tier),
-    )
+    user_id = current_user_id(state)
+    tier = tier_of(state, user_id)
+    document = {
+        "tier": tier,
+        "monthly": monthly_usage(state, user_id, tier),
+        "rate_limit": rate_limit_usage(state.rate_limiter, user_id, tier),
+    }
+    return jsonify(documents.dump(documents.usage_schema, document))
 
 
 @regen_bp.post("/plans")
@@ -228,16 +214,16 @@ def usage() -> Response:
 def create_plan() -> Response:
     """Create a plan for the caller and queue its first generation."""
     state = get_state()
-    user_id = state.authenticate()
-    enforce_rate_limit(state, user_id)
-    fields = load_body(CreatePlanSchema(), read_json_body(state), "Invalid plan.")
+    user_id = current_user_id(state)
+    enforce_rate_limit(state.rate_limiter, user_id, rate_limit_tier(state, user_id))
+    fields = load_body(CreatePlanSchema(), read_json_body(), "Invalid plan.")
     ensure_enabled()
-    return accepted(state, create_and_generate(state, user_id, fields))
+    return accepted(create_and_generate(state, user_id, fields))
 
 
 def owned_regeneration(state: RegenState, plan_id: str, generation_id: str) -> Regeneration:
     """A regeneration of the caller's plan; 404 otherwise."""
-    plan = owned_plan(state, plan_id, state.authenticate())
+    plan = owned_plan(state, plan_id, current_user_id(state))
     regeneration = state.db.session.get(Regeneration, generation_id[:64])
     if regeneration is None or regeneration.plan_id != plan.id:
         raise ApiError(404, "REGENERATION_NOT_FOUND", "Regeneration not found.")
@@ -249,8 +235,8 @@ def owned_regeneration(state: RegenState, plan_id: str, generation_id: str) -> R
 def cancel(plan_id: str, generation_id: str) -> Response:
     """Cancel a pending or running regeneration; 409 once it has finished."""
     state = get_state()
-    regeneration = owned_regeneration(state, plan_id, generation_id)
-    return jsonify(regeneration_document(cancel_regeneration(state, regeneration)))
+    regeneration = lifecycle.cancel(state, owned_regeneration(state, plan_id, generation_id))
+    return jsonify(documents.dump(documents.regeneration_summary_schema, regeneration))
 
 
 @regen_bp.get("/plans/<plan_id>/regenerations/<generation_id>")
@@ -258,33 +244,23 @@ def regeneration_status(plan_id: str, generation_id: str) -> Response:
     """One regeneration with its attempts."""
     state = get_state()
     regeneration = owned_regeneration(state, plan_id, generation_id)
-    attempts = state.db.session.scalars(
-        select(GenerationAttempt)
-        .where(GenerationAttempt.regeneration_id == regeneration.id)
-        .order_by(GenerationAttempt.number)
-    ).all()
-    return jsonify(regeneration_document(regeneration, attempts))
+    return jsonify(documents.dump(documents.regeneration_schema, regeneration))
 
 
 @regen_bp.get("/plans/<plan_id>/regenerations")
 def regeneration_history(plan_id: str) -> Response:
     """The plan's regenerations, newest first, a page at a time."""
     state = get_state()
-    plan = owned_plan(state, plan_id, state.authenticate())
-    try:
-        query = PaginationSchema().load(request.args)
-    except ValidationError as error:
-        raise ApiError(
-            400,
-            "VALIDATION_ERROR",
-            "Invalid pagination.",
-            details={"fieldErrors": field_errors(error)},
-        ) from None
+    plan = owned_plan(state, plan_id, current_user_id(state))
+    query = load_body(PaginationSchema(), request.args, "Invalid pagination.")
     page = query["page"]
     per_page = query["per_page"] or current_app.config["PLAN_REGEN_PAGE_SIZE"]
     session = state.db.session
-    total = session.scalar(
-        select(func.count()).select_from(Regeneration).where(Regeneration.plan_id == plan.id)
+    total = (
+        session.scalar(
+            select(func.count()).select_from(Regeneration).where(Regeneration.plan_id == plan.id)
+        )
+        or 0
     )
     rows = session.scalars(
         select(Regeneration)
@@ -293,20 +269,21 @@ def regeneration_history(plan_id: str) -> Response:
         .limit(per_page)
         .offset((page - 1) * per_page)
     ).all()
-    return jsonify(
-        items=[regeneration_document(row) for row in rows],
-        page=page,
-        perPage=per_page,
-        total=total,
-        hasMore=page * per_page < (total or 0),
-    )
+    document = {
+        "items": rows,
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+        "has_more": page * per_page < total,
+    }
+    return jsonify(documents.dump(documents.regeneration_page_schema, document))
 
 
 @regen_bp.get("/plans/<plan_id>")
 def plan_detail(plan_id: str) -> Response:
     """The caller's plan with its modules and tasks."""
     state = get_state()
-    plan = owned_plan(state, plan_id, state.authenticate())
+    plan = owned_plan(state, plan_id, current_user_id(state))
     document = state.store.plan_document(plan.id)
     if document is None:
         raise ApiError(404, "PLAN_NOT_FOUND", "Plan not found.")

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import selectinload
 
+from .documents import dump, plan_document_schema
 from .models import Module, Plan, Task, utcnow
-from .serializers import iso_utc
 from .types import GeneratedModule, PlanInput
 
 
@@ -139,42 +138,7 @@ class SQLAlchemyPlanStore:
             .where(Plan.id == canonical)
             .options(selectinload(Plan.modules).selectinload(Module.tasks))
         )
-        if plan is None:
-            return None
-        return {
-            "id": plan.id,
-            "ownerId": plan.owner_id,
-            "topic": plan.topic,
-            "skillLevel": plan.skill_level,
-            "weeklyHours": plan.weekly_hours,
-            "learningStyle": plan.learning_style,
-            "startDate": _iso(plan.start_date),
-            "deadlineDate": _iso(plan.deadline_date),
-            "notes": plan.notes,
-            "status": plan.status,
-            "createdAt": iso_utc(plan.created_at),
-            "updatedAt": iso_utc(plan.updated_at),
-            "modules": [
-                {
-                    "position": module.position,
-                    "title": module.title,
-                    "description": module.description,
-                    "estimatedMinutes": module.estimated_minutes,
-                    "tasks": [
-                        {
-                            "position": task.position,
-                            "title": task.title,
-                            "description": task.description,
-                            "estimatedMinutes": task.estimated_minutes,
-                            "week": task.week,
-                            "dueDate": _iso(task.due_date),
-                        }
-                        for task in module.tasks
-                    ],
-                }
-                for module in plan.modules
-            ],
-        }
+        return None if plan is None else dump(plan_document_schema, plan)
 
 
 def _canonical_id(plan_id: str) -> str | None:
@@ -183,7 +147,3 @@ def _canonical_id(plan_id: str) -> str | None:
         return str(uuid.UUID(plan_id))
     except ValueError:
         return None
-
-
-def _iso(value: date | None) -> str | None:
-    return value.isoformat() if value is not None else None

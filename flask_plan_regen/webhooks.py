@@ -19,9 +19,10 @@ from flask import Flask, Response, jsonify, request
 from redis import RedisError
 from werkzeug.exceptions import HTTPException
 
+from . import documents
 from .errors import ApiError
-from .extension import RegenState, get_state
 from .routes import error_response, http_api_error
+from .state import RegenState, get_state
 
 logger = logging.getLogger("flask_plan_regen.webhooks")
 
@@ -38,7 +39,6 @@ REFRESHING_EVENTS = frozenset(
         "invoice.payment_failed",
     }
 )
-EVENT_KEY = "plan_regen:stripe_event:"
 EVENT_TTL = 7 * 24 * 3600  # Stripe retries a delivery for up to 3 days
 MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -56,7 +56,7 @@ def register_webhook(app: Flask) -> None:
 def stripe_webhook() -> Response:
     """Verify, de-duplicate and apply one Stripe event; errors answer in the API's JSON shape."""
     try:
-        return jsonify(handle_event(get_state()))
+        return jsonify(documents.dump(documents.webhook_receipt_schema, handle_event(get_state())))
     except HTTPException as error:
         return error_response(http_api_error(error))
     except ApiError as error:
@@ -79,7 +79,7 @@ def handle_event(state: RegenState) -> dict[str, Any]:
         ) from None
     if not (isinstance(event.get("id"), str) and isinstance(event.get("type"), str)):
         raise ApiError(400, "INVALID_EVENT", "The event has no string 'id' and 'type'.")
-    event_key = EVENT_KEY + event["id"]
+    event_key = state.key("stripe_event", event["id"])
     try:
         first_delivery = state.redis.set(event_key, str(event["type"]), nx=True, ex=EVENT_TTL)
     except RedisError as error:

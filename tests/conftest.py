@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
-from rq import Queue, SimpleWorker
-from rq.serializers import JSONSerializer
 from sqlalchemy import text
 
 from examples.host_app import create_app, db
-from flask_plan_regen import get_state, metadata
+from flask_plan_regen import get_state, metadata, queue
+from flask_plan_regen.config import rq_queue_names
 
 pytest_plugins = [
     "servers",  # redis_url, postgres_url, postgres_server, worker_procs
@@ -126,13 +125,7 @@ def plan_factory(app: Flask) -> Callable[..., str]:
 def run_jobs(app: Flask) -> int:
     """Run queued jobs in this process (RQ's SimpleWorker, burst); return how many were queued."""
     with app.app_context():
-        state = get_state()
-        names = [name for name, _ in app.config["PLAN_REGEN_QUEUES"]]
-        queues = [Queue(n, connection=state.redis, serializer=JSONSerializer) for n in names]
-        queued = sum(queue.count for queue in queues)
-        worker = SimpleWorker(queues, connection=state.redis, serializer=JSONSerializer)
-        worker.work(burst=True)
-        return queued
+        return queue.run_burst(get_state().redis, rq_queue_names(app.config))
 
 
 def lose_the_queue(app: Flask) -> None:
@@ -145,7 +138,6 @@ def lose_the_queue(app: Flask) -> None:
 
     state = get_state(app)
     state.redis = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    state._queues.clear()
 
 
 def worker_env(database_uri: str, redis_url: str, **config: str) -> dict[str, str]:

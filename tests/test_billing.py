@@ -14,13 +14,15 @@ from flask import Flask
 from servers import free_port
 from stripe_server import API_KEY, WEBHOOK_SECRET, Subscribe, stripe_config
 
-from flask_plan_regen import ConfigurationError, get_state
-from flask_plan_regen.billing import CACHE_KEY, FALLBACK_CACHE_TTL, is_entitled
+from flask_plan_regen import ConfigurationError, get_state, identity
+from flask_plan_regen.billing import FALLBACK_CACHE_TTL, is_entitled
+
+CACHE_KEY = "plan_regen:tier:"
 
 
 def tier_of(app: Flask, user_id: str = "alice") -> str:
     with app.app_context():
-        return get_state().resolve_tier(user_id)
+        return identity.tier_of(get_state(), user_id)
 
 
 def test_tier_is_the_products_metadata_tier(stripe_app: Flask, subscribe: Subscribe) -> None:
@@ -185,7 +187,7 @@ def test_stripe_key_without_customer_loader_is_a_clear_setup_error(
     )
 
     with app.app_context(), pytest.raises(ConfigurationError, match="stripe_customer_loader"):
-        get_state().resolve_tier("alice")
+        identity.tier_of(get_state(), "alice")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_plan_regen import ConfigurationError, PlanRegen, get_state, regen_bp
 from flask_plan_regen.config import DEFAULTS
+from flask_plan_regen.identity import tier_of
 
 
 def tier_from_config_hook(user_id: str) -> str:
@@ -82,8 +83,8 @@ def test_an_import_string_that_cannot_be_imported_is_a_configuration_error() -> 
 def test_hooks_given_as_import_strings_are_used() -> None:
     app = make_app(PLAN_REGEN_TIER_RESOLVER=f"{__name__}:tier_from_config_hook")
     with app.app_context():
-        assert get_state().resolve_tier("vip") == "pro"
-        assert get_state().resolve_tier("someone") == "free"
+        assert tier_of(get_state(), "vip") == "pro"
+        assert tier_of(get_state(), "someone") == "free"
 
 
 def test_init_app_needs_the_db() -> None:

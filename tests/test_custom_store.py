@@ -30,6 +30,8 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+# The extension object of the course app, for tests that register hooks after init_app.
+regen = PlanRegen()
 
 
 class Course(db.Model):  # type: ignore[name-defined,misc]
@@ -74,7 +76,7 @@ def course_app(sqlite_uri: str, redis_url: str, redis_conn: redis.Redis) -> Iter
     app = Flask(__name__)
     app.config.update(SQLALCHEMY_DATABASE_URI=sqlite_uri, PLAN_REGEN_REDIS_URL=redis_url)
     db.init_app(app)
-    regen = PlanRegen(app, db=db, store=CourseStore())
+    regen.init_app(app, db=db, store=CourseStore())
 
     @regen.auth_handler
     def user() -> str | None:
@@ -122,11 +124,12 @@ def test_a_custom_store_is_regenerated_through_the_same_pipeline(course_app: Fla
 
 
 def test_a_plan_loader_hook_overrides_the_stores_lookup(course_app: Flask) -> None:
-    regen: PlanRegen = course_app.extensions["plan_regen"].extension
-
     @regen.plan_loader
     def nobody_owns_anything(plan_id: str) -> PlanInput | None:
         return None
 
-    response = course_app.test_client().post("/courses-api/plans/c1/regenerate", headers=ALICE)
+    try:
+        response = course_app.test_client().post("/courses-api/plans/c1/regenerate", headers=ALICE)
+    finally:
+        regen.plan_loader(None)  # type: ignore[arg-type]
     assert response.status_code == 404

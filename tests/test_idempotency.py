@@ -14,8 +14,8 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from examples.host_app import db
-from flask_plan_regen import Plan, Regeneration, get_state
-from flask_plan_regen.config import DEFAULTS
+from flask_plan_regen import Plan, Regeneration, get_state, queue
+from flask_plan_regen.config import DEFAULTS, rq_queue_names
 from flask_plan_regen.idempotency import in_progress_ttl
 
 BODY = {"overrides": {"topic": "Go concurrency"}}
@@ -36,8 +36,8 @@ def regeneration_count(app: Flask, plan_id: str) -> int:
 
 def queued_jobs(app: Flask) -> int:
     with app.app_context():
-        state = get_state()
-        return sum(state.queue(name).count for name, _ in app.config["PLAN_REGEN_QUEUES"])
+        stats = queue.queue_stats(get_state().redis, rq_queue_names(app.config))
+        return sum(entry["queued"] for entry in stats)
 
 
 def test_same_key_same_body_replays_first_answer(app: Flask, make_plan: Callable[..., str]) -> None:

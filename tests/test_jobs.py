@@ -20,7 +20,9 @@ from flask_plan_regen import (
     Regeneration,
     SQLAlchemyPlanStore,
     get_state,
+    queue,
 )
+from flask_plan_regen.identity import load_plan
 from flask_plan_regen.jobs import execute
 
 
@@ -90,7 +92,7 @@ def test_overrides_are_merged_and_null_clears_a_date(
     generation_id = regenerate(client, plan_id, deadlineDate=None, weeklyHours=9)
     run_jobs(app)
     with app.app_context():
-        plan = get_state().load_plan(plan_id)
+        plan = load_plan(get_state(), plan_id)
         assert plan is not None
         merged = plan.with_overrides({"deadline_date": None, "weekly_hours": 9})
         expected = GenerationRequest(plan=merged, tier="free", generation_id="", attempt=1)
@@ -126,7 +128,7 @@ def test_a_duplicate_delivery_does_nothing(
     modules = plan_json(client, plan_id)["modules"]
     with app.app_context():
         assert execute(get_state(), generation_id) is None
-        get_state().queue("plan_regen_low").enqueue_call(
+        queue.rq_queue(get_state().redis, "plan_regen_low").enqueue_call(
             "flask_plan_regen.jobs.run_regeneration", args=(generation_id,)
         )
     assert run_jobs(app) == 1

@@ -50,7 +50,7 @@ def test_generation_id_is_on_log_lines_from_request_to_job(
     generation_id = response.json["generationId"]
     run_jobs(app)
     records = lines_about(json_log.getvalue(), generation_id)
-    queued = [r for r in records if r["logger"] == "flask_plan_regen.queueing"]
+    queued = [r for r in records if r["logger"] == "flask_plan_regen.lifecycle"]
     assert queued and queued[0]["plan_id"] == plan_id and queued[0]["user_id"] == "alice"
     assert queued[0]["queue"] == "plan_regen_low"
     assert any(

@@ -38,9 +38,21 @@ def test_document_is_served_and_printed(app: Flask) -> None:
     assert json.loads(printed.output) == served.json
 
 
+def test_metrics_are_listed_only_while_they_are_on(app: Flask) -> None:
+    paths = app.test_client().get("/api/v1/openapi.json").json["paths"]
+    assert "/api/v1/metrics" not in paths
+    assert "/api/v1/usage" in paths
+
+
 @pytest.mark.parametrize(
     "app_config",
-    [{"PLAN_REGEN_STRIPE_API_KEY": "sk_test_x", "PLAN_REGEN_STRIPE_WEBHOOK_SECRET": "whsec_x"}],
+    [
+        {
+            "PLAN_REGEN_STRIPE_API_KEY": "sk_test_x",
+            "PLAN_REGEN_STRIPE_WEBHOOK_SECRET": "whsec_x",
+            "PLAN_REGEN_METRICS": True,
+        }
+    ],
 )
 def test_document_lists_every_route_of_the_package(app: Flask) -> None:
     paths = app.test_client().get("/api/v1/openapi.json").json["paths"]

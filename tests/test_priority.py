@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from flask_plan_regen.config import DEFAULTS
-from flask_plan_regen.errors import ApiError
 from flask_plan_regen.priority import compute_priority, is_priority_topic, queue_for_priority
 
 PHRASES = DEFAULTS["PLAN_REGEN_PRIORITY_PHRASES"]
@@ -52,16 +51,14 @@ def test_phrases_and_boost_are_configurable() -> None:
     assert compute_priority("free", "machine learning", config) == 1
 
 
-def test_an_unknown_tier_is_an_error() -> None:
-    with pytest.raises(ApiError) as raised:
-        compute_priority("gold", "anything", DEFAULTS)
-    assert raised.value.status == 500
-
-
 @pytest.mark.parametrize(
     ("priority", "queue"),
     [(13, "plan_regen_high"), (10, "plan_regen_high"), (8, "plan_regen_default"),
      (5, "plan_regen_default"), (4, "plan_regen_low"), (1, "plan_regen_low")],
 )  # fmt: skip
 def test_queue_thresholds(priority: int, queue: str) -> None:
-    assert queue_for_priority(priority, DEFAULTS["PLAN_REGEN_QUEUES"]) == queue
+    assert queue_for_priority(priority, DEFAULTS) == queue
+
+
+def test_queue_names_follow_the_namespace() -> None:
+    assert queue_for_priority(13, {**DEFAULTS, "PLAN_REGEN_NAMESPACE": "staging"}) == "staging_high"

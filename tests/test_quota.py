@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from examples.host_app import db
 from flask_plan_regen import ConfigurationError, Regeneration, get_state
+from flask_plan_regen.documents import iso_utc
 from flask_plan_regen.models import Usage
 from flask_plan_regen.quota import current_period, period_resets_at, refund_failed
 
@@ -50,7 +51,7 @@ def test_free_tier_gets_five_a_month_then_429_with_details(
     assert denied.json["details"] == {
         "limit": 5,
         "remaining": 0,
-        "resetsAt": period_resets_at(current_period()),
+        "resetsAt": iso_utc(period_resets_at(current_period())),
     }
     assert used(app) == 5
     # Another user's quota is their own.
@@ -58,8 +59,8 @@ def test_free_tier_gets_five_a_month_then_429_with_details(
 
 
 def test_resets_at_is_the_first_instant_of_next_month_utc() -> None:
-    assert period_resets_at("2026-11") == "2026-12-01T00:00:00Z"
-    assert period_resets_at("2026-12") == "2027-01-01T00:00:00Z"
+    assert iso_utc(period_resets_at("2026-11")) == "2026-12-01T00:00:00Z"
+    assert iso_utc(period_resets_at("2026-12")) == "2027-01-01T00:00:00Z"
     assert current_period(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == "2026-12"
 
 
@@ -78,7 +79,7 @@ def test_usage_reports_tier_limits_used_and_remaining(
         "limit": 5,
         "used": 2,
         "remaining": 3,
-        "resetsAt": period_resets_at(current_period()),
+        "resetsAt": iso_utc(period_resets_at(current_period())),
     }
     assert answer.json["rateLimit"]["limit"] == 1000
     assert answer.json["rateLimit"]["remaining"] == 998

@@ -259,27 +259,30 @@ def test_priority_topic_and_tier_pick_the_queue(
     assert (response.json["priority"], response.json["queue"]) == (13, "plan_regen_high")
 
 
+@pytest.mark.parametrize("app_config", [{"PLAN_REGEN_TIER_RESOLVER": lambda user_id: "gold"}])
 def test_an_unknown_tier_is_a_server_error_without_details(
     app: Flask, client: FlaskClient, make_plan: Callable[..., str], caplog: Any
 ) -> None:
-    get_state(app).config_hooks["PLAN_REGEN_TIER_RESOLVER"] = lambda user_id: "gold"
-    response = regenerate(client, make_plan(), {})
-    assert response.status_code == 500
-    assert response.json == {
+    unknown_tier = {
         "error": "The subscription tier could not be resolved.",
         "code": "UNKNOWN_TIER",
     }
+    response = regenerate(client, make_plan(), {})
+    assert (response.status_code, response.json) == (500, unknown_tier)
     assert "'gold'" in caplog.text
     assert regeneration_count(app) == 0
+    usage = client.get("/api/v1/usage", headers=ALICE)
+    assert (usage.status_code, usage.json) == (500, unknown_tier)
 
 
+def broken_plan_loader(plan_id: str) -> None:
+    raise RuntimeError("secret internals")
+
+
+@pytest.mark.parametrize("app_config", [{"PLAN_REGEN_PLAN_LOADER": broken_plan_loader}])
 def test_a_failing_hook_is_a_json_500_never_a_stack_trace(
     app: Flask, client: FlaskClient, make_plan: Callable[..., str]
 ) -> None:
-    def broken(plan_id: str) -> None:
-        raise RuntimeError("secret internals")
-
-    get_state(app).config_hooks["PLAN_REGEN_PLAN_LOADER"] = broken
     response = regenerate(client, make_plan(), {})
     assert response.status_code == 500
     assert response.json == {"error": "An internal error occurred.", "code": "INTERNAL_ERROR"}
@@ -290,15 +293,15 @@ def test_the_database_not_the_pre_check_enforces_one_active_regeneration(
     app: Flask, make_plan: Callable[..., str]
 ) -> None:
     from flask_plan_regen.errors import ApiError
-    from flask_plan_regen.queueing import submit_regeneration
+    from flask_plan_regen.lifecycle import submit
 
     plan_id = make_plan()
     fields: dict[str, Any] = {"user_id": "alice", "overrides": {}, "tier": "free",
-                              "priority": 1, "queue": "plan_regen_low"}  # fmt: skip
+                              "priority": 1, "queue_name": "plan_regen_low"}  # fmt: skip
     with app.app_context():
-        first_id = submit_regeneration(get_state(), plan_id=plan_id, **fields).id
+        first_id = submit(get_state(), plan_id=plan_id, **fields).id
         with pytest.raises(ApiError) as raised:
-            submit_regeneration(get_state(), plan_id=plan_id, **fields)
+            submit(get_state(), plan_id=plan_id, **fields)
     assert raised.value.status == 409
     assert raised.value.details == {"generationId": first_id}
     assert regeneration_count(app) == 1

@@ -19,6 +19,7 @@ from redis.connection import AbstractConnection
 from sqlalchemy import event
 
 from examples.host_app import db
+from flask_plan_regen.config import rq_queue_names
 
 # Read the plan, look for an active regeneration (409 before any quota is taken), take one
 # from the monthly quota (one upsert), insert the regeneration.
@@ -88,7 +89,7 @@ def assert_within_bounds(app: Flask, costs: Costs, redis_conn: redis.Redis) -> N
     trips = b"\n".join(costs.redis_commands)
     assert len(costs.redis_commands) <= MAX_REDIS_ROUND_TRIPS, trips
     assert b"rq:queue:" in trips  # the job really went to its queue in that round trip
-    queues = [f"rq:queue:{name}" for name, _ in app.config["PLAN_REGEN_QUEUES"]]
+    queues = [f"rq:queue:{name}" for name in rq_queue_names(app.config)]
     assert sum(redis_conn.llen(key) for key in queues) == 2
 
 

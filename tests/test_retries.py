@@ -34,16 +34,14 @@ def test_job_timeout_is_derived_from_the_provider_timeout() -> None:
 
 
 def test_queued_jobs_carry_the_derived_timeout(app: Flask, make_plan: Any) -> None:
-    from flask_plan_regen import get_state
+    from flask_plan_regen import get_state, queue
 
     app.config["PLAN_REGEN_PROVIDER_TIMEOUT"] = 30
     plan_id = make_plan()
     answer = app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
     with app.app_context():
-        job = (
-            get_state()
-            .queue(answer.get_json()["queue"])
-            .fetch_job(answer.get_json()["generationId"])
+        job = queue.rq_queue(get_state().redis, answer.get_json()["queue"]).fetch_job(
+            answer.get_json()["generationId"]
         )
         assert job is not None and job.timeout == 90
 

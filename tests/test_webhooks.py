@@ -17,9 +17,10 @@ from flask import Flask
 from servers import free_port
 from stripe_server import WEBHOOK_SECRET, Subscribe, stripe_config
 
-from flask_plan_regen import get_state
-from flask_plan_regen.billing import CACHE_KEY
-from flask_plan_regen.webhooks import EVENT_KEY
+from flask_plan_regen import get_state, identity
+
+CACHE_KEY = "plan_regen:tier:"
+EVENT_KEY = "plan_regen:stripe_event:"
 
 WEBHOOK = "/api/v1/billing/stripe/webhook"
 
@@ -52,7 +53,7 @@ def post(app: Flask, body: dict[str, Any], headers: dict[str, str] | None = None
 
 def tier_of(app: Flask, user_id: str = "alice") -> str:
     with app.app_context():
-        return get_state().resolve_tier(user_id)
+        return identity.tier_of(get_state(), user_id)
 
 
 def test_signed_event_refreshes_the_cached_tier_at_once(

@@ -1,0 +1,207 @@
+"""The response documents: marshmallow schemas that both dump every answer and
+describe it in the OpenAPI document (openapi.py), so the two cannot drift.
+
+Each schema dumps the object the answer is made from (an ORM row, a status
+dataclass) under the wire's camelCase names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import Schema, fields, post_dump, validate
+
+from .models import FailureClass, Status, as_utc
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z``; SQLite hands back naive datetimes, which are UTC here."""
+    if value is None:
+        return None
+    return as_utc(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class UtcDateTime(fields.DateTime):
+    """A timestamp dumped as ISO 8601 in UTC (``...Z``)."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return iso_utc(value)
+
+
+class ResponseSchema(Schema):
+    """A response document: every field is required unless declared ``optional``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.required = not field.metadata.get("optional", False)
+
+
+class ErrorSchema(ResponseSchema):
+    """Every error answer: ``{"error", "code", "details"?}``."""
+
+    error = fields.String(attribute="message", metadata={"description": "A sentence for people."})
+    code = fields.String(metadata={"description": "A stable machine-readable code."})
+    details = fields.Dict(metadata={"optional": True})
+
+    @post_dump
+    def _drop_empty_details(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if data.get("details") is None:
+            data.pop("details", None)
+        return data
+
+
+class AcceptedSchema(ResponseSchema):
+    generation_id = fields.String(attribute="id", data_key="generationId")
+    plan_id = fields.String(data_key="planId")
+    status = fields.String(validate=validate.OneOf([Status.PENDING]))
+    priority = fields.Integer()
+    queue = fields.String()
+
+
+_FAILURE_CLASSES = [str(member) for member in FailureClass]
+
+
+class AttemptSchema(ResponseSchema):
+    number = fields.Integer()
+    outcome = fields.String(validate=validate.OneOf([Status.SUCCEEDED, Status.FAILED]))
+    failure_class = fields.String(
+        data_key="failureClass", allow_none=True, validate=validate.OneOf(_FAILURE_CLASSES)
+    )
+    error = fields.String(allow_none=True)
+    duration_ms = fields.Integer(data_key="durationMs")
+    modules = fields.Integer(attribute="modules_count")
+    tasks = fields.Integer(attribute="tasks_count")
+    provider = fields.String()
+    model = fields.String(allow_none=True)
+    prompt_tokens = fields.Integer(data_key="promptTokens", allow_none=True)
+    completion_tokens = fields.Integer(data_key="completionTokens", allow_none=True)
+    prompt_hash = fields.String(data_key="promptHash")
+    adjustments = fields.Dict()
+    created_at = UtcDateTime(data_key="createdAt", allow_none=True)
+
+
+class RegenerationSummarySchema(ResponseSchema):
+    """A regeneration, as the history lists it and cancel answers it."""
+
+    generation_id = fields.String(attribute="id", data_key="generationId")
+    plan_id = fields.String(data_key="planId")
+    kind = fields.String()
+    status = fields.String(validate=validate.OneOf([str(member) for member in Status]))
+    tier = fields.String()
+    priority = fields.Integer()
+    queue = fields.String()
+    overrides = fields.Dict()
+    attempts = fields.Integer()
+    failure_class = fields.String(
+        data_key="failureClass", allow_none=True, validate=validate.OneOf(_FAILURE_CLASSES)
+    )
+    error = fields.String(allow_none=True)
+    error_history = fields.List(fields.Dict(), data_key="errorHistory")
+    result = fields.Dict(allow_none=True)
+    created_at = UtcDateTime(data_key="createdAt", allow_none=True)
+    started_at = UtcDateTime(data_key="startedAt", allow_none=True)
+    finished_at = UtcDateTime(data_key="finishedAt", allow_none=True)
+    updated_at = UtcDateTime(data_key="updatedAt", allow_none=True)
+
+
+class RegenerationSchema(RegenerationSummarySchema):
+    """A regeneration with its attempts, as the status route answers it."""
+
+    attempt_log = fields.List(
+        fields.Nested(AttemptSchema), attribute="attempt_rows", data_key="attemptLog"
+    )
+
+
+class RegenerationPageSchema(ResponseSchema):
+    items = fields.List(fields.Nested(RegenerationSummarySchema))
+    page = fields.Integer()
+    per_page = fields.Integer(data_key="perPage")
+    total = fields.Integer()
+    has_more = fields.Boolean(data_key="hasMore")
+
+
+class TaskDocumentSchema(ResponseSchema):
+    position = fields.Integer()
+    title = fields.String()
+    description = fields.String(allow_none=True)
+    estimated_minutes = fields.Integer(data_key="estimatedMinutes")
+    week = fields.Integer(allow_none=True)
+    due_date = fields.Date(data_key="dueDate", allow_none=True)
+
+
+class ModuleDocumentSchema(ResponseSchema):
+    position = fields.Integer()
+    title = fields.String()
+    description = fields.String(allow_none=True)
+    estimated_minutes = fields.Integer(data_key="estimatedMinutes")
+    tasks = fields.List(fields.Nested(TaskDocumentSchema))
+
+
+class PlanDocumentSchema(ResponseSchema):
+    """The built-in store's plan (a custom store answers its own document)."""
+
+    id = fields.String()
+    owner_id = fields.String(data_key="ownerId")
+    topic = fields.String()
+    skill_level = fields.String(data_key="skillLevel")
+    weekly_hours = fields.Integer(data_key="weeklyHours")
+    learning_style = fields.String(data_key="learningStyle")
+    start_date = fields.Date(data_key="startDate", allow_none=True)
+    deadline_date = fields.Date(data_key="deadlineDate", allow_none=True)
+    notes = fields.String(allow_none=True)
+    status = fields.String()
+    created_at = UtcDateTime(data_key="createdAt", allow_none=True)
+    updated_at = UtcDateTime(data_key="updatedAt", allow_none=True)
+    modules = fields.List(fields.Nested(ModuleDocumentSchema))
+
+
+class MonthlyUsageSchema(ResponseSchema):
+    period = fields.String(metadata={"description": "The month, YYYY-MM (UTC)."})
+    limit = fields.Integer(allow_none=True, metadata={"description": "null: unlimited."})
+    used = fields.Integer()
+    remaining = fields.Integer(allow_none=True)
+    resets_at = UtcDateTime(data_key="resetsAt")
+
+
+class RateLimitUsageSchema(ResponseSchema):
+    limit = fields.Integer()
+    window = fields.String()
+    remaining = fields.Integer()
+    resets_in = fields.Integer(attribute="reset_after", data_key="resetsIn")
+
+
+class UsageSchema(ResponseSchema):
+    tier = fields.String()
+    monthly = fields.Nested(MonthlyUsageSchema)
+    rate_limit = fields.Nested(
+        RateLimitUsageSchema,
+        data_key="rateLimit",
+        allow_none=True,
+        metadata={"description": "null while Redis is unreachable."},
+    )
+
+
+class WebhookReceiptSchema(ResponseSchema):
+    received = fields.Boolean()
+    duplicate = fields.Boolean()
+    refreshed = fields.Boolean(metadata={"optional": True})
+
+
+# Built once: a schema costs more to build than to dump with, and dumping never changes it.
+error_schema = ErrorSchema()
+accepted_schema = AcceptedSchema()
+regeneration_schema = RegenerationSchema()
+regeneration_summary_schema = RegenerationSummarySchema()
+regeneration_page_schema = RegenerationPageSchema()
+plan_document_schema = PlanDocumentSchema()
+usage_schema = UsageSchema()
+webhook_receipt_schema = WebhookReceiptSchema()
+
+
+def dump(schema: Schema, obj: Any) -> dict[str, Any]:
+    """``schema.dump(obj)`` typed as the JSON object it is."""
+    document: Mapping[str, Any] = schema.dump(obj)
+    return dict(document)

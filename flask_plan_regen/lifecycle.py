@@ -1,0 +1,390 @@
+"""Every status change of a regeneration goes through this module.
+
+::
+
+    submit   -> pending
+    claim    pending -> processing (an attempt starts)   | pending -> failed (capped)
+    finish   processing -> succeeded (with the new content, in one commit)
+    fail     processing -> pending (retry after a backoff) | processing -> failed
+    release  processing -> pending | failed              (the attempt's worker is gone)
+    cancel   pending | processing -> canceled
+    requeue  pending -> pending                          (a fresh job for a lost one)
+
+Each change is one conditional UPDATE on the row's status (and, for an
+attempt, its number), so of two actors racing for a row exactly one wins: a
+cancel and a finishing attempt, two deliveries of one job, two sweeps. The
+plan's content is only replaced in the commit that marks an attempt
+``succeeded``, so no failure leaves a plan half-replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from redis.exceptions import RedisError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from . import leases, queue
+from .errors import ApiError, GenerationError, ProviderError, queue_unavailable
+from .logs import context_of
+from .metrics import count_enqueue
+from .models import (
+    ACTIVE_STATUSES,
+    FailureClass,
+    GenerationAttempt,
+    Regeneration,
+    Status,
+    as_utc,
+    utcnow,
+)
+from .quota import charge, current_period, give_back, refund_failed
+from .retries import backoff_seconds, should_retry
+from .state import RegenState
+
+logger = logging.getLogger("flask_plan_regen.lifecycle")
+
+# A pending row younger than this may still be on its way to its queue (or to RQ's
+# scheduler, for a retry): the sweep leaves it alone.
+PENDING_GRACE = timedelta(seconds=15)
+
+
+class UnknownRegeneration(RuntimeError):
+    """A job names a regeneration this app's database does not have."""
+
+
+class WorkerLost(ProviderError):
+    """The worker running an attempt died or hung before the attempt ended."""
+
+    public_message = "The worker running this attempt stopped before it finished."
+
+
+def submit(
+    state: RegenState,
+    *,
+    plan_id: str,
+    user_id: str,
+    overrides: dict[str, Any],
+    tier: str,
+    priority: int,
+    queue_name: str,
+    kind: str = "regeneration",
+    charge_quota: bool = True,
+) -> Regeneration:
+    """Insert a pending regeneration and enqueue its job, or raise an :class:`ApiError`.
+
+    One transaction inserts the row (the unique index answers 409 when the
+    plan is busy) and charges the monthly quota (429 when used up), so a
+    refused request spends nothing. It is committed before the job is
+    enqueued so that a worker always finds the row; if Redis refuses the job,
+    the row is deleted and the quota given back, so nothing is left pending
+    without a job.
+    """
+    session = state.db.session
+    regeneration = Regeneration(
+        plan_id=plan_id,
+        user_id=user_id,
+        kind=kind,
+        status=Status.PENDING,
+        overrides=overrides,
+        tier=tier,
+        priority=priority,
+        queue=queue_name,
+        attempts=0,
+        error_history=[],
+        quota_period=current_period() if charge_quota else None,
+    )
+    session.add(regeneration)
+    try:
+        session.flush()
+        if charge_quota:
+            charge(state, regeneration)
+        # Detached with its values loaded, so reading them after the commit
+        # (enqueue, the 202 answer) costs no refreshing SELECT.
+        session.expunge(regeneration)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise already_queued(state, plan_id) from None
+    except ApiError:
+        session.rollback()
+        raise
+    try:
+        _enqueue(state, regeneration)
+    except RedisError as error:
+        session.delete(regeneration)
+        give_back(state, regeneration)
+        session.commit()
+        raise queue_unavailable() from error
+    return regeneration
+
+
+def _enqueue(state: RegenState, regeneration: Regeneration) -> None:
+    queue.enqueue(state.redis, regeneration, current_app.config)
+    logger.info("queued %s %s", regeneration.kind, regeneration.id, extra=context_of(regeneration))
+    count_enqueue(regeneration.queue)
+
+
+def already_queued(state: RegenState, plan_id: str) -> ApiError:
+    active = state.db.session.scalar(
+        select(Regeneration.id).where(
+            Regeneration.plan_id == plan_id, Regeneration.status.in_(ACTIVE_STATUSES)
+        )
+    )
+    return ApiError(
+        409,
+        "REGENERATION_ALREADY_QUEUED",
+        "This plan already has a regeneration pending or in progress.",
+        details={"generationId": active},
+    )
+
+
+def claim(state: RegenState, generation_id: str) -> Regeneration | None:
+    """Start an attempt: ``pending`` -> ``processing``, counted; return the row.
+
+    ``None`` when there is nothing to run: the regeneration has ended, another
+    delivery's attempt is running (it holds its lease), or it used up its
+    attempts (then it is failed as ``capped``). A row left ``processing`` by an
+    attempt that can no longer be running (no lease) is released and claimed.
+    Raises :class:`UnknownRegeneration` when the row does not exist.
+    """
+    regeneration = _claim_pending(state, generation_id)
+    if regeneration is not None:
+        return regeneration
+    row = state.db.session.get(Regeneration, generation_id)
+    if row is None:
+        state.db.session.rollback()
+        raise UnknownRegeneration(generation_id)
+    status, started_at = row.status, row.started_at
+    state.db.session.rollback()
+    if status == Status.PENDING:
+        _fail_capped(state, generation_id)
+    elif status == Status.PROCESSING and _attempt_is_gone(state, generation_id, started_at):
+        why = "its attempt's worker is gone (no lease); taken over by a new delivery"
+        if release(state, generation_id, why, requeue=False) == Status.PENDING:
+            return _claim_pending(state, generation_id)
+    return None
+
+
+def _claim_pending(state: RegenState, generation_id: str) -> Regeneration | None:
+    session = state.db.session
+    max_attempts = current_app.config["PLAN_REGEN_MAX_ATTEMPTS"]
+    # RETURNING the row: the claim and the read of what was claimed are one statement.
+    regeneration = session.scalar(
+        update(Regeneration)
+        .where(
+            Regeneration.id == generation_id,
+            Regeneration.status == Status.PENDING,
+            Regeneration.attempts < max_attempts,
+        )
+        .values(
+            status=Status.PROCESSING,
+            attempts=Regeneration.attempts + 1,
+            started_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        .returning(Regeneration)
+        .execution_options(populate_existing=True)
+    )
+    session.commit()
+    return regeneration
+
+
+def _fail_capped(state: RegenState, generation_id: str) -> None:
+    state.db.session.execute(
+        update(Regeneration)
+        .where(Regeneration.id == generation_id, Regeneration.status == Status.PENDING)
+        .values(
+            status=Status.FAILED,
+            failure_class=FailureClass.CAPPED,
+            error="The regeneration used up its attempts.",
+            finished_at=utcnow(),
+            updated_at=utcnow(),
+        )
+    )
+    state.db.session.commit()
+
+
+def _attempt_is_gone(state: RegenState, generation_id: str, started_at: datetime | None) -> bool:
+    """No lease, and started longer ago than a lease lives (so it was set, then lapsed)."""
+    ttl = timedelta(seconds=leases.lease_ttl())
+    return (started_at is None or as_utc(started_at) < utcnow() - ttl) and not leases.is_held(
+        state, generation_id
+    )
+
+
+def finish(
+    state: RegenState,
+    regeneration: Regeneration,
+    attempt: GenerationAttempt,
+    summary: dict[str, Any],
+    save_content: Any,
+) -> bool:
+    """``processing`` -> ``succeeded``, with ``save_content()`` and the attempt row, in one commit.
+
+    ``False`` (nothing saved) when this attempt no longer holds the row: a
+    cancel or a sweep got there first. The status change comes first, so the
+    row lock it takes makes a racing cancel wait for this transaction.
+    """
+    session = state.db.session
+    if not _change_attempt(
+        state, regeneration.id, attempt.number, status=Status.SUCCEEDED, result=summary,
+        finished_at=utcnow(),
+    ):  # fmt: skip
+        session.rollback()
+        return False
+    save_content()
+    session.add(attempt)
+    session.commit()
+    return True
+
+
+def fail(
+    state: RegenState,
+    regeneration: Regeneration,
+    attempt: GenerationAttempt | None,
+    error: GenerationError,
+) -> int | None:
+    """Record a failed attempt: back to ``pending`` to retry, else ``failed``.
+
+    Returns the seconds to wait before the retry, or ``None`` when there is
+    none (the regeneration failed, or this attempt no longer held the row).
+    A regeneration that fails for good gets its quota back when the failure
+    is ours (quota.REFUNDED_FAILURES). The old content stays either way.
+    """
+    config = current_app.config
+    number = regeneration.attempts
+    retry = should_retry(error, number, config)
+    logger.warning(
+        "regeneration %s attempt %s failed (%s, %s): %s",
+        regeneration.id,
+        number,
+        error.failure_class,
+        "will retry" if retry else "final",
+        error,
+    )
+    history = [
+        *regeneration.error_history,
+        {
+            "attempt": number,
+            "class": str(error.failure_class),
+            "error": error.public_message,
+            "at": utcnow().isoformat(),
+        },
+    ]
+    outcome: dict[str, Any] = (
+        {"status": Status.PENDING}
+        if retry
+        else {
+            "status": Status.FAILED,
+            "failure_class": error.failure_class,
+            "error": error.public_message,
+            "finished_at": utcnow(),
+        }
+    )
+    session = state.db.session
+    if not _change_attempt(state, regeneration.id, number, error_history=history, **outcome):
+        session.rollback()
+        return None
+    if attempt is not None:
+        session.add(attempt)
+    if not retry:
+        refund_failed(state, regeneration, error.failure_class)
+    session.commit()
+    return round(backoff_seconds(number, config)) if retry else None
+
+
+def _change_attempt(state: RegenState, generation_id: str, number: int, **values: Any) -> bool:
+    """Apply ``values`` if attempt ``number`` still holds the row (it is ``processing``)."""
+    changed = state.db.session.execute(
+        update(Regeneration)
+        .where(
+            Regeneration.id == generation_id,
+            Regeneration.status == Status.PROCESSING,
+            Regeneration.attempts == number,
+        )
+        .values(updated_at=utcnow(), **values)
+        # The loaded row takes the new values in memory: no reload of it (nor of the plan,
+        # as expire_all would cost). Callers roll back when the claim was lost.
+        .execution_options(synchronize_session="evaluate")
+    )
+    return bool(getattr(changed, "rowcount", 0))
+
+
+def release(state: RegenState, generation_id: str, why: str, *, requeue: bool) -> Status | None:
+    """Count a lost ``processing`` attempt as failed; return the row's new status.
+
+    The attempt gets its attempt row like any failed one. Back to ``pending``
+    (attempts left) it is queued again when ``requeue`` (a delivery that takes
+    the row over passes ``False``: it runs the next attempt itself). ``None``
+    when the row was not ``processing``.
+    """
+    session = state.db.session
+    regeneration = session.get(Regeneration, generation_id)
+    if regeneration is None or regeneration.status != Status.PROCESSING:
+        session.rollback()
+        return None
+    started = as_utc(regeneration.started_at) if regeneration.started_at else utcnow()
+    attempt = GenerationAttempt(
+        regeneration_id=generation_id,
+        number=regeneration.attempts,
+        outcome=Status.FAILED,
+        failure_class=FailureClass.PROVIDER_ERROR,
+        error=WorkerLost.public_message,
+        duration_ms=max(int((utcnow() - started).total_seconds() * 1000), 0),
+        provider=state.provider.name,
+        prompt_hash="",
+    )
+    fail(state, regeneration, attempt, WorkerLost(why))
+    regeneration = session.get(Regeneration, generation_id)
+    status = Status(regeneration.status) if regeneration is not None else None
+    session.rollback()
+    logger.warning("regeneration %s: %s; now %s", generation_id, why, status)
+    if requeue and regeneration is not None and status == Status.PENDING:
+        requeue_job(state, regeneration)
+    return status
+
+
+def cancel(state: RegenState, regeneration: Regeneration) -> Regeneration:
+    """``pending``/``processing`` -> ``canceled``, then stop its RQ job.
+
+    The database decides: once the row is canceled no delivery can claim it
+    and a running attempt cannot commit its content (both are conditional on
+    the row's status), so stopping the job only saves the provider's time.
+    Raises a 409 ``REGENERATION_FINISHED`` when it had already ended.
+    """
+    session = state.db.session
+    canceled = session.execute(
+        update(Regeneration)
+        .where(Regeneration.id == regeneration.id, Regeneration.status.in_(ACTIVE_STATUSES))
+        .values(status=Status.CANCELED, finished_at=utcnow(), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.refresh(regeneration)
+    if not getattr(canceled, "rowcount", 0):
+        raise ApiError(
+            409,
+            "REGENERATION_FINISHED",
+            "This regeneration has already finished.",
+            details={"generationId": regeneration.id, "status": regeneration.status},
+        )
+    queue.stop_job(state.redis, regeneration.id)
+    return regeneration
+
+
+def requeue_job(state: RegenState, regeneration: Regeneration) -> bool:
+    """Replace whatever RQ has under a pending row's job id with a fresh job.
+
+    Workers sweep concurrently: a lock per row and attempt lets only one of
+    them requeue it, since two deliveries of one job id would race for it.
+    """
+    lock = state.key("requeue", regeneration.id, str(regeneration.attempts))
+    if not state.redis.set(lock, 1, nx=True, ex=int(PENDING_GRACE.total_seconds())):
+        return False
+    queue.delete_job(state.redis, regeneration.id)
+    _enqueue(state, regeneration)
+    return True

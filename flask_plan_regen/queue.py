@@ -1,0 +1,304 @@
+"""RQ, in one place: queues, enqueueing, retries, stopping and looking up jobs,
+and the worker class that keeps running through Redis outages.
+
+Jobs are JSON-serialised and carry only the generation id; the job id is the
+generation id. The dotted paths stored in jobs (:data:`JOB_FUNCTION`,
+:data:`FAILURE_CALLBACK`) stay importable across releases, so jobs already in
+Redis keep working after an upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Callback, Queue, Retry, SimpleWorker, Worker
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
+from rq.worker import DequeueStrategy
+
+from .config import job_timeout
+
+JOB_FUNCTION = "flask_plan_regen.jobs.run_regeneration"
+# Called by RQ when a job raised, or when a worker finds it abandoned by a dead worker.
+FAILURE_CALLBACK = "flask_plan_regen.recovery.on_job_failure"
+
+JobTimeout = JobTimeoutException
+"""Raised inside a job when RQ's job timeout is reached."""
+
+SERIALIZER = JSONSerializer
+_LIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED})
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+
+logger = logging.getLogger("flask_plan_regen.queue")
+
+_queues: weakref.WeakKeyDictionary[Redis, dict[str, Queue]] = weakref.WeakKeyDictionary()
+
+
+class Enqueueable(Protocol):
+    """What a job is made from (a regeneration row)."""
+
+    id: str
+    plan_id: str
+    kind: str
+    queue: str
+
+
+def rq_queue(redis: Redis, name: str) -> Queue:
+    """The RQ queue ``name`` on ``redis`` (one object per connection and name)."""
+    per_connection = _queues.setdefault(redis, {})
+    if name not in per_connection:
+        per_connection[name] = Queue(name, connection=redis, serializer=SERIALIZER)
+    return per_connection[name]
+
+
+def enqueue(redis: Redis, regeneration: Enqueueable, config: Mapping[str, Any]) -> None:
+    """Put the job for ``regeneration`` on its queue, in one Redis round trip.
+
+    No RQ ``Retry``: retries are decided by the job (:func:`retry_in`), and an
+    attempt lost with its worker is found by its lapsed lease (recovery.py).
+    """
+    with redis.pipeline() as pipe:
+        rq_queue(redis, regeneration.queue).enqueue_call(
+            JOB_FUNCTION,
+            args=(regeneration.id,),
+            job_id=regeneration.id,
+            timeout=job_timeout(config),
+            on_failure=Callback(FAILURE_CALLBACK),
+            result_ttl=config["PLAN_REGEN_RESULT_TTL"],
+            failure_ttl=config["PLAN_REGEN_RESULT_TTL"],
+            description=f"{regeneration.kind} of plan {regeneration.plan_id}",
+            pipeline=pipe,
+        )
+        pipe.execute()
+
+
+def retry_in(seconds: int, config: Mapping[str, Any]) -> Retry:
+    """What a job returns to be delivered again after ``seconds`` (needs RQ's scheduler).
+
+    ``max`` is only RQ's safety net: the job never asks for more retries than
+    ``PLAN_REGEN_MAX_ATTEMPTS`` allows.
+    """
+    return Retry(max=int(config["PLAN_REGEN_MAX_ATTEMPTS"]), interval=[seconds])
+
+
+def job_is_live(redis: Redis, job_id: str) -> bool:
+    """Whether RQ still has the job queued, scheduled, deferred or running."""
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return False
+    return job.get_status(refresh=False) in _LIVE
+
+
+def delete_job(redis: Redis, job_id: str) -> None:
+    """Delete whatever RQ has under ``job_id`` (its queue and registry entries too)."""
+    with contextlib.suppress(NoSuchJobError):
+        Job.fetch(job_id, connection=redis, serializer=SERIALIZER).delete()
+
+
+def stop_job(redis: Redis, job_id: str) -> None:
+    """Stop the job if a worker runs it, else take it off its queue; best effort."""
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+        if job.get_status() == JobStatus.STARTED:
+            send_stop_job_command(redis, job_id, serializer=SERIALIZER)
+        else:
+            job.cancel()
+    except (NoSuchJobError, InvalidJobOperation):
+        pass  # finished or gone: nothing left to stop
+    except RedisError:
+        logger.warning("could not stop job %s; its row is canceled, so it will not run", job_id)
+
+
+def queue_stats(redis: Redis, names: Iterable[str]) -> list[dict[str, Any]]:
+    """Per queue: queued, running, failed and scheduled jobs."""
+    stats = []
+    for name in names:
+        queue = rq_queue(redis, name)
+        stats.append(
+            {
+                "queue": name,
+                "queued": queue.count,
+                "started": StartedJobRegistry(queue=queue).count,
+                "failed": FailedJobRegistry(queue=queue).count,
+                "scheduled": ScheduledJobRegistry(queue=queue).count,  # type: ignore[no-untyped-call]
+            }
+        )
+    return stats
+
+
+def worker_states(redis: Redis, names: Iterable[str]) -> list[dict[str, str]]:
+    """The workers listening on any of the queues ``names``, with their state."""
+    wanted = set(names)
+    return [
+        {"name": worker.name, "state": str(worker.get_state())}
+        for worker in Worker.all(connection=redis)
+        if wanted & set(worker.queue_names())
+    ]
+
+
+def run_burst(redis: Redis, names: Iterable[str]) -> int:
+    """Run every queued job in this process (RQ's ``SimpleWorker``); return how many were queued."""
+    queues = [rq_queue(redis, name) for name in names]
+    queued = sum(queue.count for queue in queues)
+    SimpleWorker(queues, connection=redis, serializer=SERIALIZER).work(burst=True)
+    return queued
+
+
+def is_forking(worker_class: type) -> bool:
+    """Whether the worker class runs each job in a forked work horse."""
+    return not issubclass(worker_class, SimpleWorker)
+
+
+def start_worker(
+    worker_class: type,
+    redis: Redis,
+    names: list[str],
+    *,
+    name: str | None,
+    rq_options: Mapping[str, Any],
+    work_options: Mapping[str, Any],
+) -> str:
+    """Build a worker of ``worker_class`` on queues ``names`` and run it; return its name."""
+    worker = worker_class(
+        [rq_queue(redis, queue) for queue in names],
+        connection=redis,
+        serializer=SERIALIZER,
+        name=name,
+        **rq_options,
+    )
+    dequeue_strategy = DequeueStrategy(work_options.get("dequeue_strategy", "default"))
+    worker.work(**{**work_options, "dequeue_strategy": dequeue_strategy})
+    return str(worker.name)
+
+
+class ResilientWorker(Worker):
+    """RQ's forking ``Worker``, made to run unattended.
+
+    * A Redis outage, idle or mid-job, never ends it: it waits for Redis with
+      backoff and carries on (plain RQ quits on an error after a job ends).
+    * :meth:`maintain` runs every :attr:`maintain_every` seconds whether the worker
+      is idle (the blocking dequeue is bounded by it) or busy (the work horse
+      monitor wakes up as often).
+    * :meth:`horse_killed` hears of a work horse that died mid-job, once RQ has
+      recorded the job's failure (so that it may queue the job again).
+    """
+
+    maintain_every: int = 10
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("work_horse_killed_handler", self._on_horse_killed)
+        super().__init__(*args, **kwargs)
+        self.job_monitoring_interval = min(self.job_monitoring_interval, self.maintain_every)
+        self._next_maintenance = 0.0
+        self._killed: tuple[str, str] | None = None
+
+    def maintain(self) -> None:
+        """Periodic work of the subclass; exceptions are logged, never raised."""
+
+    def horse_killed(self, job_id: str, why: str) -> None:
+        """A work horse died while running ``job_id``."""
+
+    def _on_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        self._killed = (job.id, f"work horse {retpid} killed (waitpid status {ret_val})")
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return max(1, min(int(super().dequeue_timeout), self.maintain_every))
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        rq_due = bool(super().should_run_maintenance_tasks)
+        return rq_due or time.monotonic() >= self._next_maintenance
+
+    def run_maintenance_tasks(self) -> None:
+        if super().should_run_maintenance_tasks:
+            try:
+                super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+            except _REDIS_DOWN as error:
+                self.log.warning("Worker %s: RQ maintenance skipped: %s", self.name, error)
+        self._maintain_when_due()
+
+    def _maintain_when_due(self) -> None:
+        if time.monotonic() < self._next_maintenance:
+            return
+        self._next_maintenance = time.monotonic() + self.maintain_every
+        try:
+            self.maintain()
+        except Exception:  # the worker must outlive whatever its maintenance meets
+            logger.exception("maintenance failed; the next pass tries again")
+
+    def maintain_heartbeats(self, job: Job, execution: Any) -> None:
+        try:
+            super().maintain_heartbeats(job, execution)
+        except _REDIS_DOWN as error:
+            self.log.warning(
+                "Worker %s: heartbeat not sent, Redis unavailable: %s", self.name, error
+            )
+        self._maintain_when_due()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        try:
+            super().heartbeat(timeout, pipeline)
+        except _REDIS_DOWN as error:
+            self.log.warning(
+                "Worker %s: heartbeat not sent, Redis unavailable: %s", self.name, error
+            )
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        try:
+            super().set_state(state, pipeline)
+        except _REDIS_DOWN:
+            self._state = state
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except _REDIS_DOWN as error:
+            self.log.warning("Worker %s: suspension not checked: %s", self.name, error)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+            if self._killed is not None:
+                killed, self._killed = self._killed, None
+                self.horse_killed(*killed)
+        except _REDIS_DOWN as error:
+            # The job's outcome is in the database; only RQ's record of it is lost.
+            self.log.warning(
+                "Worker %s: Redis went away around job %s (%s); waiting for it",
+                self.name,
+                job.id,
+                error,
+            )
+            self.wait_for_redis()
+
+    def wait_for_redis(self) -> None:
+        """Block until Redis answers again (backoff up to 30 s), then re-register."""
+        delay = 1.0
+        started = time.monotonic()
+        while True:
+            try:
+                self.connection.ping()
+                if not self.connection.exists(self.key):
+                    self.register_birth()  # type: ignore[no-untyped-call]
+                break
+            except _REDIS_DOWN:
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self.log.info(
+            "Worker %s: Redis is back after %.1f s", self.name, time.monotonic() - started
+        )
