@@ -1,23 +1,35 @@
-"""Shared fixtures: a real Redis, SQLite and PostgreSQL apps, helpers to run jobs."""
+"""Shared fixtures and the one set of helpers every test file uses.
+
+Fixtures: a real Redis, the example app on SQLite (``app``) or PostgreSQL
+(``pg_app``), configured through ``app_config`` (override it in a module or
+parametrize it: config goes through ``init_app``'s checks like a host's).
+
+Helpers: :func:`build_app`, :func:`plan_factory`, :func:`regenerate`,
+:func:`status_of`, :func:`run_jobs`, :func:`wait_until`, :func:`wait_for_status`,
+:func:`worker_env`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
 from flask import Flask
-from sqlalchemy import text
+from flask.testing import FlaskClient
+from sqlalchemy import select, text
 
 from examples.host_app import create_app, db
-from flask_plan_regen import get_state, metadata, queue
+from flask_plan_regen import Regeneration, get_state, metadata, queue
 from flask_plan_regen.config import rq_queue_names
+from flask_plan_regen.models import TERMINAL_STATUSES
 
 pytest_plugins = [
     "servers",  # redis_url, postgres_url, postgres_server, worker_procs
@@ -120,6 +132,68 @@ def plan_factory(app: Flask) -> Callable[..., str]:
             return plan_id
 
     return make
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str = "the condition") -> T:
+    """Poll ``condition`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s (last: {value!r})")
+        time.sleep(0.05)
+
+
+def regenerate(
+    client: FlaskClient, plan_id: str, headers: dict[str, str] = ALICE, **overrides: Any
+) -> dict[str, Any]:
+    """Ask for a regeneration (overrides as keyword arguments); assert 202, return the answer."""
+    body = {"overrides": overrides} if overrides else None
+    response = client.post(f"/api/v1/plans/{plan_id}/regenerate", json=body, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    answer: dict[str, Any] = response.get_json()
+    return answer
+
+
+def status_of(
+    client: FlaskClient, plan_id: str, generation_id: str, headers: dict[str, str] = ALICE
+) -> dict[str, Any]:
+    """The status route's answer for one regeneration."""
+    response = client.get(f"/api/v1/plans/{plan_id}/regenerations/{generation_id}", headers=headers)
+    assert response.status_code == 200, response.get_json()
+    document: dict[str, Any] = response.get_json()
+    return document
+
+
+def statuses(app: Flask, ids: Collection[str] | None = None) -> dict[str, str]:
+    """Regeneration id -> status, read from the database now."""
+    query = select(Regeneration.id, Regeneration.status)
+    if ids is not None:
+        query = query.where(Regeneration.id.in_(ids))
+    with app.app_context():
+        found = {row.id: row.status for row in db.session.execute(query)}
+        db.session.rollback()  # a fresh snapshot next time
+        return found
+
+
+def wait_for_status(
+    app: Flask,
+    ids: Collection[str] | None = None,
+    wanted: Collection[str] = TERMINAL_STATUSES,
+    timeout: float = 60.0,
+) -> dict[str, str]:
+    """Wait until every regeneration (or those in ``ids``) is in ``wanted``; return id -> status."""
+
+    def reached() -> dict[str, str] | None:
+        found = statuses(app, ids)
+        return found if found and all(status in wanted for status in found.values()) else None
+
+    return wait_until(reached, timeout, f"regenerations reaching {sorted(wanted)}")
 
 
 def run_jobs(app: Flask) -> int:

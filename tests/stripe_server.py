@@ -7,6 +7,7 @@ each other's customers. Session fixture ``localstripe_url`` -> ``http://127.0.0.
 ``stripe_client`` (an SDK client on it), ``customers`` (the host's user -> customer
 mapping for one test), ``subscribe`` (a customer subscribed to a product tagged with a
 tier) and ``stripe_app`` (the example app with Stripe tiers and the webhook on).
+:func:`tier_of` resolves a user's tier in an app as a request would.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import stripe
 from aiohttp import web
 from flask import Flask
 from servers import free_port
+
+from flask_plan_regen import get_state, identity
 
 with warnings.catch_warnings():
     # localstripe registers plain-function handlers, which aiohttp deprecates.
@@ -69,6 +72,7 @@ def localstripe_url() -> Iterator[str]:
 
 API_KEY = "sk_test_plan_regen"
 WEBHOOK_SECRET = "whsec_plan_regen_test"
+CACHE_KEY = "plan_regen:tier:"  # + customer id: the cached tier in Redis
 
 Subscribe = Callable[..., tuple[str, str]]
 
@@ -82,6 +86,12 @@ def stripe_client(localstripe_url: str) -> stripe.StripeClient:
 def customers() -> dict[str, str]:
     """The host's user -> Stripe customer mapping, filled by each test."""
     return {}
+
+
+def tier_of(app: Flask, user_id: str = "alice") -> str:
+    """``user_id``'s tier in ``app`` now (from the cache, else Stripe, else the fallback)."""
+    with app.app_context():
+        return identity.tier_of(get_state(), user_id)
 
 
 def stripe_config(api_base: str, customers: dict[str, str], **extra: Any) -> dict[str, Any]:

@@ -9,20 +9,13 @@ from typing import Any
 import pytest
 import redis
 import stripe
-from conftest import ALICE, build_app, plan_factory
+from conftest import ALICE, build_app, plan_factory, regenerate
 from flask import Flask
 from servers import free_port
-from stripe_server import API_KEY, WEBHOOK_SECRET, Subscribe, stripe_config
+from stripe_server import API_KEY, CACHE_KEY, WEBHOOK_SECRET, Subscribe, stripe_config, tier_of
 
 from flask_plan_regen import ConfigurationError, get_state, identity
 from flask_plan_regen.billing import FALLBACK_CACHE_TTL, is_entitled
-
-CACHE_KEY = "plan_regen:tier:"
-
-
-def tier_of(app: Flask, user_id: str = "alice") -> str:
-    with app.app_context():
-        return identity.tier_of(get_state(), user_id)
 
 
 def test_tier_is_the_products_metadata_tier(stripe_app: Flask, subscribe: Subscribe) -> None:
@@ -32,8 +25,7 @@ def test_tier_is_the_products_metadata_tier(stripe_app: Flask, subscribe: Subscr
     usage = stripe_app.test_client().get("/api/v1/usage", headers=ALICE).json
     assert (usage["tier"], usage["monthly"]["limit"]) == ("pro", 50)
     plan_id = plan_factory(stripe_app)()
-    answer = stripe_app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
-    assert (answer.status_code, answer.json["priority"]) == (202, 10)
+    assert regenerate(stripe_app.test_client(), plan_id)["priority"] == 10  # and 202
 
 
 def test_no_subscription_or_no_customer_is_free(
@@ -172,7 +164,7 @@ def test_stripe_down_uses_the_last_known_tier_else_the_default_and_warns(
     assert not caplog.records  # no second Stripe call, so no second warning
     client = down.test_client()
     plan_id = plan_factory(down)()
-    assert client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE).status_code == 202
+    regenerate(client, plan_id)  # 202
     assert client.get("/api/v1/usage", headers={"X-User-Id": "bob"}).status_code == 200
 
 

@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
-from conftest import ALICE, BOB, run_jobs, worker_env
+from conftest import (
+    ALICE,
+    BOB,
+    plan_factory,
+    regenerate,
+    run_jobs,
+    status_of,
+    wait_until,
+    worker_env,
+)
 from flask import Flask
 from servers import WorkerProcs
 
-from flask_plan_regen import BuiltinProvider, GenerationRequest, GenerationResult
-
-
-def regenerate(app: Flask, plan_id: str) -> str:
-    answer = app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
-    assert answer.status_code == 202, answer.get_json()
-    generation_id: str = answer.get_json()["generationId"]
-    return generation_id
+from flask_plan_regen import BuiltinProvider, GenerationRequest, GenerationResult, get_state
 
 
 def cancel(app: Flask, plan_id: str, generation_id: str, headers: dict[str, str] = ALICE) -> Any:
     url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
     return app.test_client().post(url, headers=headers)
-
-
-def status(app: Flask, plan_id: str, generation_id: str) -> dict[str, Any]:
-    url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}"
-    document: dict[str, Any] = app.test_client().get(url, headers=ALICE).get_json()
-    return document
 
 
 def modules(app: Flask, plan_id: str) -> list[Any]:
@@ -37,23 +32,25 @@ def modules(app: Flask, plan_id: str) -> list[Any]:
 
 
 def test_pending_cancel_means_the_job_never_runs(app: Flask, make_plan: Any) -> None:
+    client = app.test_client()
     plan_id = make_plan()
-    generation_id = regenerate(app, plan_id)
+    generation_id = regenerate(client, plan_id)["generationId"]
 
     answer = cancel(app, plan_id, generation_id)
     assert answer.status_code == 200
     assert answer.get_json()["status"] == "canceled"
     assert run_jobs(app) == 0  # the RQ job was canceled too
-    document = status(app, plan_id, generation_id)
+    document = status_of(client, plan_id, generation_id)
     assert (document["status"], document["attempts"]) == ("canceled", 0)
     assert modules(app, plan_id) == []
     # The plan is free for a new regeneration.
-    regenerate(app, plan_id)
+    regenerate(client, plan_id)
 
 
 def test_finished_is_409_and_others_get_404(app: Flask, make_plan: Any) -> None:
+    client = app.test_client()
     plan_id = make_plan()
-    generation_id = regenerate(app, plan_id)
+    generation_id = regenerate(client, plan_id)["generationId"]
     assert cancel(app, plan_id, generation_id, headers=BOB).status_code == 404
     assert cancel(app, plan_id, "no-such-id").status_code == 404
     run_jobs(app)
@@ -61,7 +58,7 @@ def test_finished_is_409_and_others_get_404(app: Flask, make_plan: Any) -> None:
     answer = cancel(app, plan_id, generation_id)
     assert answer.status_code == 409
     assert answer.get_json()["code"] == "REGENERATION_FINISHED"
-    assert status(app, plan_id, generation_id)["status"] == "succeeded"
+    assert status_of(client, plan_id, generation_id)["status"] == "succeeded"
 
 
 class CancelingProvider(BuiltinProvider):
@@ -78,63 +75,61 @@ class CancelingProvider(BuiltinProvider):
 
 @pytest.mark.parametrize("app_config", [{"PLAN_REGEN_PROVIDER": CancelingProvider}])
 def test_cancel_racing_a_finishing_attempt_keeps_the_old_plan(app: Flask, make_plan: Any) -> None:
+    client = app.test_client()
     plan_id = make_plan()
-    generation_id = regenerate(app, plan_id)
+    generation_id = regenerate(client, plan_id)["generationId"]
     run_jobs(app)
-    document = status(app, plan_id, generation_id)
+    document = status_of(client, plan_id, generation_id)
     assert document["status"] == "canceled"
     assert document["attemptLog"] == []  # the attempt's commit was refused as a whole
     assert modules(app, plan_id) == []
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
 def test_processing_cancel_stops_the_running_job(
     app: Flask, make_plan: Any, sqlite_uri: str, redis_url: str, worker_procs: WorkerProcs
 ) -> None:
+    client = app.test_client()
     plan_id = make_plan()
-    regenerate(app, plan_id)
+    regenerate(client, plan_id)
     run_jobs(app)
     before = modules(app, plan_id)
 
-    generation_id = regenerate(app, plan_id)
+    generation_id = regenerate(client, plan_id)["generationId"]
     env = worker_env(sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_DELAY="30")
     worker = worker_procs.spawn(["flask", "plan-regen", "worker"], env)
-    wait_for(lambda: status(app, plan_id, generation_id)["status"] == "processing")
+    wait_until(
+        lambda: status_of(client, plan_id, generation_id)["status"] == "processing",
+        20,
+        "the worker picking the regeneration up",
+    )
 
     answer = cancel(app, plan_id, generation_id)
     assert answer.status_code == 200
     worker_procs.wait_for_log(worker, "stopped by user")
-    document = status(app, plan_id, generation_id)
+    document = status_of(client, plan_id, generation_id)
     assert (document["status"], document["attempts"]) == ("canceled", 1)
     assert modules(app, plan_id) == before
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("app_config", [{"PLAN_REGEN_RETRY_BACKOFF_BASE": 0}])
 def test_cancel_race_and_retry_on_postgresql(pg_app: Flask) -> None:
-    from conftest import plan_factory
-
-    from flask_plan_regen import get_state
-
+    client = pg_app.test_client()
     plan_id = plan_factory(pg_app)()
     state = get_state(pg_app)
     state.provider = CancelingProvider()
-    generation_id = regenerate(pg_app, plan_id)
+    generation_id = regenerate(client, plan_id)["generationId"]
     run_jobs(pg_app)
-    assert status(pg_app, plan_id, generation_id)["status"] == "canceled"
+    assert status_of(client, plan_id, generation_id)["status"] == "canceled"
     assert modules(pg_app, plan_id) == []
 
+    # The same app, now failing: the provider and the failure switch change at run time.
     state.provider = BuiltinProvider()
-    pg_app.config.update(PLAN_REGEN_BUILTIN_FAILURE="timeout", PLAN_REGEN_RETRY_BACKOFF_BASE=0)
-    generation_id = regenerate(pg_app, plan_id)
+    pg_app.config["PLAN_REGEN_BUILTIN_FAILURE"] = "timeout"
+    generation_id = regenerate(client, plan_id)["generationId"]
     run_jobs(pg_app)
-    document = status(pg_app, plan_id, generation_id)
+    document = status_of(client, plan_id, generation_id)
     assert (document["status"], document["failureClass"], document["attempts"]) == (
         "failed",
         "timeout",

@@ -37,8 +37,10 @@ def test_rq_command_lists_the_queues_in_priority_order(tmp_path: Path) -> None:
     )
     result = app.test_cli_runner().invoke(args=["plan-regen", "rq-command"])
     assert result.exit_code == 0
-    assert result.output.strip().endswith("-S rq.serializers.JSONSerializer --url "
-                                          "redis://127.0.0.1:6379/0 plan_regen_urgent plan_regen_rest")  # fmt: skip
+    assert result.output.strip().endswith(
+        "-S rq.serializers.JSONSerializer --url "
+        "redis://127.0.0.1:6379/0 plan_regen_urgent plan_regen_rest"
+    )
 
 
 def test_rq_command_masks_the_redis_password() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import ALICE, run_jobs
+from conftest import regenerate, run_jobs, status_of
 from flask import Flask
 
 from flask_plan_regen import GenerationRequest, GenerationResult, ProviderRateLimited
@@ -31,15 +31,17 @@ def app_config() -> dict[str, Any]:
 
 def test_a_custom_provider_generates_and_fails_like_the_builtin(app: Flask, make_plan: Any) -> None:
     client = app.test_client()
-    ok = client.post(f"/api/v1/plans/{make_plan()}/regenerate", headers=ALICE)
-    busy = client.post(f"/api/v1/plans/{make_plan(topic='Busy topic')}/regenerate", headers=ALICE)
+    ok_plan = make_plan()
+    ok = regenerate(client, ok_plan)["generationId"]
+    busy_plan = make_plan(topic="Busy topic")
+    busy = regenerate(client, busy_plan)["generationId"]
     run_jobs(app)
 
-    done = client.get(ok.headers["Location"], headers=ALICE).get_json()
+    done = status_of(client, ok_plan, ok)
     assert (done["status"], done["result"]["provider"], done["result"]["model"]) == (
         "succeeded",
         "template",
         "v1",
     )
-    failed = client.get(busy.headers["Location"], headers=ALICE).get_json()
+    failed = status_of(client, busy_plan, busy)
     assert (failed["status"], failed["failureClass"]) == ("failed", "rate_limit")

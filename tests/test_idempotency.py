@@ -6,10 +6,11 @@ import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis
 import requests
 from app_server import serve
-from conftest import ALICE, BOB
+from conftest import ALICE, BOB, regenerate
 from flask import Flask
 from sqlalchemy import func, select
 
@@ -22,6 +23,7 @@ BODY = {"overrides": {"topic": "Go concurrency"}}
 
 
 def post(client, plan_id: str, key: str | None, body=BODY, user=ALICE):  # type: ignore[no-untyped-def]
+    """POST ``body`` with an Idempotency-Key (None: without one); return the response."""
     headers = dict(user)
     if key is not None:
         headers["Idempotency-Key"] = key
@@ -115,10 +117,10 @@ def rate_limit_headers(response) -> dict[str, str]:  # type: ignore[no-untyped-d
     return {k: v for k, v in response.headers.items() if k.startswith("RateLimit-")}
 
 
+@pytest.mark.parametrize("app_config", [{"PLAN_REGEN_IDEMPOTENCY_WAIT": 0}])
 def test_answers_from_the_record_carry_rate_limit_headers_without_counting(
     app: Flask, make_plan: Callable[..., str], redis_conn: redis.Redis
 ) -> None:
-    app.config["PLAN_REGEN_IDEMPOTENCY_WAIT"] = 0
     plan_id = make_plan()
     # A real server: pytest-flask's request context would carry `g` across test-client calls.
     with serve(app) as base_url:
@@ -165,10 +167,10 @@ def test_in_progress_marker_outlives_the_slowest_request() -> None:
     assert in_progress_ttl(DEFAULTS) >= 60
 
 
+@pytest.mark.parametrize("app_config", [{"PLAN_REGEN_IDEMPOTENCY_WAIT": 0.2}])
 def test_request_in_progress_is_409_after_the_wait(
     app: Flask, make_plan: Callable[..., str], redis_conn: redis.Redis
 ) -> None:
-    app.config["PLAN_REGEN_IDEMPOTENCY_WAIT"] = 0.2
     plan_id = make_plan()
     client = app.test_client()
     assert post(client, plan_id, "key-5").status_code == 202
@@ -214,7 +216,7 @@ def test_create_plan_is_idempotent(app: Flask) -> None:
 def test_cancel_is_idempotent(app: Flask, make_plan: Callable[..., str]) -> None:
     plan_id = make_plan()
     client = app.test_client()
-    generation_id = post(client, plan_id, None).json["generationId"]
+    generation_id = regenerate(client, plan_id, **BODY["overrides"])["generationId"]
     url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
     headers = {**ALICE, "Idempotency-Key": "cancel-1"}
     first = client.post(url, headers=headers)

@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 import pytest
-from conftest import ALICE, run_jobs
+from conftest import ALICE, regenerate, run_jobs
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -24,14 +24,6 @@ from flask_plan_regen import (
 )
 from flask_plan_regen.identity import load_plan
 from flask_plan_regen.jobs import execute
-
-
-def regenerate(client: FlaskClient, plan_id: str, **overrides: Any) -> str:
-    response = client.post(
-        f"/api/v1/plans/{plan_id}/regenerate", json={"overrides": overrides}, headers=ALICE
-    )
-    assert response.status_code == 202, response.json
-    return str(response.json["generationId"])
 
 
 def plan_json(client: FlaskClient, plan_id: str) -> dict[str, Any]:
@@ -64,7 +56,9 @@ def test_success_replaces_modules_and_keeps_the_plans_input(
     regenerate(client, plan_id)
     run_jobs(app)
     before = plan_json(client, plan_id)
-    generation_id = regenerate(client, plan_id, topic="Go generics", skillLevel="advanced")
+    generation_id = regenerate(client, plan_id, topic="Go generics", skillLevel="advanced")[
+        "generationId"
+    ]
     assert run_jobs(app) == 1
     after = plan_json(client, plan_id)
     assert all("Go generics" in module["title"] for module in after["modules"])
@@ -89,7 +83,7 @@ def test_overrides_are_merged_and_null_clears_a_date(
     app: Flask, client: FlaskClient, make_plan: Callable[..., str]
 ) -> None:
     plan_id = make_plan(start_date=date(2027, 1, 4), deadline_date=date(2027, 3, 1))
-    generation_id = regenerate(client, plan_id, deadlineDate=None, weeklyHours=9)
+    generation_id = regenerate(client, plan_id, deadlineDate=None, weeklyHours=9)["generationId"]
     run_jobs(app)
     with app.app_context():
         plan = load_plan(get_state(), plan_id)
@@ -123,7 +117,7 @@ def test_a_duplicate_delivery_does_nothing(
     app: Flask, client: FlaskClient, make_plan: Callable[..., str]
 ) -> None:
     plan_id = make_plan()
-    generation_id = regenerate(client, plan_id)
+    generation_id = regenerate(client, plan_id)["generationId"]
     run_jobs(app)
     modules = plan_json(client, plan_id)["modules"]
     with app.app_context():
@@ -137,6 +131,11 @@ def test_a_duplicate_delivery_does_nothing(
     assert plan_json(client, plan_id)["modules"] == modules
 
 
+# Retries run at once in the burst worker.
+NO_BACKOFF = pytest.param({"PLAN_REGEN_RETRY_BACKOFF_BASE": 0}, id="no-backoff")
+
+
+@pytest.mark.parametrize("app_config", [NO_BACKOFF])
 @pytest.mark.parametrize(
     ("switch", "failure_class"),
     [
@@ -158,9 +157,8 @@ def test_a_failure_is_classified_and_keeps_the_old_plan(
     regenerate(client, plan_id)
     run_jobs(app)
     before = plan_json(client, plan_id)
-    app.config["PLAN_REGEN_BUILTIN_FAILURE"] = switch
-    app.config["PLAN_REGEN_RETRY_BACKOFF_BASE"] = 0  # retries run at once in the burst worker
-    generation_id = regenerate(client, plan_id, topic="Something else entirely")
+    app.config["PLAN_REGEN_BUILTIN_FAILURE"] = switch  # after a success: switched at run time
+    generation_id = regenerate(client, plan_id, topic="Something else entirely")["generationId"]
     run_jobs(app)
     row = regeneration(app, generation_id)
     assert (row.status, row.failure_class) == ("failed", failure_class)
@@ -172,7 +170,7 @@ def test_a_failure_is_classified_and_keeps_the_old_plan(
     assert after["status"] == "ready"
     # The plan stays usable: the next regeneration is accepted and succeeds.
     app.config["PLAN_REGEN_BUILTIN_FAILURE"] = None
-    next_id = regenerate(client, plan_id)
+    next_id = regenerate(client, plan_id)["generationId"]
     run_jobs(app)
     assert regeneration(app, next_id).status == "succeeded"
 
@@ -186,6 +184,7 @@ class FailingHalfwayStore(SQLAlchemyPlanStore):
         raise RuntimeError("disk full")
 
 
+@pytest.mark.parametrize("app_config", [NO_BACKOFF])
 def test_a_failure_while_saving_leaves_the_plan_untouched(
     app: Flask, client: FlaskClient, make_plan: Callable[..., str]
 ) -> None:
@@ -195,8 +194,7 @@ def test_a_failure_while_saving_leaves_the_plan_untouched(
     before = plan_json(client, plan_id)
     state = get_state(app)
     state.store = FailingHalfwayStore(state.db)
-    app.config["PLAN_REGEN_RETRY_BACKOFF_BASE"] = 0  # retries run at once in the burst worker
-    generation_id = regenerate(client, plan_id, topic="A different topic")
+    generation_id = regenerate(client, plan_id, topic="A different topic")["generationId"]
     run_jobs(app)
     row = regeneration(app, generation_id)
     assert (row.status, row.failure_class) == ("failed", "provider_error")
@@ -208,7 +206,7 @@ def test_a_plan_deleted_before_the_job_runs_fails_cleanly(
     app: Flask, client: FlaskClient, make_plan: Callable[..., str]
 ) -> None:
     plan_id = make_plan()
-    generation_id = regenerate(client, plan_id)
+    generation_id = regenerate(client, plan_id)["generationId"]
     with app.app_context():
         session = get_state().db.session
         session.delete(session.get(Plan, plan_id))

@@ -5,18 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ALICE, run_jobs, worker_env
+from conftest import ALICE, regenerate, run_jobs, wait_for_status, wait_until, worker_env
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from servers import WorkerProcs, free_port
-from waiting import wait_until_terminal
 
 from flask_plan_regen.logs import ContextFilter, JsonFormatter
 
@@ -46,8 +44,7 @@ def test_generation_id_is_on_log_lines_from_request_to_job(
     app: Flask, make_plan: Callable[..., str], json_log: io.StringIO
 ) -> None:
     plan_id = make_plan()
-    response = app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
-    generation_id = response.json["generationId"]
+    generation_id = regenerate(app.test_client(), plan_id)["generationId"]
     run_jobs(app)
     records = lines_about(json_log.getvalue(), generation_id)
     queued = [r for r in records if r["logger"] == "flask_plan_regen.lifecycle"]
@@ -81,7 +78,7 @@ def test_web_metrics_count_responses_and_enqueues(
     accepted = ("plan_regen_http_responses_total", (("endpoint", "regenerate"), ("status", "202")))
     before = samples(client.get("/api/v1/metrics").get_data(as_text=True))
     plan_id = make_plan()
-    assert client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE).status_code == 202
+    regenerate(client, plan_id)  # 202
     assert client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE).status_code == 409
     after = samples(client.get("/api/v1/metrics").get_data(as_text=True))
     assert after[enqueued] - before.get(enqueued, 0) == 1
@@ -100,10 +97,7 @@ def test_forking_worker_serves_job_metrics_and_logs_json(
     worker_procs: WorkerProcs,
 ) -> None:
     client = app.test_client()
-    ids = [
-        client.post(f"/api/v1/plans/{make_plan()}/regenerate", headers=ALICE).json["generationId"]
-        for _ in range(3)
-    ]
+    ids = [regenerate(client, make_plan())["generationId"] for _ in range(3)]
     port = free_port()
     multiproc_dir = tmp_path / "prometheus"
     multiproc_dir.mkdir()
@@ -113,18 +107,18 @@ def test_forking_worker_serves_job_metrics_and_logs_json(
         ["flask", "plan-regen", "worker", "--log-format", "json", "--metrics-port", str(port)],
         env,
     )
-    assert wait_until_terminal(app, ids) == dict.fromkeys(ids, "succeeded")
+    assert wait_for_status(app, ids) == dict.fromkeys(ids, "succeeded")
 
     # Three work horses, one file: the counts add up across them. A horse records its
     # metrics just after committing the outcome, so the last one may still be writing.
     outcome = ("plan_regen_job_outcomes_total", (("failure_class", ""), ("outcome", "succeeded")))
-    deadline = time.monotonic() + 10
-    while True:
+
+    def all_three_recorded() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         metrics = samples(scraped.decode())
-        if metrics.get(outcome) == 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        return metrics if metrics.get(outcome) == 3 else None
+
+    metrics = wait_until(all_three_recorded, 10, "three job outcomes in the worker's metrics")
     assert metrics[outcome] == 3
     latency = ("plan_regen_provider_latency_seconds_count", (("provider", "builtin"),))
     assert metrics[latency] == 3

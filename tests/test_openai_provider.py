@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from conftest import ALICE, run_jobs
+from conftest import ALICE, regenerate, run_jobs, status_of
 from flask import Flask
 from openai_server import FakeOpenAI
 
@@ -18,7 +18,13 @@ API_KEY = "sk-test-0123456789-very-secret-key"
 
 
 @pytest.fixture
-def app_config(openai_server: FakeOpenAI) -> dict[str, Any]:
+def max_attempts() -> int:
+    """PLAN_REGEN_MAX_ATTEMPTS of the app; parametrize it to allow retries."""
+    return 1
+
+
+@pytest.fixture
+def app_config(openai_server: FakeOpenAI, max_attempts: int) -> dict[str, Any]:
     return {
         "PLAN_REGEN_PROVIDER": "flask_plan_regen.openai_provider:OpenAIProvider",
         "PLAN_REGEN_PROVIDER_BASE_URL": openai_server.base_url,
@@ -26,28 +32,24 @@ def app_config(openai_server: FakeOpenAI) -> dict[str, Any]:
         "PLAN_REGEN_PROVIDER_MODEL": "fake-large",
         "PLAN_REGEN_PROVIDER_TIER_MODELS": {"free": "fake-small"},
         "PLAN_REGEN_PROVIDER_TIMEOUT": 1.0,
-        "PLAN_REGEN_MAX_ATTEMPTS": 1,
+        "PLAN_REGEN_MAX_ATTEMPTS": max_attempts,
         "PLAN_REGEN_RETRY_BACKOFF_BASE": 0,
     }
 
 
-def regenerate(app: Flask, plan_id: str) -> dict[str, Any]:
+def regenerate_and_run(app: Flask, plan_id: str) -> dict[str, Any]:
     """Request a regeneration, run the queue in-process, return the status document."""
     client = app.test_client()
-    answer = client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=ALICE)
-    assert answer.status_code == 202, answer.get_json()
+    generation_id = regenerate(client, plan_id)["generationId"]
     run_jobs(app)
-    status = client.get(answer.headers["Location"], headers=ALICE)
-    assert status.status_code == 200
-    document: dict[str, Any] = status.get_json()
-    return document
+    return status_of(client, plan_id, generation_id)
 
 
 def test_good_answer_replaces_the_plan_and_records_model_and_usage(
     app: Flask, make_plan: Any, openai_server: FakeOpenAI
 ) -> None:
     plan_id = make_plan()
-    document = regenerate(app, plan_id)
+    document = regenerate_and_run(app, plan_id)
 
     assert document["status"] == "succeeded"
     (attempt,) = document["attemptLog"]
@@ -78,11 +80,11 @@ def test_failures_are_classed_and_keep_the_old_plan(
     openai_server.slow_seconds = 2.5
     plan_id = make_plan()
     openai_server.queue("good")
-    assert regenerate(app, plan_id)["status"] == "succeeded"
+    assert regenerate_and_run(app, plan_id)["status"] == "succeeded"
     before = app.test_client().get(f"/api/v1/plans/{plan_id}", headers=ALICE).get_json()
 
     openai_server.queue(behaviour)
-    document = regenerate(app, plan_id)
+    document = regenerate_and_run(app, plan_id)
 
     assert document["status"] == "failed"
     assert document["failureClass"] == failure_class
@@ -91,25 +93,25 @@ def test_failures_are_classed_and_keep_the_old_plan(
     assert after["modules"] == before["modules"]
 
 
+@pytest.mark.parametrize("max_attempts", [3])
 def test_retryable_failures_are_retried_within_one_regeneration(
     app: Flask, make_plan: Any, openai_server: FakeOpenAI
 ) -> None:
-    app.config["PLAN_REGEN_MAX_ATTEMPTS"] = 3
     openai_server.queue("status_500", "status_429", "good")
-    document = regenerate(app, make_plan())
+    document = regenerate_and_run(app, make_plan())
 
     assert (document["status"], document["attempts"]) == ("succeeded", 3)
     assert [e["class"] for e in document["errorHistory"]] == ["provider_error", "rate_limit"]
     assert [a["outcome"] for a in document["attemptLog"]] == ["failed", "failed", "succeeded"]
 
 
+@pytest.mark.parametrize("max_attempts", [3])
 def test_attempts_run_out_as_failed_with_the_last_class(
     app: Flask, make_plan: Any, openai_server: FakeOpenAI
 ) -> None:
-    app.config["PLAN_REGEN_MAX_ATTEMPTS"] = 3
     plan_id = make_plan()
     openai_server.queue("status_500", "status_500", "status_429")
-    document = regenerate(app, plan_id)
+    document = regenerate_and_run(app, plan_id)
     assert (document["status"], document["failureClass"], document["attempts"]) == (
         "failed",
         "rate_limit",
@@ -117,15 +119,15 @@ def test_attempts_run_out_as_failed_with_the_last_class(
     )
     assert len(document["errorHistory"]) == 3
     # The cap counts attempts per regeneration: the plan's next one starts afresh.
-    assert regenerate(app, plan_id)["status"] == "succeeded"
+    assert regenerate_and_run(app, plan_id)["status"] == "succeeded"
 
 
+@pytest.mark.parametrize("max_attempts", [3])
 def test_validation_failures_are_not_retried(
     app: Flask, make_plan: Any, openai_server: FakeOpenAI
 ) -> None:
-    app.config["PLAN_REGEN_MAX_ATTEMPTS"] = 3
     openai_server.default = "rule_break"
-    document = regenerate(app, make_plan())
+    document = regenerate_and_run(app, make_plan())
     assert (document["status"], document["failureClass"], document["attempts"]) == (
         "failed",
         "validation",
@@ -142,7 +144,7 @@ def test_the_api_key_never_leaves_the_provider(
     answers = []
     for behaviour in ("status_429", "status_500", "malformed", "rule_break", "good"):
         openai_server.queue(behaviour)
-        answers.append(json.dumps(regenerate(app, plan_id)))
+        answers.append(json.dumps(regenerate_and_run(app, plan_id)))
     answers.append(
         app.test_client()
         .get(f"/api/v1/plans/{plan_id}/regenerations", headers=ALICE)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import redis
 import schemathesis
-from conftest import ALICE, NO_LIMITS, run_jobs
+from conftest import ALICE, NO_LIMITS, regenerate, run_jobs
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -91,8 +91,8 @@ def test_post_routes_document_every_status_they_answer(app: Flask) -> None:
         assert {int(status) for status in paths[path]["post"]["responses"]} == statuses, path
 
 
+@pytest.mark.parametrize("app_config", [{"PLAN_REGEN_IDEMPOTENCY_WAIT": 0}])
 def test_create_plan_in_progress_409_is_documented(app: Flask, redis_conn: redis.Redis) -> None:
-    app.config["PLAN_REGEN_IDEMPOTENCY_WAIT"] = 0
     client = app.test_client()
     headers = {**ALICE, "Idempotency-Key": "plan-1"}
     body = {"topic": "Kubernetes operations", "weeklyHours": 4}
@@ -116,9 +116,9 @@ def _camel(name: str) -> str:
 def test_api_honours_its_document(app: Flask, make_plan: Callable[..., str]) -> None:
     """Schemathesis, in-process over WSGI: no 5xx, every answer as documented."""
     plan_id = make_plan()
-    accepted = app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
+    accepted = regenerate(app.test_client(), plan_id)
     run_jobs(app)
-    known = {"planId": plan_id, "generationId": accepted.json["generationId"]}
+    known = {"planId": plan_id, "generationId": accepted["generationId"]}
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 4  # schemathesis skips the document's own path

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import ALICE, build_app, run_jobs, worker_env
+from conftest import build_app, regenerate, run_jobs, worker_env
 from flask import Flask
 from servers import WorkerProcs, free_port
 from sqlalchemy import select
@@ -25,12 +25,6 @@ def app_config() -> dict[str, Any]:
     return {"PLAN_REGEN_MAX_ATTEMPTS": 1}
 
 
-def regenerate(app: Flask, plan_id: str) -> str:
-    response = app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
-    assert response.status_code == 202, response.json
-    return str(response.json["generationId"])
-
-
 def rows(app: Flask, plan_id: str) -> list[Regeneration]:
     with app.app_context():
         query = select(Regeneration).where(Regeneration.plan_id == plan_id)
@@ -38,8 +32,9 @@ def rows(app: Flask, plan_id: str) -> list[Regeneration]:
 
 
 def fail_regeneration(app: Flask, plan_id: str, failure: str) -> str:
+    """One regeneration that fails with ``failure``: the switch is on only while it runs."""
     app.config["PLAN_REGEN_BUILTIN_FAILURE"] = failure
-    generation_id = regenerate(app, plan_id)
+    generation_id: str = regenerate(app.test_client(), plan_id)["generationId"]
     run_jobs(app)
     app.config["PLAN_REGEN_BUILTIN_FAILURE"] = None
     return generation_id
@@ -48,11 +43,12 @@ def fail_regeneration(app: Flask, plan_id: str, failure: str) -> str:
 def test_info_reports_queues_statuses_and_stuck_rows(
     app: Flask, make_plan: Callable[..., str]
 ) -> None:
+    client = app.test_client()
     done, queued, stuck = make_plan(), make_plan(), make_plan()
-    regenerate(app, done)
+    regenerate(client, done)
     run_jobs(app)
-    regenerate(app, queued)
-    stuck_id = regenerate(app, stuck)
+    regenerate(client, queued)
+    stuck_id = regenerate(client, stuck)["generationId"]
     with app.app_context():
         row = db.session.get(Regeneration, stuck_id)
         assert row is not None
@@ -81,7 +77,8 @@ def test_requeue_failed_queues_each_plans_latest_failure_once(
     fail_regeneration(app, timed_out, "timeout")
     fail_regeneration(app, invalid, "validation")
     fail_regeneration(app, superseded, "timeout")
-    regenerate(app, superseded)  # a later regeneration: its old failure stays as it is
+    # A later regeneration: its old failure stays as it is.
+    regenerate(app.test_client(), superseded)
     runner = app.test_cli_runner()
 
     dry = runner.invoke(args=["plan-regen", "requeue-failed", "--class", "timeout", "--dry-run"])
@@ -141,7 +138,7 @@ def test_worker_passes_rq_options_through(
     app: Flask, make_plan: Callable[..., str], sqlite_uri: str, redis_url: str,
     worker_procs: WorkerProcs,
 ) -> None:  # fmt: skip
-    generation_id = regenerate(app, make_plan())
+    generation_id = regenerate(app.test_client(), make_plan())["generationId"]
     worker = worker_procs.spawn(
         [
             "flask", "plan-regen", "worker",

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from conftest import ALICE, run_jobs
+from conftest import ALICE, regenerate, run_jobs, status_of
 from flask import Flask
 
 from flask_plan_regen.errors import OutputValidationError, ProviderError
@@ -84,9 +84,9 @@ def test_trimming_to_the_deadline_is_recorded_on_the_attempt(app: Flask, make_pl
     start = date(2030, 1, 1)
     plan_id = make_plan(weekly_hours=1, start_date=start, deadline_date=start + timedelta(days=7))
     client = app.test_client()
-    answer = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
+    generation_id = regenerate(client, plan_id)["generationId"]
     run_jobs(app)
-    (attempt,) = client.get(answer.headers["Location"], headers=ALICE).get_json()["attemptLog"]
+    (attempt,) = status_of(client, plan_id, generation_id)["attemptLog"]
     assert attempt["adjustments"]["weeks"] == 1
     assert attempt["adjustments"]["tasksTrimmed"] > 0
     document = client.get(f"/api/v1/plans/{plan_id}", headers=ALICE).get_json()

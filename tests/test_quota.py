@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ALICE, BOB, build_app, plan_factory, run_jobs
+from conftest import ALICE, BOB, build_app, plan_factory, regenerate, run_jobs
 from flask import Flask
 from servers import free_port
 from sqlalchemy import func, select
@@ -28,10 +28,6 @@ def app_config() -> dict[str, Any]:
     return {"PLAN_REGEN_RATE_LIMIT": "1000/hour"}
 
 
-def regenerate(app: Flask, plan_id: str, headers: dict[str, str] = ALICE) -> Any:
-    return app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=headers)
-
-
 def used(app: Flask, user_id: str = "alice") -> int:
     with app.app_context():
         row = db.session.get(Usage, (user_id, current_period()))
@@ -41,11 +37,12 @@ def used(app: Flask, user_id: str = "alice") -> int:
 def test_free_tier_gets_five_a_month_then_429_with_details(
     app: Flask, make_plan: Callable[..., str]
 ) -> None:
+    client = app.test_client()
     plans = [make_plan() for _ in range(6)]
-    statuses = [regenerate(app, plan_id).status_code for plan_id in plans[:5]]
-    denied = regenerate(app, plans[5])
+    for plan_id in plans[:5]:
+        regenerate(client, plan_id)  # 202
+    denied = client.post(f"/api/v1/plans/{plans[5]}/regenerate", json={}, headers=ALICE)
 
-    assert statuses == [202] * 5
     assert denied.status_code == 429
     assert denied.json["code"] == "QUOTA_EXCEEDED"
     assert denied.json["details"] == {
@@ -55,7 +52,7 @@ def test_free_tier_gets_five_a_month_then_429_with_details(
     }
     assert used(app) == 5
     # Another user's quota is their own.
-    assert regenerate(app, make_plan(owner="bob"), BOB).status_code == 202
+    regenerate(client, make_plan(owner="bob"), BOB)  # 202
 
 
 def test_resets_at_is_the_first_instant_of_next_month_utc() -> None:
@@ -67,10 +64,11 @@ def test_resets_at_is_the_first_instant_of_next_month_utc() -> None:
 def test_usage_reports_tier_limits_used_and_remaining(
     app: Flask, make_plan: Callable[..., str]
 ) -> None:
-    regenerate(app, make_plan())
-    regenerate(app, make_plan())
+    client = app.test_client()
+    regenerate(client, make_plan())
+    regenerate(client, make_plan())
 
-    answer = app.test_client().get("/api/v1/usage", headers=ALICE)
+    answer = client.get("/api/v1/usage", headers=ALICE)
 
     assert answer.status_code == 200
     assert answer.json["tier"] == "free"
@@ -83,31 +81,30 @@ def test_usage_reports_tier_limits_used_and_remaining(
     }
     assert answer.json["rateLimit"]["limit"] == 1000
     assert answer.json["rateLimit"]["remaining"] == 998
-    assert app.test_client().get("/api/v1/usage").status_code == 401
+    assert client.get("/api/v1/usage").status_code == 401
 
 
+@pytest.mark.parametrize(
+    "app_config", [{"PLAN_REGEN_MONTHLY_QUOTAS": {"free": "unlimited", "starter": 10, "pro": 50}}]
+)
 def test_unlimited_tier_is_never_denied_but_still_counted(
-    sqlite_uri: str, redis_url: str, redis_conn: redis.Redis
+    app: Flask, make_plan: Callable[..., str]
 ) -> None:
-    app = build_app(
-        sqlite_uri,
-        redis_url,
-        PLAN_REGEN_MONTHLY_QUOTAS={"free": "unlimited", "starter": 10, "pro": 50},
-    )
-    make_plan = plan_factory(app)
+    client = app.test_client()
 
-    statuses = {regenerate(app, make_plan()).status_code for _ in range(7)}
+    for _ in range(7):
+        regenerate(client, make_plan())  # 202
 
-    assert statuses == {202}
-    usage = app.test_client().get("/api/v1/usage", headers=ALICE).json["monthly"]
+    usage = client.get("/api/v1/usage", headers=ALICE).json["monthly"]
     assert (usage["limit"], usage["used"], usage["remaining"]) == (None, 7, None)
 
 
 def test_duplicate_request_gives_the_quota_back(app: Flask, make_plan: Callable[..., str]) -> None:
+    client = app.test_client()
     plan_id = make_plan()
 
-    assert regenerate(app, plan_id).status_code == 202
-    duplicate = regenerate(app, plan_id)
+    regenerate(client, plan_id)  # 202
+    duplicate = client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=ALICE)
 
     assert duplicate.status_code == 409
     assert used(app) == 1
@@ -117,7 +114,7 @@ def test_queue_down_gives_the_quota_back(sqlite_uri: str, redis_url: str, tmp_pa
     app = build_app(sqlite_uri, f"redis://127.0.0.1:{free_port()}/0", PLAN_REGEN_REDIS_TIMEOUT=0.5)
     plan_id = plan_factory(app)()
 
-    answer = regenerate(app, plan_id)
+    answer = app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=ALICE)
 
     assert answer.status_code == 503
     assert answer.json["code"] == "QUEUE_UNAVAILABLE"
@@ -136,7 +133,7 @@ def test_failure_of_ours_gives_the_quota_back_and_the_users_does_not(
     app = build_app(
         sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_FAILURE=failure, PLAN_REGEN_RETRY_BACKOFF_BASE=0
     )
-    regenerate(app, plan_factory(app)())
+    regenerate(app.test_client(), plan_factory(app)())
 
     run_jobs(app)
 
@@ -156,9 +153,10 @@ def test_a_failed_regeneration_is_refunded_once(
         PLAN_REGEN_RETRY_BACKOFF_BASE=0,  # the retries run at once in the burst worker
     )
     make_plan = plan_factory(app)
-    regenerate(app, make_plan())
+    client = app.test_client()
+    regenerate(client, make_plan())
     run_jobs(app)  # fails with provider_error: refunded
-    regenerate(app, make_plan())  # queued, counted
+    regenerate(client, make_plan())  # queued, counted
     assert used(app) == 1
 
     with app.app_context():
@@ -191,7 +189,7 @@ def test_concurrent_requests_on_postgres_accept_exactly_the_remaining_quota(
 ) -> None:
     make_plan = plan_factory(pg_app)
     for _ in range(2):
-        assert regenerate(pg_app, make_plan()).status_code == 202
+        regenerate(pg_app.test_client(), make_plan())  # 202
     plans = [make_plan() for _ in range(20)]
     barrier = threading.Barrier(len(plans))
     statuses: list[int] = []

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
 import redis
 import requests
-from conftest import ALICE, BOB, build_app, worker_env
+from conftest import ALICE, BOB, build_app, wait_until, worker_env
 from flask import Flask
 from servers import WorkerProcs, free_port
 
@@ -83,15 +83,13 @@ def test_bad_rate_limit_config_is_refused_at_init(
         build_app(sqlite_uri, redis_url, **{key: value})
 
 
-def wait_until_serving(base_url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{base_url}/api/v1/usage", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError(f"{base_url} did not start")
+def serving(base_url: str) -> bool:
+    """Whether a web process answers on ``base_url`` yet (any status will do)."""
+    try:
+        requests.get(f"{base_url}/api/v1/usage", timeout=1)
+    except requests.ConnectionError:
+        return False
+    return True
 
 
 @pytest.mark.slow
@@ -115,7 +113,7 @@ def test_limit_holds_across_two_web_processes(
         worker_procs.spawn(["flask", "run", "--host", "127.0.0.1", "--port", str(port)], env)
         urls.append(f"http://127.0.0.1:{port}")
     for url in urls:
-        wait_until_serving(url)
+        wait_until(partial(serving, url), 30, f"{url} to start")
 
     answers = [
         requests.post(

@@ -5,30 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import ALICE, BOB, run_jobs
+from conftest import ALICE, BOB, regenerate, run_jobs, status_of
 from flask import Flask
 from flask.testing import FlaskClient
-
-
-def queue_regeneration(client: FlaskClient, plan_id: str, **overrides: object) -> str:
-    response = client.post(
-        f"/api/v1/plans/{plan_id}/regenerate", json={"overrides": overrides}, headers=ALICE
-    )
-    assert response.status_code == 202, response.json
-    return str(response.json["generationId"])
 
 
 def test_status_of_a_finished_regeneration(
     app: Flask, client: FlaskClient, make_plan: Callable[..., str]
 ) -> None:
     plan_id = make_plan()
-    generation_id = queue_regeneration(client, plan_id, skillLevel="advanced")
-    pending = client.get(f"/api/v1/plans/{plan_id}/regenerations/{generation_id}", headers=ALICE)
-    assert pending.json["status"] == "pending"
-    assert pending.json["attemptLog"] == []
+    generation_id = regenerate(client, plan_id, skillLevel="advanced")["generationId"]
+    pending = status_of(client, plan_id, generation_id)
+    assert pending["status"] == "pending"
+    assert pending["attemptLog"] == []
     run_jobs(app)
-    done = client.get(f"/api/v1/plans/{plan_id}/regenerations/{generation_id}", headers=ALICE)
-    body = done.json
+    body = status_of(client, plan_id, generation_id)
     assert body["status"] == "succeeded"
     assert body["attempts"] == 1
     assert body["failureClass"] is None
@@ -46,7 +37,7 @@ def test_status_is_owner_only_and_scoped_to_the_plan(
     client: FlaskClient, make_plan: Callable[..., str]
 ) -> None:
     plan_id, other_plan = make_plan(), make_plan()
-    generation_id = queue_regeneration(client, plan_id)
+    generation_id = regenerate(client, plan_id)["generationId"]
     url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}"
     assert client.get(url, headers=BOB).status_code == 404
     assert client.get(url).status_code == 401
@@ -63,7 +54,7 @@ def test_history_is_newest_first_and_paginated(
     plan_id = make_plan()
     ids = []
     for hours in (2, 3, 4):
-        ids.append(queue_regeneration(client, plan_id, weeklyHours=hours))
+        ids.append(regenerate(client, plan_id, weeklyHours=hours)["generationId"])
         run_jobs(app)
     url = f"/api/v1/plans/{plan_id}/regenerations"
     first = client.get(f"{url}?perPage=2", headers=ALICE).json
@@ -90,7 +81,7 @@ def test_plan_detail_has_ordered_modules_and_tasks(
     plan_id = make_plan(topic="Kubernetes operations")
     empty = client.get(f"/api/v1/plans/{plan_id}", headers=ALICE).json
     assert (empty["status"], empty["modules"]) == ("pending", [])
-    queue_regeneration(client, plan_id)
+    regenerate(client, plan_id)
     run_jobs(app)
     plan = client.get(f"/api/v1/plans/{plan_id}", headers=ALICE).json
     assert plan["status"] == "ready"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import plan_factory
+from conftest import plan_factory, regenerate
 from flask import Flask
 from redis.connection import AbstractConnection
 from sqlalchemy import event
@@ -71,12 +71,8 @@ def accepted_request_costs(app: Flask, costs: Costs) -> Costs:
     try:
         for owner, plan_id in zip(("alice", "bob"), plans, strict=True):
             costs.reset()
-            response = client.post(
-                f"/api/v1/plans/{plan_id}/regenerate",
-                json={"overrides": {"topic": "Machine learning interview prep"}},
-                headers={"X-User-Id": owner},
-            )
-            assert response.status_code == 202, response.get_json()
+            topic = "Machine learning interview prep"
+            regenerate(client, plan_id, {"X-User-Id": owner}, topic=topic)
     finally:
         stop_watching()
     return costs

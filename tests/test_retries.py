@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import pytest
-from conftest import ALICE, worker_env
+from conftest import regenerate, status_of, wait_for_status, worker_env
 from flask import Flask
 from openai_server import FakeOpenAI
 from servers import WorkerProcs
@@ -33,16 +32,14 @@ def test_job_timeout_is_derived_from_the_provider_timeout() -> None:
         validate({**config, "PLAN_REGEN_JOB_TIMEOUT": 120})
 
 
+@pytest.mark.parametrize("app_config", [{"PLAN_REGEN_PROVIDER_TIMEOUT": 30}])
 def test_queued_jobs_carry_the_derived_timeout(app: Flask, make_plan: Any) -> None:
     from flask_plan_regen import get_state, queue
 
-    app.config["PLAN_REGEN_PROVIDER_TIMEOUT"] = 30
     plan_id = make_plan()
-    answer = app.test_client().post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
+    answer = regenerate(app.test_client(), plan_id)
     with app.app_context():
-        job = queue.rq_queue(get_state().redis, answer.get_json()["queue"]).fetch_job(
-            answer.get_json()["generationId"]
-        )
+        job = queue.rq_queue(get_state().redis, answer["queue"]).fetch_job(answer["generationId"])
         assert job is not None and job.timeout == 90
 
 
@@ -67,15 +64,10 @@ def test_a_real_worker_retries_until_the_provider_answers(
     worker_procs.spawn(["flask", "plan-regen", "worker"], env)
     plan_id = make_plan()
     client = app.test_client()
-    answer = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
-    deadline = time.monotonic() + 30
-    while (doc := client.get(answer.headers["Location"], headers=ALICE).get_json())["status"] in (
-        "pending",
-        "processing",
-    ):
-        assert time.monotonic() < deadline, doc
-        time.sleep(0.1)
+    generation_id = regenerate(client, plan_id)["generationId"]
+    wait_for_status(app, [generation_id], timeout=30)  # neither pending nor processing
 
+    doc = status_of(client, plan_id, generation_id)
     assert (doc["status"], doc["attempts"]) == ("succeeded", 3)
     assert [e["class"] for e in doc["errorHistory"]] == ["provider_error", "rate_limit"]
     assert len(openai_server.requests) == 3

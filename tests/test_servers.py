@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import pytest
 import redis
 import sqlalchemy as sa
+from conftest import wait_until
 from servers import WorkerProcs, free_port, stop_process
 
 
@@ -72,9 +72,7 @@ def test_worker_procs_kill_the_whole_group(worker_procs: WorkerProcs) -> None:
 
     stop_process(proc, timeout=5)
     assert proc.returncode is not None
-    deadline = time.monotonic() + 5
-    while _alive(child_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not _alive(child_pid), 5, f"the child {child_pid} ending")
     assert not _alive(child_pid)
 
 

@@ -15,11 +15,8 @@ import stripe
 from conftest import build_app
 from flask import Flask
 from servers import free_port
-from stripe_server import WEBHOOK_SECRET, Subscribe, stripe_config
+from stripe_server import CACHE_KEY, WEBHOOK_SECRET, Subscribe, stripe_config, tier_of
 
-from flask_plan_regen import get_state, identity
-
-CACHE_KEY = "plan_regen:tier:"
 EVENT_KEY = "plan_regen:stripe_event:"
 
 WEBHOOK = "/api/v1/billing/stripe/webhook"
@@ -49,11 +46,6 @@ def post(app: Flask, body: dict[str, Any], headers: dict[str, str] | None = None
         headers=signed(payload) if headers is None else headers,
         content_type="application/json",
     )
-
-
-def tier_of(app: Flask, user_id: str = "alice") -> str:
-    with app.app_context():
-        return identity.tier_of(get_state(), user_id)
 
 
 def test_signed_event_refreshes_the_cached_tier_at_once(
