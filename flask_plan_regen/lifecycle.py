@@ -20,6 +20,7 @@ plan's content is only replaced in the commit that marks an attempt
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import leases, queue
+from . import leases, queue, signals
 from .errors import ApiError, GenerationError, ProviderError, queue_unavailable
 from .logs import context_of
 from .metrics import count_enqueue
@@ -119,6 +120,7 @@ def submit(
         give_back(state, regeneration)
         session.commit()
         raise queue_unavailable() from error
+    signals.send(signals.regeneration_queued, session, regeneration.id)
     return regeneration
 
 
@@ -190,11 +192,14 @@ def _claim_pending(state: RegenState, generation_id: str) -> Regeneration | None
         .execution_options(populate_existing=True)
     )
     session.commit()
+    if regeneration is not None:
+        signals.send(signals.regeneration_started, session, generation_id)
     return regeneration
 
 
 def _fail_capped(state: RegenState, generation_id: str) -> None:
-    state.db.session.execute(
+    session = state.db.session
+    capped = session.execute(
         update(Regeneration)
         .where(Regeneration.id == generation_id, Regeneration.status == Status.PENDING)
         .values(
@@ -205,7 +210,9 @@ def _fail_capped(state: RegenState, generation_id: str) -> None:
             updated_at=utcnow(),
         )
     )
-    state.db.session.commit()
+    session.commit()
+    if getattr(capped, "rowcount", 0):
+        signals.send(signals.regeneration_failed, session, generation_id)
 
 
 def _attempt_is_gone(state: RegenState, generation_id: str, started_at: datetime | None) -> bool:
@@ -221,7 +228,7 @@ def finish(
     regeneration: Regeneration,
     attempt: GenerationAttempt,
     summary: dict[str, Any],
-    save_content: Any,
+    save_content: Callable[[], None],
 ) -> bool:
     """``processing`` -> ``succeeded``, with ``save_content()`` and the attempt row, in one commit.
 
@@ -230,8 +237,9 @@ def finish(
     row lock it takes makes a racing cancel wait for this transaction.
     """
     session = state.db.session
+    generation_id = regeneration.id
     if not _change_attempt(
-        state, regeneration.id, attempt.number, status=Status.SUCCEEDED, result=summary,
+        state, generation_id, attempt.number, status=Status.SUCCEEDED, result=summary,
         finished_at=utcnow(),
     ):  # fmt: skip
         session.rollback()
@@ -239,6 +247,7 @@ def finish(
     save_content()
     session.add(attempt)
     session.commit()
+    signals.send(signals.regeneration_succeeded, session, generation_id)
     return True
 
 
@@ -256,11 +265,11 @@ def fail(
     is ours (quota.REFUNDED_FAILURES). The old content stays either way.
     """
     config = current_app.config
-    number = regeneration.attempts
+    generation_id, number = regeneration.id, regeneration.attempts
     retry = should_retry(error, number, config)
     logger.warning(
         "regeneration %s attempt %s failed (%s, %s): %s",
-        regeneration.id,
+        generation_id,
         number,
         error.failure_class,
         "will retry" if retry else "final",
@@ -286,7 +295,7 @@ def fail(
         }
     )
     session = state.db.session
-    if not _change_attempt(state, regeneration.id, number, error_history=history, **outcome):
+    if not _change_attempt(state, generation_id, number, error_history=history, **outcome):
         session.rollback()
         return None
     if attempt is not None:
@@ -294,7 +303,10 @@ def fail(
     if not retry:
         refund_failed(state, regeneration, error.failure_class)
     session.commit()
-    return round(backoff_seconds(number, config)) if retry else None
+    if retry:
+        return round(backoff_seconds(number, config))
+    signals.send(signals.regeneration_failed, session, generation_id)
+    return None
 
 
 def _change_attempt(state: RegenState, generation_id: str, number: int, **values: Any) -> bool:
@@ -373,6 +385,7 @@ def cancel(state: RegenState, regeneration: Regeneration) -> Regeneration:
             details={"generationId": regeneration.id, "status": regeneration.status},
         )
     queue.stop_job(state.redis, regeneration.id)
+    signals.send(signals.regeneration_canceled, session, regeneration.id)
     return regeneration
 
 
