@@ -171,22 +171,26 @@ def test_concurrent_sweeps_requeue_a_row_once(app: Flask, make_plan: Any) -> Non
         assert queue.rq_queue(state.redis, "plan_regen_low").job_ids.count(generation_id) == 1
 
 
-def mark_processing(app: Flask, generation_id: str, attempts: int, started_ago: timedelta) -> None:
+def left_processing(
+    app: Flask, make_plan: Any, attempts: int, started_ago: timedelta
+) -> tuple[str, str]:
+    """A regeneration that an attempt claimed ``started_ago``, with no lease: (plan, id)."""
+    plan_id = make_plan()
+    generation_id = regenerate(app.test_client(), plan_id)["generationId"]
     with app.app_context():
         row = db.session.get(Regeneration, generation_id)
         assert row is not None
         row.status, row.attempts = "processing", attempts
         row.started_at = utcnow() - started_ago
         db.session.commit()
+    return plan_id, generation_id
 
 
 def test_sweep_releases_an_attempt_only_once_its_lease_has_lapsed(
     app: Flask, make_plan: Any
 ) -> None:
-    plan_id = make_plan()
+    plan_id, generation_id = left_processing(app, make_plan, 1, timedelta(minutes=1))
     client = app.test_client()
-    generation_id = regenerate(client, plan_id)["generationId"]
-    mark_processing(app, generation_id, 1, timedelta(minutes=1))
     with app.app_context():
         state = get_state()
         lease = state.key("lease", generation_id)
@@ -207,11 +211,9 @@ def test_sweep_releases_an_attempt_only_once_its_lease_has_lapsed(
 def test_a_delivery_takes_over_a_row_left_processing_by_a_dead_attempt(
     app: Flask, make_plan: Any
 ) -> None:
-    plan_id = make_plan()
-    client = app.test_client()
-    generation_id = regenerate(client, plan_id)["generationId"]
     # An attempt claimed the row, then died with its database connection: no lease.
-    mark_processing(app, generation_id, 1, timedelta(minutes=1))
+    plan_id, generation_id = left_processing(app, make_plan, 1, timedelta(minutes=1))
+    client = app.test_client()
     assert run_jobs(app) == 1
     doc = status_of(client, plan_id, generation_id)
     assert (doc["status"], doc["attempts"]) == ("succeeded", 2)
@@ -219,10 +221,8 @@ def test_a_delivery_takes_over_a_row_left_processing_by_a_dead_attempt(
 
 
 def test_sweep_fails_a_lost_row_without_attempts_left(app: Flask, make_plan: Any) -> None:
-    plan_id = make_plan()
+    plan_id, generation_id = left_processing(app, make_plan, 3, timedelta(hours=1))
     client = app.test_client()
-    generation_id = regenerate(client, plan_id)["generationId"]
-    mark_processing(app, generation_id, 3, timedelta(hours=1))
     result = app.test_cli_runner().invoke(args=["plan-regen", "sweep"])
     assert "Released 1 lost attempts" in result.output
     doc = status_of(client, plan_id, generation_id)
