@@ -287,7 +287,7 @@ class ResilientWorker(Worker):
             self.wait_for_redis()
 
     def wait_for_redis(self) -> None:
-        """Block until Redis answers again (backoff up to 5 s), then re-register."""
+        """Block until Redis answers again (backoff up to 2 s), then re-register."""
         delay = 1.0
         started = time.monotonic()
         while True:
@@ -298,7 +298,7 @@ class ResilientWorker(Worker):
                 break
             except _REDIS_DOWN:
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)
         self.log.info(
             "Worker %s: Redis is back after %.1f s", self.name, time.monotonic() - started
         )
