@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 SRC := $(wildcard flask_plan_regen tests examples bench)
 PYTEST_ARGS ?=
 
-.PHONY: venv postgres lint format typecheck test test-fast demo bench clean
+.PHONY: venv postgres chromium lint format typecheck test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 postgres:
 	bash .ci/ensure-postgres
 
+# Headless Chromium and chromedriver for the browser test (apt-get install if missing).
+chromium:
+	bash .ci/ensure-chromium
+
 lint: venv
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
@@ -33,7 +37,7 @@ format: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: venv postgres lint typecheck
+test: venv postgres chromium lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: venv
