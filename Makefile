@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed-dev
 # Only the source dirs that exist (git keeps no empty dirs).
 SRC := $(wildcard flask_plan_regen tests examples bench)
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: venv postgres chromium lint format typecheck test test-fast demo bench clean
 
@@ -43,8 +44,9 @@ test: venv postgres chromium lint typecheck
 test-fast: venv
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
+# A scripted regeneration, then the demo page until Ctrl-C (DEMO_ARGS=--scripted: no page).
 demo: venv
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
 # Benchmarks (about 5-10 minutes); rewrites the results table in docs/performance.md.
 BENCH_STAMP := $(VENV)/.installed-bench
