@@ -109,6 +109,8 @@ def _follow(
     for event in first:
         yield format_event(event)
         last_id = event.id
+    if not first:  # the client is up to date: a comment, since servers hold headers till a byte
+        yield KEEPALIVE
     with _Subscription(state, generation_id, float(config["PLAN_REGEN_REDIS_TIMEOUT"])) as changes:
         read_at = 0.0  # at once: the row may have changed before the subscription
         last_write = time.monotonic()

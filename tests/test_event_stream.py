@@ -218,6 +218,28 @@ def test_last_event_id_resumes_without_repeating_through_retries(
             assert [e.id for e in resumed.rest()] == [6, 8]
 
 
+@pytest.mark.parametrize(
+    "app_config",
+    [{**NO_LIMITS, "PLAN_REGEN_STREAM_KEEPALIVE": 60.0, "PLAN_REGEN_STREAM_RECHECK": 60.0}],
+)
+def test_a_client_resuming_an_active_regeneration_gets_only_what_follows(
+    app: Flask, make_plan: Callable[..., str]
+) -> None:
+    client = app.test_client()
+    plan_id = make_plan()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    with serve(app) as base_url:
+        url = events_url(base_url, plan_id, generation_id)
+        started = time.monotonic()
+        with EventStream(url, {**ALICE, "Last-Event-ID": "1"}) as stream:
+            # Open at once, not a keepalive (60 s) later, though there is nothing to send yet.
+            assert stream.status == 200 and time.monotonic() - started < 10
+            cancel = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
+            assert client.post(cancel, headers=ALICE).status_code == 200
+            assert summary(stream.rest()) == [(2, "canceled", 0)]  # not "pending" again
+            assert time.monotonic() - started < 10  # announced, not found by a re-read
+
+
 def test_only_the_owner_gets_the_stream(app: Flask, make_plan: Callable[..., str]) -> None:
     client = app.test_client()
     plan_id = make_plan()
