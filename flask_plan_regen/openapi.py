@@ -204,7 +204,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     "in": "header",
                     "required": False,
                     "description": "The id of the last event received: resume after it.",
-                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
                 },
             ],
             "responses": {

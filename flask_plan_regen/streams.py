@@ -83,7 +83,7 @@ def parse_last_event_id(value: str | None, regeneration: Regeneration) -> int | 
         return None
     current = progress.event_id(Status(regeneration.status), regeneration.attempts)
     text = value.strip()
-    if not (text.isascii() and text.isdigit() and int(text) <= current):
+    if not (len(text) <= 9 and text.isascii() and text.isdigit() and int(text) <= current):
         raise ApiError(
             400,
             "INVALID_LAST_EVENT_ID",

@@ -254,6 +254,7 @@ def test_only_the_owner_gets_the_stream(app: Flask, make_plan: Callable[..., str
             (ALICE, events_url(base_url, plan_id, "x" * 500), 404, "REGENERATION_NOT_FOUND"),
             ({**ALICE, "Last-Event-ID": "abc"}, url, 400, "INVALID_LAST_EVENT_ID"),
             ({**ALICE, "Last-Event-ID": "2"}, url, 400, "INVALID_LAST_EVENT_ID"),  # not sent yet
+            ({**ALICE, "Last-Event-ID": "9" * 5000}, url, 400, "INVALID_LAST_EVENT_ID"),
             ({**ALICE, "Last-Event-ID": "\u00b2"}, url, 400, "INVALID_LAST_EVENT_ID"),  # isdigit()
         ]
         for headers, target, status, code in cases:
