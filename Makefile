@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed-dev
 # Only the source dirs that exist (git keeps no empty dirs).
 SRC := $(wildcard flask_plan_regen tests examples bench)
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: venv postgres lint format typecheck test test-fast demo bench clean
+.PHONY: venv postgres chromium lint format typecheck test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +23,10 @@ $(STAMP): pyproject.toml
 postgres:
 	bash .ci/ensure-postgres
 
+# Headless Chromium and chromedriver for the browser test (apt-get install if missing).
+chromium:
+	bash .ci/ensure-chromium
+
 lint: venv
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
@@ -33,14 +38,15 @@ format: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: venv postgres lint typecheck
+test: venv postgres chromium lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
+# A scripted regeneration, then the demo page until Ctrl-C (DEMO_ARGS=--scripted: no page).
 demo: venv
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
 # Benchmarks (about 5-10 minutes); rewrites the results table in docs/performance.md.
 BENCH_STAMP := $(VENV)/.installed-bench

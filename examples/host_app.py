@@ -8,9 +8,10 @@ Run it::
     flask run                      # the web app
     flask plan-regen worker        # a worker, in another shell
 
-Demo authentication: the ``X-User-Id`` header names the user. It is only
-for demos and tests; a real app returns the logged-in user's id instead
-(for example ``flask_login.current_user.get_id()``).
+Demo authentication: the ``X-User-Id`` header names the user, or the user
+signed in on the demo page at ``/`` (a session cookie, see ``demo_page.py``).
+It is only for demos and tests; a real app returns the logged-in user's id
+instead (for example ``flask_login.current_user.get_id()``).
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_plan_regen import PlanRegen, get_state, regen_bp
 
+from .demo_page import demo_bp, signed_in_user
+
 db = SQLAlchemy()
 regen = PlanRegen()
 
 
 @regen.auth_handler
 def current_user_id() -> str | None:
-    """Demo only: trust the X-User-Id header."""
-    return request.headers.get("X-User-Id") or None
+    """Demo only: trust the X-User-Id header, else the demo page's signed-in user."""
+    return request.headers.get("X-User-Id") or signed_in_user()
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -42,6 +45,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             "SQLALCHEMY_DATABASE_URI", "sqlite:///" + os.path.abspath("plan_regen_demo.sqlite")
         ),
         PLAN_REGEN_REDIS_URL=os.environ.get("PLAN_REGEN_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        # Signs the demo page's session cookie. A demo value: a real app sets its own secret
+        # (FLASK_SECRET_KEY in the environment overrides this one).
+        SECRET_KEY="plan-regen-demo-only",
+        SESSION_COOKIE_SAMESITE="Lax",
     )
     # FLASK_PLAN_REGEN_BUILTIN_DELAY=0.5 etc. set any PLAN_REGEN_* key from the environment.
     app.config.from_prefixed_env()
@@ -49,6 +56,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     regen.init_app(app, db=db)
     app.register_blueprint(regen_bp)
+    app.register_blueprint(demo_bp)
     app.cli.add_command(create_plan)
     return app
 

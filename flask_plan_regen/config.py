@@ -85,6 +85,12 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_IDEMPOTENCY_TTL": 24 * 3600,
     "PLAN_REGEN_IDEMPOTENCY_WAIT": 5.0,
     "PLAN_REGEN_METRICS": False,
+    # Event streams (GET .../events, docs/http-api.md): a comment line after this many idle
+    # seconds, a re-read of the row after this many seconds without a pub/sub message, and
+    # at most this many open streams per process (503 beyond).
+    "PLAN_REGEN_STREAM_KEEPALIVE": 15.0,
+    "PLAN_REGEN_STREAM_RECHECK": 5.0,
+    "PLAN_REGEN_STREAM_MAX_OPEN": 100,
 }
 
 # What RQ's job timeout adds to the provider timeout, so that RQ never kills
@@ -197,6 +203,9 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_int(config, "PLAN_REGEN_IDEMPOTENCY_TTL", minimum=1)
     _check_number(config, "PLAN_REGEN_IDEMPOTENCY_WAIT", minimum=0)
     _check_bool(config, "PLAN_REGEN_METRICS")
+    _check_number(config, "PLAN_REGEN_STREAM_KEEPALIVE", minimum=0.1)
+    _check_number(config, "PLAN_REGEN_STREAM_RECHECK", minimum=0.1)
+    _check_int(config, "PLAN_REGEN_STREAM_MAX_OPEN", minimum=1)
     _check(
         not config["PLAN_REGEN_METRICS"]
         or importlib.util.find_spec("prometheus_client") is not None,

@@ -115,6 +115,28 @@ class RegenerationSchema(RegenerationSummarySchema):
     )
 
 
+class RegenerationEventSchema(ResponseSchema):
+    """The ``data`` of one event of the event stream (progress.ProgressEvent)."""
+
+    generation_id = fields.String(data_key="generationId")
+    plan_id = fields.String(data_key="planId")
+    status = fields.String(validate=validate.OneOf([str(member) for member in Status]))
+    attempts = fields.Integer(metadata={"description": "Attempts started so far."})
+    failure_class = fields.String(
+        data_key="failureClass",
+        allow_none=True,
+        validate=validate.OneOf(_FAILURE_CLASSES),
+        metadata={
+            "description": "Why it failed; while pending after an attempt, why that attempt "
+            "failed (it will be retried)."
+        },
+    )
+    error = fields.String(allow_none=True, metadata={"description": "A sentence for people."})
+    result = fields.Dict(
+        allow_none=True, metadata={"description": "Once succeeded: modules, tasks, provider..."}
+    )
+
+
 class RegenerationPageSchema(ResponseSchema):
     items = fields.List(fields.Nested(RegenerationSummarySchema))
     page = fields.Integer()
@@ -196,6 +218,7 @@ accepted_schema = AcceptedSchema()
 regeneration_schema = RegenerationSchema()
 regeneration_summary_schema = RegenerationSummarySchema()
 regeneration_page_schema = RegenerationPageSchema()
+regeneration_event_schema = RegenerationEventSchema()
 plan_document_schema = PlanDocumentSchema()
 usage_schema = UsageSchema()
 webhook_receipt_schema = WebhookReceiptSchema()

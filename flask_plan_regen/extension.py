@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -80,6 +81,7 @@ class PlanRegen:
             registered_hooks=self._hooks,
             configured_hooks=Hooks.from_config(app.config),
             rate_limiter=RegenRateLimiter(redis, app.config),
+            stream_slots=threading.BoundedSemaphore(app.config["PLAN_REGEN_STREAM_MAX_OPEN"]),
             billing=_make_billing(app, redis),
         )
         app.before_request(json_routing_errors)

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import leases, queue, signals
+from . import leases, progress, queue, signals
 from .errors import ApiError, GenerationError, ProviderError, queue_unavailable
 from .logs import context_of
 from .metrics import count_enqueue
@@ -193,6 +193,7 @@ def _claim_pending(state: RegenState, generation_id: str) -> Regeneration | None
     )
     session.commit()
     if regeneration is not None:
+        progress.publish(state, generation_id, Status.PROCESSING)
         signals.send(signals.regeneration_started, session, generation_id)
     return regeneration
 
@@ -212,6 +213,7 @@ def _fail_capped(state: RegenState, generation_id: str) -> None:
     )
     session.commit()
     if getattr(capped, "rowcount", 0):
+        progress.publish(state, generation_id, Status.FAILED)
         signals.send(signals.regeneration_failed, session, generation_id)
 
 
@@ -247,6 +249,7 @@ def finish(
     save_content()
     session.add(attempt)
     session.commit()
+    progress.publish(state, generation_id, Status.SUCCEEDED)
     signals.send(signals.regeneration_succeeded, session, generation_id)
     return True
 
@@ -303,6 +306,7 @@ def fail(
     if not retry:
         refund_failed(state, regeneration, error.failure_class)
     session.commit()
+    progress.publish(state, generation_id, outcome["status"])
     if retry:
         return round(backoff_seconds(number, config))
     signals.send(signals.regeneration_failed, session, generation_id)
@@ -384,6 +388,7 @@ def cancel(state: RegenState, regeneration: Regeneration) -> Regeneration:
             "This regeneration has already finished.",
             details={"generationId": regeneration.id, "status": regeneration.status},
         )
+    progress.publish(state, regeneration.id, Status.CANCELED)
     queue.stop_job(state.redis, regeneration.id)
     signals.send(signals.regeneration_canceled, session, regeneration.id)
     return regeneration

@@ -18,6 +18,7 @@ from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
 from .metrics import enabled as metrics_enabled
 from .state import get_state
+from .streams import LAST_EVENT_ID_HEADER, MIMETYPE
 
 # Nested schemas before the schemas that use them, so references use these names.
 COMPONENTS: dict[str, type[Schema]] = {
@@ -30,6 +31,7 @@ COMPONENTS: dict[str, type[Schema]] = {
     "RegenerationSummary": documents.RegenerationSummarySchema,
     "Regeneration": documents.RegenerationSchema,
     "RegenerationPage": documents.RegenerationPageSchema,
+    "RegenerationEvent": documents.RegenerationEventSchema,
     "TaskDocument": documents.TaskDocumentSchema,
     "ModuleDocument": documents.ModuleDocumentSchema,
     "PlanDocument": documents.PlanDocumentSchema,
@@ -97,6 +99,22 @@ ACCEPTED = {
         **RATE_LIMIT_HEADERS,
     },
     "content": _json("Accepted"),
+}
+
+# One event of an event stream, as OpenAPI 3.2 describes one (and schemathesis checks
+# every event against it): ``data`` is a RegenerationEvent in JSON.
+EVENT = {
+    "type": "object",
+    "required": ["id", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string", "enum": ["message"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/RegenerationEvent"},
+        },
+    },
 }
 
 # (path below the prefix, method, operation), in the order the document lists them.
@@ -168,6 +186,46 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "responses": {
                 200: {"description": "The regeneration.", "content": _json("Regeneration")},
                 **_errors(401, 404),
+            },
+        },
+    ),
+    (
+        "/plans/{planId}/regenerations/{generationId}/events",
+        "get",
+        {
+            "operationId": "streamRegenerationEvents",
+            "summary": "Server-sent events: the regeneration's state, then each change until "
+            "it ends.",
+            "parameters": [
+                _path_param("planId"),
+                _path_param("generationId"),
+                {
+                    "name": LAST_EVENT_ID_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "description": "The id of the last event received: resume after it.",
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                },
+            ],
+            "responses": {
+                200: {
+                    "description": "An event stream: each event has an increasing `id` and "
+                    "`data` holding a RegenerationEvent as JSON; comment lines keep it open; "
+                    "the server closes it once the regeneration has ended.",
+                    "content": {MIMETYPE: {"schema": EVENT}},
+                },
+                204: {"description": "It has ended and Last-Event-ID was its last event."},
+                400: {
+                    "description": "Last-Event-ID is not an id this stream sent "
+                    "(INVALID_LAST_EVENT_ID).",
+                    "content": _json("Error"),
+                },
+                **_errors(401, 404),
+                503: {
+                    "description": "This process has PLAN_REGEN_STREAM_MAX_OPEN streams open "
+                    "(TOO_MANY_STREAMS, with Retry-After).",
+                    "content": _json("Error"),
+                },
             },
         },
     ),

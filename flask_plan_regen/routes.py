@@ -32,6 +32,7 @@ from .schemas import (
     regenerate_request_schema,
 )
 from .state import RegenState, get_state
+from .streams import LAST_EVENT_ID_HEADER, event_stream
 from .types import PlanInput
 
 logger = logging.getLogger("flask_plan_regen")
@@ -245,6 +246,14 @@ def regeneration_status(plan_id: str, generation_id: str) -> Response:
     state = get_state()
     regeneration = owned_regeneration(state, plan_id, generation_id)
     return jsonify(documents.dump(documents.regeneration_schema, regeneration))
+
+
+@regen_bp.get("/plans/<plan_id>/regenerations/<generation_id>/events")
+def regeneration_events(plan_id: str, generation_id: str) -> Response:
+    """Server-sent events of the regeneration's progress until it ends (streams.py)."""
+    state = get_state()
+    regeneration = owned_regeneration(state, plan_id, generation_id)
+    return event_stream(state, regeneration, request.headers.get(LAST_EVENT_ID_HEADER))
 
 
 @regen_bp.get("/plans/<plan_id>/regenerations")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
@@ -42,6 +43,8 @@ class RegenState:
     configured_hooks: Hooks
     """The hooks given in ``PLAN_REGEN_*`` config; they win over decorators."""
     rate_limiter: RegenRateLimiter
+    stream_slots: threading.BoundedSemaphore
+    """One per event stream this process may hold open (``PLAN_REGEN_STREAM_MAX_OPEN``)."""
     billing: StripeBilling | None = None
     url_prefixes: list[str] = dataclasses.field(default_factory=list)
     engine_pid: int = dataclasses.field(default_factory=os.getpid)

@@ -52,6 +52,9 @@ def test_defaults_are_set_without_overwriting_the_hosts_values() -> None:
         ("PLAN_REGEN_JOB_TIMEOUT", True),
         ("PLAN_REGEN_PAGE_SIZE", 1000),
         ("PLAN_REGEN_BUILTIN_FAILURE", "explode"),
+        ("PLAN_REGEN_STREAM_KEEPALIVE", 0),
+        ("PLAN_REGEN_STREAM_RECHECK", "5"),
+        ("PLAN_REGEN_STREAM_MAX_OPEN", 0),
     ],
 )
 def test_a_wrong_value_is_named_in_a_clear_error(key: str, value: Any) -> None:
