@@ -52,6 +52,10 @@ def test_defaults_are_set_without_overwriting_the_hosts_values() -> None:
         ("PLAN_REGEN_JOB_TIMEOUT", True),
         ("PLAN_REGEN_PAGE_SIZE", 1000),
         ("PLAN_REGEN_BUILTIN_FAILURE", "explode"),
+        ("PLAN_REGEN_PROVIDER_RESPONSE_FORMAT", "text"),
+        ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS", 100),
+        ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS", "4096"),
+        ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM", "max_output_tokens"),
     ],
 )
 def test_a_wrong_value_is_named_in_a_clear_error(key: str, value: Any) -> None:
