@@ -6,8 +6,9 @@ row back to ``pending`` (lifecycle.fail) before RQ is asked to run the job
 again. The job asks RQ for the next delivery by returning an ``rq.Retry`` with
 one interval (queue.retry_in), so the delay is computed, with jitter, when the
 failure happens; a provider that said how long to wait (``Retry-After``) is
-never called sooner, up to the backoff cap. Delayed deliveries need RQ's scheduler (``rq worker
---with-scheduler``; ``flask plan-regen worker`` runs it by default).
+never called sooner, up to the backoff cap. Delayed deliveries need RQ's
+scheduler (``rq worker --with-scheduler``; ``flask plan-regen worker`` runs it
+by default).
 """
 
 from __future__ import annotations
