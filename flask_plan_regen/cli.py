@@ -36,7 +36,11 @@ def init_db() -> None:
 
 @plan_regen_cli.command("worker")
 @click.argument("queues", nargs=-1)
-@click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@click.option(
+    "--burst",
+    is_flag=True,
+    help="Exit once the queues are empty and the retries this worker scheduled have run.",
+)
 @click.option(
     "--with-scheduler/--without-scheduler",
     default=True,

@@ -78,6 +78,11 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_PROVIDER_MODEL": "gpt-4o-mini",
     "PLAN_REGEN_PROVIDER_TIER_MODELS": {},
     "PLAN_REGEN_PROVIDER_TIMEOUT": 120.0,
+    # "json_schema" (structured outputs) or "json_object" (JSON mode) for servers without it.
+    "PLAN_REGEN_PROVIDER_RESPONSE_FORMAT": "json_schema",
+    # The output cap of one call, and the request field that carries it.
+    "PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS": 8192,
+    "PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM": "max_completion_tokens",
     # Retries: attempts per regeneration, backoff min(cap, base * 2^(n-1)) +-25 %.
     "PLAN_REGEN_MAX_ATTEMPTS": 3,
     "PLAN_REGEN_RETRY_BACKOFF_BASE": 2.0,
@@ -106,6 +111,8 @@ HOOK_KEYS = (
     "PLAN_REGEN_STRIPE_CUSTOMER_LOADER",
 )
 
+RESPONSE_FORMATS = ("json_schema", "json_object")
+OUTPUT_CAP_PARAMS = ("max_completion_tokens", "max_tokens")
 BUILTIN_FAILURES = ("validation", "provider_error", "rate_limit", "timeout", "invalid_json")
 
 UNLIMITED = "unlimited"
@@ -254,6 +261,12 @@ def _check_provider(config: Mapping[str, Any]) -> None:
         "a mapping of tier name to model name",
         config,
     )
+    for key, choices in (
+        ("PLAN_REGEN_PROVIDER_RESPONSE_FORMAT", RESPONSE_FORMATS),
+        ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM", OUTPUT_CAP_PARAMS),
+    ):
+        _check(config[key] in choices, key, f"one of {', '.join(map(repr, choices))}", config)
+    _check_int(config, "PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS", minimum=256, maximum=1_000_000)
 
 
 def _check_queues(config: Mapping[str, Any]) -> None:

@@ -50,16 +50,24 @@ class GenerationError(Exception):
     """A provider call or its output failed; ``failure_class`` decides retrying.
 
     ``public_message`` is what users and the API see; ``str(error)`` may carry
-    provider internals and only goes to the logs.
+    provider internals and only goes to the logs. ``retry_after`` is the delay
+    (seconds) the provider asked for before the next call, if it said one.
     """
 
     failure_class: FailureClass = FailureClass.PROVIDER_ERROR
     public_message = "The generation provider failed."
 
-    def __init__(self, detail: str = "", *, public_message: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        public_message: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(detail or self.public_message)
         if public_message is not None:
             self.public_message = public_message
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
@@ -74,6 +82,27 @@ class ProviderError(GenerationError):
 class ProviderRateLimited(GenerationError):
     failure_class = FailureClass.RATE_LIMIT
     public_message = "The generation provider is rate limiting requests."
+
+
+class ProviderRejected(GenerationError):
+    """The provider refused the request itself (HTTP 400, 401, 403, 404...): not retried."""
+
+    failure_class = FailureClass.PROVIDER_REJECTED
+    public_message = "The generation provider rejected the request."
+
+
+class ModelRefused(GenerationError):
+    """The model declined to answer; ``public_message`` carries its (sanitised) reason."""
+
+    failure_class = FailureClass.REFUSED
+    public_message = "The model declined to generate this plan."
+
+
+class OutputTruncated(GenerationError):
+    """The answer was cut off at the output token cap: the same request would be cut again."""
+
+    failure_class = FailureClass.TRUNCATED
+    public_message = "The model's answer was cut off at the output limit."
 
 
 class ProviderTimeout(GenerationError):

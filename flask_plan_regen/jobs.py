@@ -60,8 +60,10 @@ def run_regeneration(generation_id: str) -> Any:
     """RQ entry point: run one attempt of a regeneration inside the host app's context.
 
     Returns the success summary, an ``rq.Retry`` when a retryable failure has
-    attempts left, or ``None``. Raises when the generation id is unknown to
-    this app's database, so that RQ records the job as failed.
+    attempts left, or ``None``. Raises, so that RQ records the job as failed,
+    when its attempt ended the regeneration ``failed``
+    (:class:`~flask_plan_regen.queue.RegenerationFailed`) and when the
+    generation id is unknown to this app's database.
     """
     with worker_app().app_context(), log_context(generation_id=generation_id):
         state = get_state()
@@ -98,8 +100,7 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
         gone = OutputValidationError(
             "plan no longer exists", public_message="The plan no longer exists."
         )
-        lifecycle.fail(state, regeneration, None, gone)
-        return None
+        return _after_failure(regeneration, lifecycle.fail(state, regeneration, None, gone))
     overrides = overrides_schema.load(regeneration.overrides)
     request = GenerationRequest(
         plan=plan.with_overrides(overrides),
@@ -166,8 +167,24 @@ def _failed(
     error: GenerationError,
 ) -> Any:
     record = attempt_row(state, regeneration, request, started, result, error=error)
-    delay = lifecycle.fail(state, regeneration, record, error)
-    return None if delay is None else queue.retry_in(delay, current_app.config)
+    return _after_failure(regeneration, lifecycle.fail(state, regeneration, record, error))
+
+
+def _after_failure(regeneration: Regeneration, retry_delay: int | None) -> Any:
+    """What the job hands RQ after a failed attempt: a retry, or the regeneration's end.
+
+    A regeneration that ended ``failed`` fails its RQ job too, so RQ's failed
+    registry, ``rq info`` and rq-dashboard count it. One whose attempt lost the
+    row (canceled, taken over) ends the job quietly.
+    """
+    if retry_delay is not None:
+        return queue.retry_in(retry_delay, current_app.config)
+    # lifecycle.fail committed or rolled back: this reads the row's outcome again.
+    if regeneration.status == Status.FAILED:
+        # Without the provider's exception chain: RQ stores and logs the traceback, and
+        # the SDK's messages may quote what the server said (an API key, the prompt).
+        raise queue.RegenerationFailed(regeneration.failure_class, regeneration.error) from None
+    return None
 
 
 def attempt_row(

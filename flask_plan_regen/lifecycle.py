@@ -43,7 +43,7 @@ from .models import (
     utcnow,
 )
 from .quota import charge, current_period, give_back, refund_failed
-from .retries import backoff_seconds, should_retry
+from .retries import retry_delay, should_retry
 from .state import RegenState
 
 logger = logging.getLogger("flask_plan_regen.lifecycle")
@@ -308,7 +308,7 @@ def fail(
     session.commit()
     progress.publish(state, generation_id, outcome["status"])
     if retry:
-        return round(backoff_seconds(number, config))
+        return retry_delay(error, number, config)
     signals.send(signals.regeneration_failed, session, generation_id)
     return None
 

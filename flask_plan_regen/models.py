@@ -47,6 +47,12 @@ class FailureClass(enum.StrEnum):
     PROVIDER_ERROR = "provider_error"
     RATE_LIMIT = "rate_limit"
     TIMEOUT = "timeout"
+    # The provider answered 400/401/403/404...: the request or its settings are wrong.
+    PROVIDER_REJECTED = "provider_rejected"
+    # The model declined the request (its refusal is in the error).
+    REFUSED = "refused"
+    # The answer hit the output token cap.
+    TRUNCATED = "truncated"
 
 
 ACTIVE_STATUSES: tuple[Status, ...] = (Status.PENDING, Status.PROCESSING)

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue, Retry, SimpleWorker, Worker
 from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -45,6 +45,15 @@ _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 logger = logging.getLogger("flask_plan_regen.queue")
 
 _queues: weakref.WeakKeyDictionary[Redis, dict[str, Queue]] = weakref.WeakKeyDictionary()
+
+
+class RegenerationFailed(Exception):
+    """Raised by a job whose regeneration ended ``failed``: RQ then records the job failed
+    (failed registry, ``rq info``, rq-dashboard) with the failure class and the sanitised
+    message. Jobs carry no RQ ``Retry``, so RQ does not run it again."""
+
+    def __init__(self, failure_class: str | None, message: str | None) -> None:
+        super().__init__(f"{failure_class}: {message}")
 
 
 class Enqueueable(Protocol):
@@ -172,7 +181,11 @@ def start_worker(
     rq_options: Mapping[str, Any],
     work_options: Mapping[str, Any],
 ) -> str:
-    """Build a worker of ``worker_class`` on queues ``names`` and run it; return its name."""
+    """Build a worker of ``worker_class`` on queues ``names`` and run it; return its name.
+
+    In burst mode with the scheduler, it also waits for the delayed retries of the
+    jobs it ran and runs them, so that it ends once their regenerations have.
+    """
     worker = worker_class(
         [rq_queue(redis, queue) for queue in names],
         connection=redis,
@@ -180,9 +193,42 @@ def start_worker(
         name=name,
         **rq_options,
     )
-    dequeue_strategy = DequeueStrategy(work_options.get("dequeue_strategy", "default"))
-    worker.work(**{**work_options, "dequeue_strategy": dequeue_strategy})
+    options = {
+        **work_options,
+        "dequeue_strategy": DequeueStrategy(work_options.get("dequeue_strategy", "default")),
+    }
+    worker.work(**options)
+    if options.get("burst") and options.get("with_scheduler"):
+        _run_own_retries(worker, options)
     return str(worker.name)
+
+
+def _run_own_retries(worker: Worker, options: Mapping[str, Any]) -> None:
+    """Burst again each time a retry this worker scheduled is due, until none is left."""
+    try:
+        while not worker._stop_requested and (due := _next_own_retry(worker)) is not None:
+            # Past the due second: RQ's scheduler moves jobs once a second.
+            wait = max(due - time.time(), 0.0) + 1.0
+            worker.log.info("Worker %s: waiting %.0f s for a retry it scheduled", worker.name, wait)
+            time.sleep(wait)
+            worker.work(**options)
+    except StopRequested:  # SIGTERM/SIGINT while waiting: the retries stay scheduled
+        worker.log.info("Worker %s: stopping; its scheduled retries stay scheduled", worker.name)
+
+
+def _next_own_retry(worker: Worker) -> float | None:
+    """When the earliest retry scheduled by ``worker`` (of a job it ran) is due (epoch s)."""
+    due: list[float] = []
+    for queue in worker.queues:
+        registry = ScheduledJobRegistry(queue=queue)  # type: ignore[no-untyped-call]
+        ids = registry.get_job_ids()
+        jobs = Job.fetch_many(ids, connection=worker.connection, serializer=SERIALIZER)
+        due += [
+            registry.get_scheduled_time(job).timestamp()
+            for job in jobs
+            if job is not None and job.worker_name == worker.name
+        ]
+    return min(due, default=None)
 
 
 class ResilientWorker(Worker):

@@ -30,9 +30,16 @@ from .models import FailureClass, Regeneration, Usage
 from .state import RegenState
 
 REFUNDED_FAILURES: frozenset[FailureClass] = frozenset(
-    {FailureClass.PROVIDER_ERROR, FailureClass.RATE_LIMIT, FailureClass.TIMEOUT}
+    {
+        FailureClass.PROVIDER_ERROR,
+        FailureClass.RATE_LIMIT,
+        FailureClass.TIMEOUT,
+        FailureClass.PROVIDER_REJECTED,
+        FailureClass.TRUNCATED,
+    }
 )
-"""Failure classes that give the quota back: the provider's fault, not the user's."""
+"""Failure classes that give the quota back: the provider's (or its settings') fault,
+not the user's. ``validation`` and ``refused`` are about what was asked, and are kept."""
 
 
 @dataclasses.dataclass(frozen=True)

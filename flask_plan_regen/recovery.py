@@ -82,6 +82,8 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
 
 def on_job_failure(job: Any, connection: Any, *exc_info: Any) -> None:
     """RQ failure callback: the job raised, or RQ found it abandoned by a dead worker."""
+    if exc_info and issubclass(exc_info[0], queue.RegenerationFailed):
+        return  # the attempt ended its regeneration: nothing left to release
     why = f"job failed: {exc_info[0].__name__ if exc_info else 'unknown'}"
     with _worker_state() as state:
         # Not queued again here: RQ marks this job failed after the callback returns.

@@ -79,13 +79,22 @@ class PlanDate(fields.Field[date]):
         return value.isoformat() if isinstance(value, date) else None
 
 
+# What str.splitlines() breaks on. A single-line field (the topic) is one line of the
+# prompt: a line break in it could forge another (docs/providers.md#the-prompt).
+SINGLE_LINE = validate.Regexp(
+    r"^[^\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]*$",
+    error="Must be a single line: no line breaks.",
+)
+TOPIC_RULES = [validate.Length(min=3, max=200), SINGLE_LINE]
+
+
 class PlanFieldsSchema(Schema):
     """The plan inputs a user may set; every field optional."""
 
     class Meta:
         unknown = RAISE
 
-    topic = TrimmedString(validate=validate.Length(min=3, max=200))
+    topic = TrimmedString(validate=TOPIC_RULES)
     skill_level = fields.String(data_key="skillLevel", validate=validate.OneOf(SKILL_LEVELS))
     weekly_hours = fields.Integer(
         data_key="weeklyHours", strict=True, validate=validate.Range(min=1, max=80)
@@ -105,7 +114,7 @@ class OverridesSchema(PlanFieldsSchema):
 class CreatePlanSchema(PlanFieldsSchema):
     """Body of ``POST /plans``: the plan's fields, ``topic`` required."""
 
-    topic = TrimmedString(required=True, validate=validate.Length(min=3, max=200))
+    topic = TrimmedString(required=True, validate=TOPIC_RULES)
 
     @validates_schema
     def _deadline_after_start(self, data: dict[str, Any], **kwargs: Any) -> None:

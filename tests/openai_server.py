@@ -1,24 +1,41 @@
 """A local server speaking the OpenAI chat completions protocol, for the provider tests.
 
-``FakeOpenAI`` serves ``POST /v1/chat/completions`` on 127.0.0.1 from a thread.
-Each request takes the next queued behaviour (``server.queue("status_500",
-"status_500", "good")``), else ``server.default``:
+``FakeOpenAI`` serves ``POST /v1/chat/completions`` on 127.0.0.1 from a thread and
+answers the ways real models and servers answer. Each request takes the next
+behaviour scripted for its plan's topic (``server.script("Rust", "status_500",
+"good")``), else the next queued one (``server.queue(...)``), else ``server.default``:
 
-* ``good``        a valid plan as JSON content, with token usage
-* ``status_429``  / ``status_500``  an error answer with that status
-* ``slow``        a good answer, but only after ``server.slow_seconds``
-* ``malformed``   content that is not JSON
-* ``rule_break``  JSON that breaks the output rules (no modules)
+* ``good``            a valid plan as JSON content, with token usage
+* ``fenced``          the plan inside a Markdown ```json fence, with a sentence before
+* ``chatty``          the plan with a sentence before and after it, no fence
+* ``refusal``         ``content: null`` and a ``refusal`` (as structured outputs refuse)
+* ``length``          half a plan with ``finish_reason: "length"`` (hit the output cap)
+* ``too_many``        30 modules (the rules allow 12)
+* ``numeric_strings`` the plan with every ``estimatedMinutes`` a string (``"40"``)
+* ``sse``             a good answer, but streamed as server-sent events (not asked for)
+* ``status_<code>``   an error answer with that status and an OpenAI-style message (a 401
+  echoes the key it was given, as some servers do); ``status_429@30`` adds
+  ``Retry-After: 30``
+* ``slow``            a good answer, but only after ``server.slow_seconds``
+* ``malformed``       content that is not JSON
+* ``rule_break``      JSON that breaks the output rules (no modules)
 
-It records every request body and Authorization header in ``server.requests``.
+With ``server.supports_json_schema = False`` a request asking for
+``response_format: json_schema`` answers 400 (as servers without structured
+outputs do) before any behaviour is taken.
+
+Every request is recorded in ``server.requests`` (body, Authorization header,
+topic, the behaviour answered and ``at``, its ``time.monotonic()``);
+``server.calls(topic)`` lists those of one plan.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,13 +56,37 @@ GOOD_PLAN = {
         for m in range(1, 3)
     ]
 }
+TOO_MANY_MODULES = {"modules": GOOD_PLAN["modules"][:1] * 30}
+NUMERIC_STRINGS = {
+    "modules": [
+        {
+            **module,
+            "estimatedMinutes": str(module["estimatedMinutes"]),
+            "tasks": [
+                {**task, "estimatedMinutes": f" {task['estimatedMinutes']} "}
+                for task in module["tasks"]
+            ],
+        }
+        for module in GOOD_PLAN["modules"]
+    ]
+}
+REFUSAL = "I'm sorry, but I can't help with that request.\n\x07It breaks the usage policy."
+ERROR_MESSAGES = {
+    400: "Unsupported parameter: 'frobnicate' is not supported with this model.",
+    401: "Incorrect API key provided: {key}. You can find your API key at the dashboard.",
+    403: "Project proj_fake does not have access to model {model}.",
+    404: "The model `{model}` does not exist or you do not have access to it.",
+}
+_TOPIC = re.compile(r"^Topic: (.*)$", re.MULTILINE)
 
 
 class FakeOpenAI:
     def __init__(self) -> None:
         self.default = "good"
         self.slow_seconds = 3.0
+        self.supports_json_schema = True
         self.behaviours: deque[str] = deque()
+        self.scripts: dict[str, deque[str]] = defaultdict(deque)
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -60,10 +101,37 @@ class FakeOpenAI:
         with self._lock:
             self.behaviours.extend(behaviours)
 
-    def _next(self, body: dict[str, Any], authorization: str | None) -> str:
+    def script(self, topic: str, *behaviours: str) -> None:
+        """Answer the requests for the plan with this topic with ``behaviours``, in order."""
         with self._lock:
-            self.requests.append({"body": body, "authorization": authorization})
-            return self.behaviours.popleft() if self.behaviours else self.default
+            self.scripts[topic].extend(behaviours)
+
+    def calls(self, topic: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [request for request in self.requests if request["topic"] == topic]
+
+    def _next(self, body: dict[str, Any], authorization: str | None) -> str:
+        messages = body.get("messages") or [{}]
+        match = _TOPIC.search(str(messages[-1].get("content", "")))
+        topic = match.group(1) if match else None
+        wants_schema = (body.get("response_format") or {}).get("type") == "json_schema"
+        with self._lock:
+            if wants_schema and not self.supports_json_schema:
+                behaviour = "no_json_schema"
+            elif self.scripts.get(topic):
+                behaviour = self.scripts[topic].popleft()
+            else:
+                behaviour = self.behaviours.popleft() if self.behaviours else self.default
+            self.requests.append(
+                {
+                    "body": body,
+                    "authorization": authorization,
+                    "topic": topic,
+                    "behaviour": behaviour,
+                    "at": time.monotonic(),
+                }
+            )
+            return behaviour
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -78,27 +146,61 @@ class FakeOpenAI:
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": {"message": "not found"}})
                     return
-                behaviour = fake._next(body, self.headers.get("Authorization"))
-                if behaviour.startswith("status_"):
+                authorization = self.headers.get("Authorization")
+                behaviour, _, argument = fake._next(body, authorization).partition("@")
+                model = body.get("model", "unknown")
+                if behaviour == "no_json_schema":
+                    error = {
+                        "message": "Invalid parameter: 'response_format' of type 'json_schema' "
+                        "is not supported with this model.",
+                        "type": "invalid_request_error",
+                        "param": "response_format",
+                    }
+                    self._send(400, {"error": error})
+                elif behaviour.startswith("status_"):
                     status = int(behaviour.removeprefix("status_"))
-                    error = {"message": f"fake error {status}", "type": "server_error"}
-                    self._send(status, {"error": error})
-                    return
-                if behaviour == "slow":
-                    time.sleep(fake.slow_seconds)
-                content = {
-                    "malformed": '{"modules": [',
-                    "rule_break": json.dumps({"modules": []}),
-                }.get(behaviour, json.dumps(GOOD_PLAN))
-                self._send(200, completion(body.get("model", "unknown"), content))
+                    key = (authorization or "").removeprefix("Bearer ")
+                    detail = ERROR_MESSAGES.get(status, "").format(key=key, model=model)
+                    error = {"message": f"fake error {status}. {detail}", "type": "server_error"}
+                    headers = {"Retry-After": argument} if argument else {}
+                    self._send(status, {"error": error}, headers)
+                elif behaviour == "sse":
+                    self._stream(model, json.dumps(GOOD_PLAN))
+                else:
+                    if behaviour == "slow":
+                        time.sleep(fake.slow_seconds)
+                    self._send(200, answer(model, behaviour))
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
+            def _stream(self, model: str, content: str) -> None:
+                chunks = [content[i : i + 40] for i in range(0, len(content), 40)]
+                events = [
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [{"index": 0, "delta": {"content": chunk}}],
+                    }
+                    for chunk in chunks
+                ]
+                data = "".join(f"data: {json.dumps(event)}\n\n" for event in events)
+                self._write(200, (data + "data: [DONE]\n\n").encode(), "text/event-stream", {})
+
+            def _send(
+                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
+                self._write(status, json.dumps(payload).encode(), "application/json", headers or {})
+
+            def _write(
+                self, status: int, data: bytes, content_type: str, headers: dict[str, str]
+            ) -> None:
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     self.send_header("x-request-id", f"req-{len(fake.requests)}")
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
@@ -115,19 +217,33 @@ class FakeOpenAI:
         self._server.server_close()
 
 
-def completion(model: str, content: str) -> dict[str, Any]:
+def answer(model: str, behaviour: str) -> dict[str, Any]:
+    """The completion a model answering with ``behaviour`` sends."""
+    plan = json.dumps(GOOD_PLAN, indent=2)
+    content: str | None = {
+        "fenced": f"Here is the plan you asked for:\n\n```json\n{plan}\n```\n",
+        "chatty": f"Sure! {json.dumps(GOOD_PLAN)} Let me know if you want changes.",
+        "length": plan[: len(plan) // 2],
+        "too_many": json.dumps(TOO_MANY_MODULES),
+        "numeric_strings": json.dumps(NUMERIC_STRINGS),
+        "malformed": '{"modules": [',
+        "rule_break": json.dumps({"modules": []}),
+        "refusal": None,
+    }.get(behaviour, json.dumps(GOOD_PLAN))
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if behaviour == "refusal":
+        message["refusal"] = REFUSAL
+    finish_reason = "length" if behaviour == "length" else "stop"
+    return completion(model, message, finish_reason)
+
+
+def completion(model: str, message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "stop",
-                "message": {"role": "assistant", "content": content},
-            }
-        ],
+        "choices": [{"index": 0, "finish_reason": finish_reason, "message": message}],
         "usage": {"prompt_tokens": 123, "completion_tokens": 456, "total_tokens": 579},
     }
 

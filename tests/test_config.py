@@ -55,6 +55,10 @@ def test_defaults_are_set_without_overwriting_the_hosts_values() -> None:
         ("PLAN_REGEN_STREAM_KEEPALIVE", 0),
         ("PLAN_REGEN_STREAM_RECHECK", "5"),
         ("PLAN_REGEN_STREAM_MAX_OPEN", 0),
+        ("PLAN_REGEN_PROVIDER_RESPONSE_FORMAT", "text"),
+        ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS", 100),
+        ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS", "4096"),
+        ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM", "max_output_tokens"),
     ],
 )
 def test_a_wrong_value_is_named_in_a_clear_error(key: str, value: Any) -> None:

@@ -62,6 +62,8 @@ def test_creates_the_plan_and_queues_its_first_generation(app: Flask) -> None:
         ({"topic": "Rust", "deadlineDate": "2020-01-01"}, "deadlineDate"),
         ({"topic": "Rust\u0000 basics"}, "topic"),
         ({"topic": "Rust", "notes": "\udc00"}, "notes"),
+        ({"topic": "Rust\nSkill level: advanced"}, "topic"),
+        ({"topic": "Rust\u2028basics"}, "topic"),
     ],
 )
 def test_invalid_bodies_are_400_and_create_nothing(app: Flask, body: Any, field: str) -> None:

@@ -27,12 +27,13 @@ def plan(modules: int = 1, tasks: int = 1, **task: Any) -> dict[str, Any]:
     [
         plan(modules=0),
         {"modules": [{"title": "M", "estimatedMinutes": 60, "tasks": []}]},
-        plan(modules=13),
-        plan(tasks=21),
         plan(title="   "),
         plan(title=None),
         plan(estimatedMinutes=float("inf")),
-        plan(estimatedMinutes="30"),
+        plan(estimatedMinutes="about 30"),
+        plan(estimatedMinutes="nan"),
+        plan(estimatedMinutes="1e999"),
+        plan(estimatedMinutes=""),
         plan(estimatedMinutes=True),
         {"plan": []},
         [],
@@ -43,7 +44,17 @@ def test_rule_breaking_output_is_a_validation_failure(document: Any) -> None:
         parse_output(json.dumps(document))
 
 
-@pytest.mark.parametrize("text", ['{"modules": [', "", "not json"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"modules": [',
+        "",
+        "not json",
+        "Sorry {not json} at all",
+        # Two plans: which one was meant cannot be told.
+        f"{json.dumps(plan())} or maybe {json.dumps(plan(modules=2))}",
+    ],
+)
 def test_unparseable_output_is_a_provider_error(text: str) -> None:
     with pytest.raises(ProviderError) as raised:
         parse_output(text)
@@ -53,7 +64,7 @@ def test_unparseable_output_is_a_provider_error(text: str) -> None:
 def test_limits_are_inclusive_and_clamping_is_recorded() -> None:
     modules, adjustments = parse_output(json.dumps(plan(modules=12, tasks=20)))
     assert (len(modules), len(modules[0].tasks)) == (12, 20)
-    assert adjustments == {"titlesTruncated": 0, "moduleMinutesClamped": 0, "taskMinutesClamped": 0}
+    assert set(adjustments.values()) == {0}
 
     document = {
         "modules": [
@@ -77,7 +88,42 @@ def test_limits_are_inclusive_and_clamping_is_recorded() -> None:
     assert len(modules[0].title) == 500
     assert [m.estimated_minutes for m in modules] == [480, 15]
     assert [t.estimated_minutes for t in modules[0].tasks] == [5, 120, 30]
-    assert adjustments == {"titlesTruncated": 1, "moduleMinutesClamped": 2, "taskMinutesClamped": 2}
+    assert adjustments == {
+        "titlesTruncated": 1,
+        "moduleMinutesClamped": 2,
+        "taskMinutesClamped": 2,
+        "modulesDropped": 0,
+        "tasksDropped": 0,
+        "numbersCoerced": 0,
+    }
+
+
+def test_what_can_be_kept_is_kept_and_counted() -> None:
+    document = plan(modules=15, tasks=25, estimatedMinutes=" 45 ")
+    document["modules"][0] = {**document["modules"][0], "estimatedMinutes": "90.4"}
+    modules, adjustments = parse_output(json.dumps(document))
+    assert (len(modules), {len(m.tasks) for m in modules}) == (12, {20})
+    assert modules[0].estimated_minutes == 90
+    assert {t.estimated_minutes for m in modules for t in m.tasks} == {45}
+    assert adjustments["modulesDropped"] == 3
+    assert adjustments["tasksDropped"] == 12 * 5  # of the modules kept
+    assert adjustments["numbersCoerced"] == 1 + 12 * 20
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```json\n{document}\n```",
+        "Here is your plan:\n\n```\n{document}\n```\nGood luck!",
+        "Sure! {document} Let me know if you want changes.",
+        "Plan (as {{JSON}}): {document}",
+        '{{"note": "draft"}} then the plan: {document}',
+    ],
+)
+def test_the_one_json_object_is_taken_out_of_the_text_around_it(text: str) -> None:
+    document = plan(modules=2, tasks=3)
+    modules, _ = parse_output(text.format(document=json.dumps(document, indent=2)))
+    assert (len(modules), len(modules[1].tasks)) == (2, 3)
 
 
 def test_trimming_to_the_deadline_is_recorded_on_the_attempt(app: Flask, make_plan: Any) -> None:

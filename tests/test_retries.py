@@ -12,8 +12,8 @@ from openai_server import FakeOpenAI
 from servers import WorkerProcs
 
 from flask_plan_regen.config import DEFAULTS, job_timeout, validate
-from flask_plan_regen.errors import ConfigurationError
-from flask_plan_regen.retries import backoff_seconds
+from flask_plan_regen.errors import ConfigurationError, ProviderError, ProviderRateLimited
+from flask_plan_regen.retries import backoff_seconds, retry_delay
 
 
 @pytest.mark.parametrize(("attempt", "nominal"), [(1, 2), (2, 4), (3, 8), (8, 256), (9, 300)])
@@ -22,6 +22,30 @@ def test_backoff_is_capped_exponential_with_25_percent_jitter(attempt: int, nomi
     delays = [backoff_seconds(attempt, DEFAULTS, rng) for _ in range(500)]
     assert nominal * 0.75 <= min(delays) < nominal * 0.8
     assert nominal * 1.2 < max(delays) <= nominal * 1.25
+
+
+@pytest.mark.parametrize(
+    ("base", "cap", "retry_after", "expected"),
+    [
+        (0, 300, 30.0, {31}),  # Retry-After 30 whatever the base, + RQ's whole second
+        (0, 300, 2.5, {4}),  # up to a whole second, then the one RQ may round away
+        (0, 6, 30.0, {7}),  # capped by the backoff cap
+        (8, 300, 1.0, {7, 8, 9, 10, 11}),  # a longer backoff wins
+        (8, 300, None, {6, 7, 8, 9, 10}),  # no Retry-After: the backoff, rounded
+    ],
+)
+def test_the_retry_delay_honours_retry_after_up_to_the_cap(
+    base: float, cap: float, retry_after: float | None, expected: set[int]
+) -> None:
+    config = {
+        **DEFAULTS,
+        "PLAN_REGEN_RETRY_BACKOFF_BASE": base,
+        "PLAN_REGEN_RETRY_BACKOFF_CAP": cap,
+    }
+    error = ProviderRateLimited("429", retry_after=retry_after)
+    delays = {retry_delay(error, 1, config) for _ in range(200)}
+    assert delays <= expected
+    assert retry_delay(ProviderError("500"), 1, {**config, "PLAN_REGEN_RETRY_BACKOFF_BASE": 0}) == 0
 
 
 def test_job_timeout_is_derived_from_the_provider_timeout() -> None:
