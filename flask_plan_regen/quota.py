@@ -30,9 +30,14 @@ from .models import FailureClass, Regeneration, Usage
 from .state import RegenState
 
 REFUNDED_FAILURES: frozenset[FailureClass] = frozenset(
-    {FailureClass.PROVIDER_ERROR, FailureClass.RATE_LIMIT, FailureClass.TIMEOUT}
+    {
+        FailureClass.PROVIDER_ERROR,
+        FailureClass.RATE_LIMIT,
+        FailureClass.TIMEOUT,
+        FailureClass.INTERNAL,
+    }
 )
-"""Failure classes that give the quota back: the provider's fault, not the user's."""
+"""Failure classes that give the quota back: the provider's fault or ours, not the user's."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +106,13 @@ def refund_failed(state: RegenState, regeneration: Regeneration, failure_class: 
     before committing that outcome: the refund commits with it. Clearing
     ``quota_period`` with a conditional UPDATE makes a second call a no-op.
     """
+    return failure_class in REFUNDED_FAILURES and refund(state, regeneration)
+
+
+def refund(state: RegenState, regeneration: Regeneration) -> bool:
+    """Give back ``regeneration``'s quota, at most once (not committed); ``False`` if done."""
     period = regeneration.quota_period
-    if failure_class not in REFUNDED_FAILURES or period is None:
+    if period is None:
         return False
     session = state.db.session
     cleared = session.execute(

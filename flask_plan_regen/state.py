@@ -17,6 +17,7 @@ from redis import Redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import configure_mappers
 
+from .database import OutageLog
 from .hooks import Hooks
 from .providers import GenerationProvider
 from .ratelimit import RegenRateLimiter
@@ -44,6 +45,7 @@ class RegenState:
     rate_limiter: RegenRateLimiter
     billing: StripeBilling | None = None
     url_prefixes: list[str] = dataclasses.field(default_factory=list)
+    database_outage: OutageLog = dataclasses.field(default_factory=OutageLog)
     engine_pid: int = dataclasses.field(default_factory=os.getpid)
 
     def key(self, *parts: str) -> str:
