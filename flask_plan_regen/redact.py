@@ -15,8 +15,9 @@ MASK = "***"
 
 # A URL with a scheme, up to whitespace or a quote (it may sit inside a repr()).
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-# "user:password@" without a scheme in front ("cache.internal:6379" has no "@").
-_BARE_CREDENTIALS = re.compile(r"(?<![\w/:.+-])([^\s'\"<>/@:]+):[^\s'\"<>/@]+@")
+# User info outside a URL that parses ("user:password@host", "HTTPS//token@host"): what
+# stands before an "@", from the last space, quote or slash on.
+_BARE_CREDENTIALS = re.compile(r"(?<![^\s'\"<>/])([^\s'\"<>/@:]*)(:?)[^\s'\"<>/@]*@")
 
 
 def masked_url(url: str) -> str:
@@ -43,9 +44,11 @@ def masked_url(url: str) -> str:
 
 
 def mask_urls(text: str) -> str:
-    """``text`` with every URL in it, and any bare ``user:password@``, masked."""
+    """``text`` with every URL in it, and any user info outside one, masked."""
     return _mask_bare_credentials(_URL.sub(lambda match: masked_url(match.group(0)), text))
 
 
 def _mask_bare_credentials(text: str) -> str:
-    return _BARE_CREDENTIALS.sub(lambda match: f"{match.group(1)}:{MASK}@", text)
+    return _BARE_CREDENTIALS.sub(
+        lambda match: f"{match.group(1)}:{MASK}@" if match.group(2) else f"{MASK}@", text
+    )

@@ -23,7 +23,7 @@ from flask_plan_regen import BuiltinProvider, GenerationRequest, GenerationResul
 
 def cancel(app: Flask, plan_id: str, generation_id: str, headers: dict[str, str] = ALICE) -> Any:
     url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
-    return app.test_client().post(url, headers=headers)
+    return app.test_client().post(url, json={}, headers=headers)
 
 
 def modules(app: Flask, plan_id: str) -> list[Any]:

@@ -65,7 +65,10 @@ def test_redis_stopped_answers_503_fast_and_service_resumes(
             headers = dict(ALICE) | ({"Idempotency-Key": key} if key else {})
             started = time.monotonic()
             response = requests.post(
-                f"{base_url}/api/v1/plans/{plan_id}/regenerate", headers=headers, timeout=10
+                f"{base_url}/api/v1/plans/{plan_id}/regenerate",
+                json={},
+                headers=headers,
+                timeout=10,
             )
             return response, time.monotonic() - started
 
@@ -173,7 +176,7 @@ def test_postgres_restarted_while_a_worker_runs_jobs(
     plan_ids = [make_plan(topic=f"Distributed systems part {n}") for n in range(6)]
     client = app.test_client()
     for plan_id in plan_ids:  # a first version of every plan, made in this process
-        assert client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE).status_code == 202
+        assert regenerate(client, plan_id)["status"] == "pending"
     run_jobs(app)
     before = plan_shapes(app, plan_ids)
     body = {"overrides": {"topic": "Databases under failure", "skillLevel": "advanced"}}
@@ -222,6 +225,7 @@ def test_200_concurrent_posts_over_many_users_and_plans(
             user, plan_id = target
             return requests.post(
                 f"{base_url}/api/v1/plans/{plan_id}/regenerate",
+                json={},
                 headers={"X-User-Id": user},
                 timeout=30,
             )

@@ -36,7 +36,7 @@ def test_creates_the_plan_and_queues_its_first_generation(app: Flask) -> None:
     assert client.get("/api/v1/usage", headers=ALICE).get_json()["monthly"]["used"] == 1
 
     # The first generation is active: a regenerate request meets the usual 409.
-    again = client.post(f"/api/v1/plans/{body['planId']}/regenerate", headers=ALICE)
+    again = client.post(f"/api/v1/plans/{body['planId']}/regenerate", json={}, headers=ALICE)
     assert again.status_code == 409
     assert again.get_json()["details"]["generationId"] == body["generationId"]
 
