@@ -108,7 +108,9 @@ def test_a_custom_store_is_regenerated_through_the_same_pipeline(course_app: Fla
     assert response.status_code == 202, response.json
     assert response.headers["Location"].startswith("/courses-api/plans/c1/regenerations/")
     assert (
-        client.post("/courses-api/plans/c1/regenerate", json={}, headers={"X-User-Id": "bob"}).status_code
+        client.post(
+            "/courses-api/plans/c1/regenerate", json={}, headers={"X-User-Id": "bob"}
+        ).status_code
         == 404
     )
     run_jobs(course_app)

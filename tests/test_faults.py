@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -205,6 +207,69 @@ def test_postgres_restarted_while_a_worker_runs_jobs(
         assert after[plan_id] != before[plan_id]
         assert all("Databases under failure" in title for title, _ in after[plan_id])
         assert 3 <= len(after[plan_id]) <= 5 and all(3 <= n <= 5 for _, n in after[plan_id])
+
+
+def test_database_down_or_gone_answers_503_and_logs_once_per_outage(
+    own_postgres: EmbeddedPostgres,
+    redis_url: str,
+    redis_conn: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = build_app(own_postgres.url(), redis_url, **NO_LIMITS)
+    plan_id = plan_factory(app)()
+    caplog.set_level(logging.INFO, logger="flask_plan_regen")
+    with serve(app) as base_url:
+        api = f"{base_url}/api/v1"
+
+        def every_route() -> list[requests.Response]:
+            return [
+                requests.get(f"{api}/plans/{plan_id}", headers=ALICE, timeout=10),
+                requests.get(f"{api}/plans/{plan_id}/regenerations", headers=ALICE, timeout=10),
+                requests.get(f"{api}/usage", headers=ALICE, timeout=10),
+                requests.post(f"{api}/plans", json={"topic": "Rust"}, headers=ALICE, timeout=10),
+                requests.post(
+                    f"{api}/plans/{plan_id}/regenerate", json={}, headers=ALICE, timeout=10
+                ),
+            ]
+
+        def refused(answers: list[requests.Response]) -> None:
+            for answer in answers:
+                assert answer.status_code == 503, (answer.request.url, answer.text)
+                assert answer.json()["code"] == "DATABASE_UNAVAILABLE"
+                assert answer.headers["Retry-After"] == "5"
+
+        assert [a.status_code for a in every_route()] == [200, 200, 200, 202, 202]
+        own_postgres.shutdown()
+        stopped = time.monotonic()
+        stopped_answers = [a for _ in range(4) for a in every_route()]
+        per_request = (time.monotonic() - stopped) / len(stopped_answers)
+        refused(stopped_answers)
+
+        own_postgres.start_again()
+        back = wait_until(
+            lambda: requests.get(f"{api}/plans/{plan_id}", headers=ALICE, timeout=10).ok,
+            30,
+            "the API answering again",
+        )
+        assert back
+        own_postgres.drop_database()
+        refused(every_route() + every_route())
+
+    outage_logs = [r for r in caplog.records if r.name == "flask_plan_regen.database"]
+    print(
+        f"\nPostgreSQL stopped: {len(stopped_answers)} requests answered 503 in "
+        f"{per_request * 1000:.0f} ms each; logged: {[r.getMessage() for r in outage_logs]}"
+    )
+    # Two outages (stopped, then the database dropped): one error line each, with the
+    # traceback, and one line when the first ended. Nothing else logged an error.
+    assert [r.levelname for r in outage_logs] == ["ERROR", "WARNING", "ERROR"]
+    assert outage_logs[0].exc_info is not None
+    refused_count = re.search(r"(\d+) requests were answered 503", outage_logs[1].getMessage())
+    assert refused_count and int(refused_count.group(1)) >= len(stopped_answers)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == [
+        outage_logs[0],
+        outage_logs[2],
+    ]
 
 
 # ------------------------------------------------------------------ request storm

@@ -44,7 +44,9 @@ def test_two_users_served_inside_one_app_context_are_each_themselves(
     assert package_keys == []  # nothing per request is kept on g
 
 
-def test_the_auth_hook_runs_once_per_request_never_once_per_context(app: Flask, make_plan: Callable[..., str]) -> None:
+def test_the_auth_hook_runs_once_per_request_never_once_per_context(
+    app: Flask, make_plan: Callable[..., str]
+) -> None:
     calls: list[str] = []
     state = get_state(app)
     original = state.registered_hooks.auth_handler

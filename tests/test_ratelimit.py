@@ -57,7 +57,9 @@ def test_limit_is_configurable_per_tier(
     )
     client = app.test_client()
 
-    statuses = [client.post(missing_plan_url(), json={}, headers=ALICE).status_code for _ in range(3)]
+    statuses = [
+        client.post(missing_plan_url(), json={}, headers=ALICE).status_code for _ in range(3)
+    ]
 
     assert statuses == [404, 404, 429]
     assert client.get("/api/v1/usage", headers=ALICE).json["rateLimit"] == {

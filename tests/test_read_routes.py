@@ -141,9 +141,7 @@ def test_ids_the_database_cannot_store_are_404_on_every_route(
     with serve(pg_app) as base_url:
         api = base_url + "/api/v1"
         answers = [requests.get(api + path, headers=ALICE, timeout=10) for path in gets]
-        answers += [
-            requests.post(api + path, json={}, headers=ALICE, timeout=10) for path in posts
-        ]
+        answers += [requests.post(api + path, json={}, headers=ALICE, timeout=10) for path in posts]
     codes = [(answer.status_code, answer.json()["code"]) for answer in answers]
     print(f"\n{codes}")
     assert {status for status, _ in codes} == {404}

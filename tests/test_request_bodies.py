@@ -16,9 +16,7 @@ from flask_plan_regen import Plan
 # What a cross-site page can send without a CORS preflight, and what a careless client sends.
 REFUSED = [
     pytest.param({"Content-Type": "text/plain"}, b'{"topic": "Rust"}', id="text/plain"),
-    pytest.param(
-        {"Content-Type": "application/x-www-form-urlencoded"}, b"topic=Rust", id="form"
-    ),
+    pytest.param({"Content-Type": "application/x-www-form-urlencoded"}, b"topic=Rust", id="form"),
     pytest.param(
         {"Content-Type": "multipart/form-data; boundary=b"},
         b'--b\r\nContent-Disposition: form-data; name="topic"\r\n\r\nRust\r\n--b--\r\n',
