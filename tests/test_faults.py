@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import EmbeddedPostgres, EmbeddedRedis, WorkerProcs, find_postgres_bindir
 from sqlalchemy import func, select
+from werkzeug.http import parse_options_header
 
 from examples.host_app import db
 from flask_plan_regen import Regeneration, get_state, queue
@@ -345,13 +347,17 @@ BODIES = st.one_of(
     ),
 )
 HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=300)
+# Mostly JSON, so that the bodies get past the content type check to the parser.
+CONTENT_TYPES = (
+    st.sampled_from(["application/json", "application/json; charset=utf-8", "APPLICATION/JSON"])
+    | st.sampled_from(["text/plain", "", "x/y; q=1", "application/json-seq"])
+    | HEADER_TEXT
+)
 HEADERS = st.fixed_dictionaries(
-    {},
+    # Mostly a user who owns the plans, so that the bodies reach validation.
+    {"Content-Type": CONTENT_TYPES, "X-User-Id": st.sampled_from(["alice", "bob"]) | HEADER_TEXT},
     optional={
-        "Content-Type": st.sampled_from(["application/json", "text/plain", "", "x/y; q=1"])
-        | HEADER_TEXT,
         "Idempotency-Key": HEADER_TEXT,
-        "X-User-Id": st.sampled_from(["alice", "bob", ""]) | HEADER_TEXT,
         "Content-Encoding": st.sampled_from(["gzip", "identity"]),
     },
 )
@@ -372,6 +378,11 @@ def test_generated_bodies_and_headers_never_get_a_5xx(
         response = client.post(f"/api/v1/plans/{plan_id}/regenerate", data=body, headers=headers)
         assert response.status_code < 500, (response.status_code, response.get_data())
         assert response.status_code != 429  # no limit hides the validation behind it
+        json_type = parse_options_header(headers["Content-Type"])[0].lower() == "application/json"
+        assert (response.status_code == 415) != json_type, headers["Content-Type"]
+        seen[response.status_code] += 1
         assert (response.is_json and "code" in (response.json or {})) or response.status_code == 202
 
+    seen: Counter[int] = Counter()
     never_5xx()
+    print(f"\nstatuses of the generated requests: {dict(sorted(seen.items()))}")
