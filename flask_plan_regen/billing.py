@@ -6,7 +6,9 @@ items of their Stripe customer (the host maps users to customers with
 or trialing, and past_due while ``PLAN_REGEN_STRIPE_PAST_DUE_KEEPS_TIER``; no
 entitled subscription gives ``PLAN_REGEN_DEFAULT_TIER`` (free). Tiers are
 cached in Redis for ``PLAN_REGEN_TIER_CACHE_TTL`` seconds, and a long-lived
-"last known" copy is what a request gets while Stripe cannot be reached.
+"last known" copy is what a request gets while Stripe cannot be reached
+(:func:`is_outage`); a customer Stripe says does not exist gets the default
+tier at once, and the last known copy becomes the default tier too.
 Requires the ``stripe`` extra: ``pip install 'flask-plan-regen[stripe]'``.
 """
 
@@ -65,6 +67,24 @@ def item_product(item: Mapping[str, Any]) -> str | Mapping[str, Any] | None:
             product: str | Mapping[str, Any] = priced["product"]
             return product
     return None
+
+
+def is_outage(error: stripe.StripeError) -> bool:
+    """Whether Stripe could not answer, rather than answered that the customer does not exist.
+
+    Network errors, 5xx, auth errors (a revoked key is ours to fix, not the
+    customer's) and rate limiting are outages: the last known tier stands in.
+    Any other answer (a 404 for a deleted customer) is Stripe's word.
+    """
+    if isinstance(
+        error,
+        stripe.APIConnectionError
+        | stripe.AuthenticationError
+        | stripe.PermissionError
+        | stripe.RateLimitError,
+    ):
+        return True
+    return error.http_status is None or error.http_status >= 500
 
 
 def best_tier(tiers: Iterable[str], priorities: Mapping[str, int]) -> str | None:
@@ -150,10 +170,24 @@ class StripeBilling:
         ttl = self.cache_ttl
         tiers: list[str] = []
         product_tiers: dict[str, str | None] = {}
-        listing = self.client.v1.subscriptions.list(
-            params={"customer": customer_id, "status": "all", "limit": 100}
-        )
-        for subscription in (entry.to_dict() for entry in listing.auto_paging_iter()):
+        try:
+            listing = self.client.v1.subscriptions.list(
+                params={"customer": customer_id, "status": "all", "limit": 100}
+            )
+            subscriptions = [entry.to_dict() for entry in listing.auto_paging_iter()]
+        except stripe.StripeError as error:
+            if is_outage(error):
+                raise
+            # Stripe answered, and it knows no such customer (deleted): no paid tier.
+            logger.warning(
+                "Stripe refused the subscriptions of customer %s (%s: %s); the default tier %r",
+                customer_id,
+                type(error).__name__,
+                error,
+                self.default_tier,
+            )
+            return self.default_tier, ttl
+        for subscription in subscriptions:
             if not is_entitled(subscription, past_due_keeps_tier=self.past_due_keeps_tier, now=now):
                 continue
             end = period_end(subscription)

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from flask import Flask, current_app
@@ -22,6 +21,7 @@ from .logs import install_json_logging
 from .models import FailureClass, metadata
 from .openapi import build_document
 from .recovery import sweep
+from .redact import masked_url
 from .state import get_state
 
 plan_regen_cli = AppGroup("plan-regen", help="Plan regeneration: tables, workers, queues.")
@@ -161,7 +161,8 @@ def sweep_command() -> None:
 def rq_command() -> None:
     """Print the equivalent plain ``rq worker`` command line for this app.
 
-    The Redis password is masked (``***``): put it back, or give the URL in ``RQ_REDIS_URL``.
+    Credentials in the Redis URL (password, query values) are masked (``***``):
+    put them back, or give the URL in ``RQ_REDIS_URL``.
     """
     app_path = os.environ.get("FLASK_APP")
     prefix = f"FLASK_APP={app_path} " if app_path else ""
@@ -171,15 +172,6 @@ def rq_command() -> None:
         f"--url {masked_url(current_app.config['PLAN_REGEN_REDIS_URL'])} "
         f"{' '.join(rq_queue_names(current_app.config))}"
     )
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``, safe to print."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 @plan_regen_cli.command("openapi")

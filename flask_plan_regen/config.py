@@ -14,6 +14,7 @@ from typing import Any
 from limits import parse
 
 from .errors import ConfigurationError
+from .redact import mask_urls
 
 PREFIX = "PLAN_REGEN_"
 
@@ -385,10 +386,10 @@ def _check(ok: bool, key: str, expected: str, config: Mapping[str, Any]) -> None
 
 
 def _shown(key: str, value: Any) -> str:
-    """The value for an error message; secrets and URLs (which may hold passwords) hidden."""
-    if value is not None and any(word in key for word in ("KEY", "SECRET", "URL")):
+    """The value for an error message: a key or secret hidden, credentials in URLs masked."""
+    if value is not None and any(word in key for word in ("KEY", "SECRET")):
         return f"a {type(value).__name__} (value hidden)"
-    return repr(value)
+    return mask_urls(repr(value))
 
 
 def _check_bool(config: Mapping[str, Any], key: str) -> None:

@@ -66,7 +66,10 @@ _FAILURE_CLASSES = [str(member) for member in FailureClass]
 
 class AttemptSchema(ResponseSchema):
     number = fields.Integer()
-    outcome = fields.String(validate=validate.OneOf([Status.SUCCEEDED, Status.FAILED]))
+    outcome = fields.String(
+        validate=validate.OneOf([Status.SUCCEEDED, Status.FAILED, Status.CANCELED]),
+        metadata={"description": "canceled: the plan was deleted during the attempt."},
+    )
     failure_class = fields.String(
         data_key="failureClass", allow_none=True, validate=validate.OneOf(_FAILURE_CLASSES)
     )

@@ -113,3 +113,14 @@ class ProviderTimeout(GenerationError):
 class OutputValidationError(GenerationError):
     failure_class = FailureClass.VALIDATION
     public_message = "The generated plan did not meet the output rules."
+
+
+class InternalFailure(GenerationError):
+    """Our own code raised after the provider answered (output rules, pacing, saving).
+
+    A bug, not the provider's fault nor the user's: retrying would pay for more
+    provider calls that end the same way, so it fails at once, quota given back.
+    """
+
+    failure_class = FailureClass.INTERNAL
+    public_message = "An internal error stopped this regeneration; it has been logged."

@@ -31,6 +31,7 @@ from flask import Response, current_app, request
 from redis import Redis
 from redis.exceptions import RedisError
 
+from .bodies import read_body
 from .errors import ApiError, queue_unavailable
 from .identity import current_user_id, rate_limit_tier
 from .ratelimit import note_rate_limit
@@ -117,8 +118,7 @@ def in_progress_ttl(config: Mapping[str, Any]) -> int:
 
 def request_fingerprint() -> str:
     """Hash of method, path and body; JSON bodies are compared by value, not by bytes."""
-    request.max_content_length = current_app.config["PLAN_REGEN_MAX_BODY_BYTES"]
-    raw = request.get_data(cache=True)
+    raw = read_body(current_app.config["PLAN_REGEN_MAX_BODY_BYTES"])
     try:
         body = json.dumps(json.loads(raw) if raw.strip() else {}, sort_keys=True)
     except (ValueError, RecursionError):

@@ -14,6 +14,7 @@ from flask import current_app, has_request_context, request
 
 from .errors import ApiError
 from .hooks import default_tier, deny_all, no_customer_loader
+from .models import PLAN_ID_LENGTH, USER_ID_LENGTH, storable
 from .state import RegenState
 from .types import PlanInput
 
@@ -22,16 +23,53 @@ _TIERS_KEY = "flask_plan_regen.tiers"
 
 
 def current_user_id(state: RegenState) -> str:
-    """The request's user id (401 without one); the auth hook runs once per request."""
+    """The request's user id (401 without one); the auth hook runs once per request.
+
+    ``None`` or ``""`` from the hook is "nobody" (401). Anything else that is
+    not a storable string of at most 255 characters is the host's bug, answered
+    500 ``INVALID_USER_ID`` with a log line naming the hook, before it can
+    reach a database column.
+    """
     environ = request.environ
     user_id: str | None = environ.get(_USER_KEY)
     if user_id is None:
-        handler = state.configured_hooks.auth_handler or state.registered_hooks.auth_handler
-        found = (handler or deny_all)()
-        if not found:
+        handler = (
+            state.configured_hooks.auth_handler or state.registered_hooks.auth_handler or deny_all
+        )
+        found = handler()
+        if found is None or found == "":
             raise ApiError(401, "UNAUTHORIZED", "Authentication required.")
-        user_id = environ[_USER_KEY] = str(found)
+        problem = user_id_problem(found)
+        if problem:
+            raise ApiError(
+                500, "INVALID_USER_ID", "The user could not be identified."
+            ) from TypeError(f"auth handler {_hook_name(handler)} returned {problem}")
+        user_id = environ[_USER_KEY] = found
     return user_id
+
+
+def user_id_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a user id, or ``None`` (the value itself is not shown)."""
+    if not isinstance(value, str):
+        return f"a value of type {type(value).__name__}, not a string"
+    if len(value) > USER_ID_LENGTH:
+        return f"a string of {len(value)} characters, over {USER_ID_LENGTH}"
+    if not storable(value):
+        return "a string with a NUL character or an unpaired surrogate"
+    return None
+
+
+def _hook_name(hook: Any) -> str:
+    return f"{getattr(hook, '__module__', '?')}.{getattr(hook, '__qualname__', repr(hook))}"
+
+
+def findable_id(value: str, length: int) -> bool:
+    """Whether an id from a URL could name a row: one that cannot be stored names nothing.
+
+    Looking it up is skipped, so a NUL (which PostgreSQL refuses) or an id longer
+    than its column answers the route's 404 rather than a database error.
+    """
+    return len(value) <= length and storable(value)
 
 
 def tier_of(state: RegenState, user_id: str) -> str:
@@ -94,7 +132,7 @@ def load_plan(state: RegenState, plan_id: str) -> PlanInput | None:
 
 def owned_plan(state: RegenState, plan_id: str, user_id: str) -> PlanInput:
     """The plan if ``user_id`` owns it; the same 404 whether it is missing or not theirs."""
-    plan = load_plan(state, plan_id) if len(plan_id) <= 64 else None
+    plan = load_plan(state, plan_id) if findable_id(plan_id, PLAN_ID_LENGTH) else None
     if plan is None or plan.owner_id != user_id:
         raise ApiError(404, "PLAN_NOT_FOUND", "Plan not found.")
     return plan

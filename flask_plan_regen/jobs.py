@@ -17,7 +17,8 @@ from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
 
 from . import lifecycle, queue
-from .errors import GenerationError, OutputValidationError, ProviderError, ProviderTimeout
+from .database import UNAVAILABLE_ERRORS
+from .errors import GenerationError, InternalFailure, ProviderError, ProviderTimeout
 from .identity import load_plan
 from .leases import held_lease
 from .logs import log_context
@@ -97,10 +98,8 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
     """Generate, check and pace the plan, then save it (lifecycle.finish) or fail."""
     plan = load_plan(state, regeneration.plan_id)
     if plan is None:
-        gone = OutputValidationError(
-            "plan no longer exists", public_message="The plan no longer exists."
-        )
-        return _after_failure(regeneration, lifecycle.fail(state, regeneration, None, gone))
+        lifecycle.plan_deleted(state, regeneration, None)
+        return None
     overrides = overrides_schema.load(regeneration.overrides)
     request = GenerationRequest(
         plan=plan.with_overrides(overrides),
@@ -119,9 +118,13 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
     except queue.JobTimeout:
         timeout = ProviderTimeout("RQ job timeout reached during the provider call")
         return _failed(state, regeneration, request, started, result, timeout)
-    except Exception as error:  # a provider bug must not leave the row processing
-        logger.exception("provider %s raised", state.provider.name)
-        wrapped = ProviderError(f"{type(error).__name__}: {error}")
+    except Exception as error:
+        if result is None:  # a provider bug must not leave the row processing
+            logger.exception("provider %s raised", state.provider.name)
+            wrapped: GenerationError = ProviderError(f"{type(error).__name__}: {error}")
+        else:  # our code failed on the provider's answer: a bug, retrying would not help
+            logger.exception("regeneration %s: checking the output raised", regeneration.id)
+            wrapped = InternalFailure(f"{type(error).__name__}: {error}")
         return _failed(state, regeneration, request, started, result, wrapped)
 
     summary = {
@@ -142,11 +145,16 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
             summary,
             lambda: state.store.replace_content(regeneration.plan_id, modules),
         )
+    except UNAVAILABLE_ERRORS:
+        raise  # the database, not our code: the job fails and recovery runs the attempt again
     except Exception as error:
         # Nothing of the new content was committed: the plan keeps its modules.
         state.db.session.rollback()
+        if load_plan(state, regeneration.plan_id) is None:
+            lifecycle.plan_deleted(state, regeneration, record)
+            return None
         logger.exception("saving regeneration %s failed", generation_id)
-        failure = ProviderError(
+        failure = InternalFailure(
             f"saving failed: {type(error).__name__}",
             public_message="The generated plan could not be saved.",
         )

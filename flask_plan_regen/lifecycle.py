@@ -8,6 +8,7 @@
     fail     processing -> pending (retry after a backoff) | processing -> failed
     release  processing -> pending | failed              (the attempt's worker is gone)
     cancel   pending | processing -> canceled
+    plan_deleted  processing -> canceled                 (the plan is gone; quota given back)
     requeue  pending -> pending                          (a fresh job for a lost one)
 
 Each change is one conditional UPDATE on the row's status (and, for an
@@ -42,7 +43,7 @@ from .models import (
     as_utc,
     utcnow,
 )
-from .quota import charge, current_period, give_back, refund_failed
+from .quota import charge, current_period, give_back, refund, refund_failed
 from .retries import retry_delay, should_retry
 from .state import RegenState
 
@@ -392,6 +393,37 @@ def cancel(state: RegenState, regeneration: Regeneration) -> Regeneration:
     queue.stop_job(state.redis, regeneration.id)
     signals.send(signals.regeneration_canceled, session, regeneration.id)
     return regeneration
+
+
+PLAN_DELETED = "The plan was deleted during its regeneration."
+
+
+def plan_deleted(
+    state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt | None
+) -> bool:
+    """``processing`` -> ``canceled``: the plan was deleted while it was being regenerated.
+
+    Nothing is left to regenerate, and neither the user nor the provider
+    failed, so the quota is given back. ``attempt`` is the provider call made
+    before the plan was found gone (``None`` if none was made). ``False`` when
+    this attempt no longer held the row.
+    """
+    session = state.db.session
+    generation_id = regeneration.id
+    if not _change_attempt(
+        state, generation_id, regeneration.attempts, status=Status.CANCELED, error=PLAN_DELETED,
+        finished_at=utcnow(),
+    ):  # fmt: skip
+        session.rollback()
+        return False
+    if attempt is not None:
+        attempt.outcome, attempt.error = Status.CANCELED, PLAN_DELETED
+        session.add(attempt)
+    refund(state, regeneration)
+    session.commit()
+    logger.info("regeneration %s canceled: its plan was deleted", generation_id)
+    signals.send(signals.regeneration_canceled, session, generation_id)
+    return True
 
 
 def requeue_job(state: RegenState, regeneration: Regeneration) -> bool:

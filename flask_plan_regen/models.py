@@ -53,6 +53,8 @@ class FailureClass(enum.StrEnum):
     REFUSED = "refused"
     # The answer hit the output token cap.
     TRUNCATED = "truncated"
+    # Our own code failed after the provider answered (a bug to fix): not retried.
+    INTERNAL = "internal"
 
 
 ACTIVE_STATUSES: tuple[Status, ...] = (Status.PENDING, Status.PROCESSING)
@@ -60,6 +62,29 @@ TERMINAL_STATUSES: tuple[Status, ...] = (Status.SUCCEEDED, Status.FAILED, Status
 RETRYABLE_FAILURES: frozenset[FailureClass] = frozenset(
     {FailureClass.PROVIDER_ERROR, FailureClass.RATE_LIMIT, FailureClass.TIMEOUT}
 )
+
+# Column widths of the ids; an id longer than its column names nothing.
+ID_LENGTH = 36  # uuid4 text: plans of the built-in store, regenerations (generationId)
+PLAN_ID_LENGTH = 64  # any store's plan id, as regenerations keep it
+USER_ID_LENGTH = 255
+
+
+def storable(text: str) -> bool:
+    """Whether every supported database can keep ``text``.
+
+    JSON and URLs can carry NUL characters and unpaired surrogates, but
+    PostgreSQL text refuses NUL and UTF-8 cannot encode a lone surrogate.
+    """
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 metadata = MetaData(
     naming_convention={
@@ -93,8 +118,8 @@ class Plan(Base):
 
     __tablename__ = "plan_regen_plans"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    owner_id: Mapped[str] = mapped_column(String(255), index=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), index=True)
     topic: Mapped[str] = mapped_column(String(200))
     skill_level: Mapped[str] = mapped_column(String(20), default="beginner")
     weekly_hours: Mapped[int] = mapped_column(Integer, default=5)
@@ -169,9 +194,9 @@ class Regeneration(Base):
         Index("ix_plan_regen_regenerations_status", "status"),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    plan_id: Mapped[str] = mapped_column(String(64))
-    user_id: Mapped[str] = mapped_column(String(255), index=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    plan_id: Mapped[str] = mapped_column(String(PLAN_ID_LENGTH))
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), index=True)
     kind: Mapped[str] = mapped_column(String(20), default="regeneration")
     status: Mapped[str] = mapped_column(String(20), default=Status.PENDING)
     overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -208,7 +233,8 @@ class GenerationAttempt(Base):
         ForeignKey(Regeneration.id, ondelete="CASCADE"), index=True
     )
     number: Mapped[int] = mapped_column(Integer)
-    outcome: Mapped[str] = mapped_column(String(20))  # "succeeded" | "failed"
+    # "succeeded" | "failed" | "canceled" (the plan was deleted during the attempt)
+    outcome: Mapped[str] = mapped_column(String(20))
     failure_class: Mapped[str | None] = mapped_column(String(20))
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer)
@@ -230,6 +256,6 @@ class Usage(Base):
 
     __tablename__ = "plan_regen_usage"
 
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
     period: Mapped[str] = mapped_column(String(7), primary_key=True)  # "2026-11"
     used: Mapped[int] = mapped_column(Integer, default=0)

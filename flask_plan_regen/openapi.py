@@ -49,12 +49,17 @@ ERROR_DESCRIPTIONS = {
     "has finished (REGENERATION_FINISHED, cancel), or a request with this Idempotency-Key "
     "is still running.",
     413: "The body is larger than PLAN_REGEN_MAX_BODY_BYTES.",
+    415: "The request's Content-Type is not application/json (UNSUPPORTED_MEDIA_TYPE); "
+    "nothing was recorded.",
     422: "The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_REUSED).",
     429: "Over the rate limit (RATE_LIMITED, with Retry-After) or the monthly quota "
     "(QUOTA_EXCEEDED).",
-    500: "The tier resolver returned a tier PLAN_REGEN_TIER_PRIORITY does not know "
-    "(UNKNOWN_TIER, a server misconfiguration); nothing was queued.",
-    503: "The queue (Redis) is unavailable or regeneration is switched off; nothing was queued.",
+    500: "A server misconfiguration, logged; nothing was queued: the auth hook returned an "
+    "unusable user id (INVALID_USER_ID), or the tier resolver a tier "
+    "PLAN_REGEN_TIER_PRIORITY does not know (UNKNOWN_TIER).",
+    503: "Nothing was changed: the database (DATABASE_UNAVAILABLE, with Retry-After) or the "
+    "queue (QUEUE_UNAVAILABLE, with Retry-After) is unavailable, or regeneration is "
+    "switched off (REGENERATION_DISABLED).",
 }
 
 RATE_LIMIT_HEADERS = {
@@ -127,7 +132,10 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "summary": "Create a plan for the caller and queue its first generation.",
             "parameters": [IDEMPOTENCY_PARAM],
             "requestBody": {"required": True, "content": _json("CreatePlan")},
-            "responses": {202: ACCEPTED, **_errors(400, 401, 409, 413, 422, 429, 500, 503)},
+            "responses": {
+                202: ACCEPTED,
+                **_errors(400, 401, 409, 413, 415, 422, 429, 500, 503),
+            },
         },
     ),
     (
@@ -140,7 +148,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "requestBody": {"required": False, "content": _json("RegenerateRequest")},
             "responses": {
                 202: ACCEPTED,
-                **_errors(400, 401, 404, 409, 413, 422, 429, 500, 503),
+                **_errors(400, 401, 404, 409, 413, 415, 422, 429, 500, 503),
             },
         },
     ),
@@ -155,12 +163,17 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                 _path_param("generationId"),
                 IDEMPOTENCY_PARAM,
             ],
+            "requestBody": {
+                "required": False,
+                "description": "Ignored; send Content-Type: application/json all the same.",
+                "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+            },
             "responses": {
                 200: {
                     "description": "Canceled (or the replayed answer).",
                     "content": _json("RegenerationSummary"),
                 },
-                **_errors(400, 401, 404, 409, 413, 422, 503),
+                **_errors(400, 401, 404, 409, 413, 415, 422, 500, 503),
             },
         },
     ),
@@ -172,7 +185,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "summary": "The caller's tier, rate limit and monthly quota.",
             "responses": {
                 200: {"description": "Usage.", "content": _json("Usage")},
-                **_errors(401, 500),
+                **_errors(401, 500, 503),
             },
         },
     ),
@@ -185,7 +198,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "parameters": [_path_param("planId"), _path_param("generationId")],
             "responses": {
                 200: {"description": "The regeneration.", "content": _json("Regeneration")},
-                **_errors(401, 404),
+                **_errors(401, 404, 500, 503),
             },
         },
     ),
@@ -246,7 +259,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             ],
             "responses": {
                 200: {"description": "A page.", "content": _json("RegenerationPage")},
-                **_errors(400, 401, 404),
+                **_errors(400, 401, 404, 500, 503),
             },
         },
     ),
@@ -259,7 +272,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "parameters": [_path_param("planId")],
             "responses": {
                 200: {"description": "The plan.", "content": _json("PlanDocument")},
-                **_errors(401, 404),
+                **_errors(401, 404, 500, 503),
             },
         },
     ),
@@ -308,7 +321,9 @@ WEBHOOK = {
     "responses": {
         200: {"description": "Received.", "content": _json("WebhookReceipt")},
         400: {
-            "description": "Missing or invalid signature, or an event without id or type.",
+            "description": "Missing or invalid signature (INVALID_SIGNATURE), or a signed "
+            "payload that is not an object with string id and type and an object data.object "
+            "(INVALID_EVENT).",
             "content": _json("Error"),
         },
         413: {"description": "Payload over 1 MiB.", "content": _json("Error")},

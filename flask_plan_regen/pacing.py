@@ -20,15 +20,45 @@ from .types import GeneratedModule, GeneratedTask, PlanInput
 AVERAGE_TASK_MINUTES = {"beginner": 55, "intermediate": 45, "advanced": 35}
 
 
-def deadline_problem(start: date | None, deadline: date | None) -> str | None:
-    """Why ``deadline`` cannot be paced from ``start`` (today when there is none), or None."""
-    if deadline is None:
-        return None
-    if start is not None:
-        return "The deadline must be after the start." if deadline <= start else None
-    if deadline <= datetime.now(UTC).date():
-        return "The deadline must be after today when there is no start date."
-    return None
+EARLIEST_DATE = date(2000, 1, 1)
+MAX_YEARS = 5
+"""How far from today a date may lie, and how long a plan may run: the schedule is
+laid out week by week from the dates, and a plan is for learning, not for a lifetime."""
+
+
+def years_after(day: date, years: int) -> date:
+    """``day``, ``years`` later (29 February becomes 28 February)."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
+def schedule_problems(
+    start: date | None, deadline: date | None, today: date | None = None
+) -> dict[str, list[str]]:
+    """Why a plan's dates cannot be scheduled, keyed by wire field name; empty if they can.
+
+    Each date lies between 2000-01-01 and five years from today (UTC); the
+    deadline comes after the start (today when there is none) and at most five
+    years after it.
+    """
+    today = today or datetime.now(UTC).date()
+    latest = years_after(today, MAX_YEARS)
+    problems = {
+        field: [f"Must be between {EARLIEST_DATE} and {latest} (five years from today)."]
+        for field, day in (("startDate", start), ("deadlineDate", deadline))
+        if day is not None and not EARLIEST_DATE <= day <= latest
+    }
+    if problems or deadline is None:
+        return problems
+    if start is None and deadline <= today:
+        return {"deadlineDate": ["The deadline must be after today when there is no start date."]}
+    if start is not None and deadline <= start:
+        return {"deadlineDate": ["The deadline must be after the start."]}
+    if deadline > years_after(start or today, MAX_YEARS):
+        return {"deadlineDate": ["The deadline must be at most five years after the start."]}
+    return {}
 
 
 def plan_weeks(start: date, deadline: date) -> int:

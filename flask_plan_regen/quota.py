@@ -36,10 +36,11 @@ REFUNDED_FAILURES: frozenset[FailureClass] = frozenset(
         FailureClass.TIMEOUT,
         FailureClass.PROVIDER_REJECTED,
         FailureClass.TRUNCATED,
+        FailureClass.INTERNAL,
     }
 )
-"""Failure classes that give the quota back: the provider's (or its settings') fault,
-not the user's. ``validation`` and ``refused`` are about what was asked, and are kept."""
+"""Failure classes that give the quota back: the provider's (or its settings') fault, or
+ours, not the user's. ``validation`` and ``refused`` are about what was asked, and are kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +109,13 @@ def refund_failed(state: RegenState, regeneration: Regeneration, failure_class: 
     before committing that outcome: the refund commits with it. Clearing
     ``quota_period`` with a conditional UPDATE makes a second call a no-op.
     """
+    return failure_class in REFUNDED_FAILURES and refund(state, regeneration)
+
+
+def refund(state: RegenState, regeneration: Regeneration) -> bool:
+    """Give back ``regeneration``'s quota, at most once (not committed); ``False`` if done."""
     period = regeneration.quota_period
-    if failure_class not in REFUNDED_FAILURES or period is None:
+    if period is None:
         return False
     session = state.db.session
     cleared = session.execute(

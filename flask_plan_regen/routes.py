@@ -12,14 +12,16 @@ from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from . import documents, lifecycle
+from .bodies import read_body, require_json_content_type
+from .database import UNAVAILABLE_ERRORS, database_unavailable
 from .errors import ApiError
 from .idempotency import idempotent
-from .identity import current_user_id, owned_plan, rate_limit_tier, tier_of
+from .identity import current_user_id, findable_id, owned_plan, rate_limit_tier, tier_of
 from .metrics import count_response, exposition
 from .metrics import enabled as metrics_enabled
-from .models import Regeneration
+from .models import ID_LENGTH, Regeneration
 from .openapi import build_document
-from .pacing import deadline_problem
+from .pacing import schedule_problems
 from .plans import create_and_generate
 from .priority import compute_priority, queue_for_priority
 from .quota import monthly_usage
@@ -78,6 +80,23 @@ def _http_error(error: HTTPException) -> Response:
     return error_response(http_api_error(error))
 
 
+def _database_unavailable(error: Exception) -> Response:
+    state = get_state()
+    state.database_outage.failed(error, state.db.engines.values())
+    return error_response(database_unavailable())
+
+
+for _error_class in UNAVAILABLE_ERRORS:
+    regen_bp.register_error_handler(_error_class, _database_unavailable)
+
+
+@regen_bp.before_request
+def _json_bodies_only() -> None:
+    """Every POST takes only JSON: a cross-site form cannot reach a view (bodies.py)."""
+    if request.method == "POST":
+        require_json_content_type()
+
+
 @regen_bp.errorhandler(Exception)
 def _unexpected_error(error: Exception) -> Response:
     logger.exception("unhandled error in %s %s", request.method, request.path)
@@ -117,8 +136,7 @@ def json_routing_errors() -> Response | None:
 
 def read_json_body() -> Any:
     """The body as JSON; empty means ``{}``. 413 past the size limit, 400 if malformed."""
-    request.max_content_length = current_app.config["PLAN_REGEN_MAX_BODY_BYTES"]
-    raw = request.get_data(cache=True)
+    raw = read_body(current_app.config["PLAN_REGEN_MAX_BODY_BYTES"])
     if not raw.strip():
         return {}
     try:
@@ -137,14 +155,11 @@ def load_body(schema: Schema, body: Any, message: str) -> Any:
 
 
 def check_dates(plan: PlanInput) -> None:
-    """The merged plan's dates must leave time to learn (checked after the overrides)."""
-    problem = deadline_problem(plan.start_date, plan.deadline_date)
-    if problem:
+    """The merged plan's dates must be schedulable (checked after the overrides)."""
+    problems = schedule_problems(plan.start_date, plan.deadline_date)
+    if problems:
         raise ApiError(
-            400,
-            "VALIDATION_ERROR",
-            "Invalid overrides.",
-            details={"fieldErrors": {"deadlineDate": [problem]}},
+            400, "VALIDATION_ERROR", "Invalid overrides.", details={"fieldErrors": problems}
         )
 
 
@@ -225,7 +240,11 @@ def create_plan() -> Response:
 def owned_regeneration(state: RegenState, plan_id: str, generation_id: str) -> Regeneration:
     """A regeneration of the caller's plan; 404 otherwise."""
     plan = owned_plan(state, plan_id, current_user_id(state))
-    regeneration = state.db.session.get(Regeneration, generation_id[:64])
+    regeneration = (
+        state.db.session.get(Regeneration, generation_id)
+        if findable_id(generation_id, ID_LENGTH)
+        else None
+    )
     if regeneration is None or regeneration.plan_id != plan.id:
         raise ApiError(404, "REGENERATION_NOT_FOUND", "Regeneration not found.")
     return regeneration

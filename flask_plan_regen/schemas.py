@@ -7,6 +7,7 @@ from typing import Any
 
 from marshmallow import (
     EXCLUDE,
+    INCLUDE,
     RAISE,
     Schema,
     ValidationError,
@@ -16,15 +17,16 @@ from marshmallow import (
     validates_schema,
 )
 
-from .pacing import deadline_problem
+from .models import storable
+from .pacing import schedule_problems
 from .types import LEARNING_STYLES, SKILL_LEVELS
 
 
 class TrimmedString(fields.String):
     """A storable string with surrounding whitespace removed before validation.
 
-    NUL characters and lone surrogates are refused here: JSON can carry them,
-    but PostgreSQL text and UTF-8 cannot, so they would fail much later.
+    NUL characters and lone surrogates are refused here (models.storable):
+    they would otherwise fail much later, in the database.
     """
 
     default_error_messages = {  # noqa: RUF012 - marshmallow's own convention
@@ -33,17 +35,9 @@ class TrimmedString(fields.String):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
-        if "\x00" in text or (not text.isascii() and _has_lone_surrogate(text)):
+        if not storable(text):
             raise self.make_error("unstorable")
         return text.strip()
-
-
-def _has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 class BlankAsNullString(TrimmedString):
@@ -117,10 +111,10 @@ class CreatePlanSchema(PlanFieldsSchema):
     topic = TrimmedString(required=True, validate=TOPIC_RULES)
 
     @validates_schema
-    def _deadline_after_start(self, data: dict[str, Any], **kwargs: Any) -> None:
-        problem = deadline_problem(data.get("start_date"), data.get("deadline_date"))
-        if problem:
-            raise ValidationError(problem, "deadlineDate")
+    def _dates_can_be_scheduled(self, data: dict[str, Any], **kwargs: Any) -> None:
+        problems = schedule_problems(data.get("start_date"), data.get("deadline_date"))
+        if problems:
+            raise ValidationError(problems)
 
 
 class RegenerateRequestSchema(Schema):
@@ -153,6 +147,27 @@ class PaginationSchema(Schema):
     per_page = fields.Integer(
         data_key="perPage", load_default=None, validate=validate.Range(min=1, max=100)
     )
+
+
+class _StripeEventDataSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    object = fields.Dict(required=True)
+
+
+class StripeEventSchema(Schema):
+    """What the webhook needs of a signed Stripe event; the rest is kept as sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    type = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    data = fields.Nested(_StripeEventDataSchema, required=True)
+
+
+stripe_event_schema = StripeEventSchema()
 
 
 def field_errors(error: ValidationError) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from redis import Redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import configure_mappers
 
+from .database import OutageLog
 from .hooks import Hooks
 from .providers import GenerationProvider
 from .ratelimit import RegenRateLimiter
@@ -47,6 +48,7 @@ class RegenState:
     """One per event stream this process may hold open (``PLAN_REGEN_STREAM_MAX_OPEN``)."""
     billing: StripeBilling | None = None
     url_prefixes: list[str] = dataclasses.field(default_factory=list)
+    database_outage: OutageLog = dataclasses.field(default_factory=OutageLog)
     engine_pid: int = dataclasses.field(default_factory=os.getpid)
 
     def key(self, *parts: str) -> str:

@@ -153,7 +153,7 @@ def regenerate(
     client: FlaskClient, plan_id: str, headers: dict[str, str] = ALICE, **overrides: Any
 ) -> dict[str, Any]:
     """Ask for a regeneration (overrides as keyword arguments); assert 202, return the answer."""
-    body = {"overrides": overrides} if overrides else None
+    body = {"overrides": overrides} if overrides else {}
     response = client.post(f"/api/v1/plans/{plan_id}/regenerate", json=body, headers=headers)
     assert response.status_code == 202, response.get_json()
     answer: dict[str, Any] = response.get_json()

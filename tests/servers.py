@@ -233,9 +233,17 @@ class EmbeddedPostgres:
 
     def restart(self, downtime: float = 0.0, timeout: float = 60.0) -> None:
         """Fast shutdown, ``downtime`` s without a server, then start again: same port, data."""
+        self.shutdown(timeout)
+        time.sleep(downtime)
+        self.start_again(timeout)
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Fast shutdown (SIGINT), keeping the data: :meth:`start_again` brings it back."""
         if self.proc is not None:
             stop_process(self.proc, timeout=timeout, sig=signal.SIGINT)
-        time.sleep(downtime)
+
+    def start_again(self, timeout: float = 60.0) -> None:
+        """Start the server stopped by :meth:`shutdown` on the same port and data."""
         log = os.open(self.log_path, os.O_WRONLY | os.O_APPEND)
         try:
             self.proc = self._popen(self.argv, log)
@@ -243,6 +251,13 @@ class EmbeddedPostgres:
             os.close(log)
         if not self._wait_until_ready(timeout):
             raise RuntimeError(f"postgres did not restart; log tail:\n{self.log_tail()}")
+
+    def drop_database(self, name: str = PG_DATABASE) -> None:
+        """Drop a database, closing its connections (PostgreSQL 13+)."""
+        import psycopg
+
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
     def create_database(self, name: str) -> str:
         """Create another database in this cluster and return its URL."""

@@ -12,18 +12,27 @@ from conftest import (
     regenerate,
     run_jobs,
     status_of,
+    wait_for_status,
     wait_until,
     worker_env,
 )
 from flask import Flask
 from servers import WorkerProcs
 
-from flask_plan_regen import BuiltinProvider, GenerationRequest, GenerationResult, get_state
+from flask_plan_regen import (
+    BuiltinProvider,
+    GenerationRequest,
+    GenerationResult,
+    Plan,
+    Regeneration,
+    get_state,
+)
+from flask_plan_regen.lifecycle import PLAN_DELETED
 
 
 def cancel(app: Flask, plan_id: str, generation_id: str, headers: dict[str, str] = ALICE) -> Any:
     url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
-    return app.test_client().post(url, headers=headers)
+    return app.test_client().post(url, json={}, headers=headers)
 
 
 def modules(app: Flask, plan_id: str) -> list[Any]:
@@ -135,3 +144,29 @@ def test_cancel_race_and_retry_on_postgresql(pg_app: Flask) -> None:
         "timeout",
         3,
     )
+
+
+@pytest.mark.slow
+def test_a_plan_deleted_while_a_worker_regenerates_it_ends_canceled_and_refunded(
+    pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
+) -> None:
+    client = pg_app.test_client()
+    plan_id = plan_factory(pg_app)()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    env = worker_env(postgres_url, redis_url, PLAN_REGEN_BUILTIN_DELAY="3")
+    worker_procs.spawn(["flask", "plan-regen", "worker"], env)
+    wait_for_status(pg_app, [generation_id], {"processing"}, timeout=30)
+    with pg_app.app_context():  # the host deletes the plan while the provider is called
+        session = get_state().db.session
+        session.delete(session.get(Plan, plan_id))
+        session.commit()
+
+    assert wait_for_status(pg_app, [generation_id], timeout=30) == {generation_id: "canceled"}
+    with pg_app.app_context():
+        row = get_state().db.session.get(Regeneration, generation_id)
+        assert row is not None
+        assert (row.failure_class, row.error, row.attempts) == (None, PLAN_DELETED, 1)
+        [attempt] = row.attempt_rows  # the provider call is on record
+        assert (attempt.outcome, attempt.error) == ("canceled", PLAN_DELETED)
+        assert attempt.completion_tokens
+    assert client.get("/api/v1/usage", headers=ALICE).json["monthly"]["used"] == 0

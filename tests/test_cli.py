@@ -54,3 +54,17 @@ def test_rq_command_masks_the_redis_password() -> None:
     assert result.exit_code == 0
     assert "s3cret" not in result.output
     assert "--url redis://:***@redis.internal:6380/2 " in result.output
+
+
+def test_rq_command_masks_a_password_given_in_the_query() -> None:
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": "sqlite://",
+            "PLAN_REGEN_REDIS_URL": "redis://redis.internal:6380/2?password=s3cret",
+        }
+    )
+    result = app.test_cli_runner().invoke(args=["plan-regen", "rq-command"])
+    print(result.output)
+    assert result.exit_code == 0
+    assert "s3cret" not in result.output
+    assert "--url redis://redis.internal:6380/2?password=*** " in result.output

@@ -70,16 +70,53 @@ def test_a_wrong_value_is_named_in_a_clear_error(key: str, value: Any) -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("PLAN_REGEN_REDIS_URL", "localhost://:hunter2@cache:6379"),
         ("PLAN_REGEN_PROVIDER_API_KEY", b"sk-live-secret"),
         ("PLAN_REGEN_STRIPE_WEBHOOK_SECRET", 12345),
     ],
 )
-def test_an_error_about_a_secret_or_url_never_prints_its_value(key: str, value: Any) -> None:
+def test_an_error_about_a_secret_never_prints_its_value(key: str, value: Any) -> None:
     with pytest.raises(ConfigurationError, match=key) as raised:
         make_app(**{key: value})
     assert "value hidden" in str(raised.value)
     assert str(value).strip("b'") not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [
+        (
+            "PLAN_REGEN_REDIS_URL",
+            "localhost://:hunter2@cache:6379",
+            "'localhost://:***@cache:6379'",
+        ),
+        (
+            "PLAN_REGEN_REDIS_URL",
+            "tcp://cache:6379/0?password=hunter2",
+            "'tcp://cache:6379/0?password=***'",
+        ),
+        # Not named *URL*, KEY or SECRET: masked all the same.
+        (
+            "PLAN_REGEN_STRIPE_API_BASE",
+            "ftp://stripe-proxy:hunter2@proxy.internal",
+            "'ftp://stripe-proxy:***@proxy.internal'",
+        ),
+        (
+            "PLAN_REGEN_STRIPE_API_BASE",
+            "HTTPS//hunter2@proxy.internal",
+            "'HTTPS//***@proxy.internal'",
+        ),
+        ("PLAN_REGEN_STRIPE_API_BASE", "proxy:hunter2@internal", "'proxy:***@internal'"),
+    ],
+)
+def test_an_error_masks_the_credentials_of_a_url_in_any_key(
+    key: str, value: str, shown: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=key) as raised:
+        make_app(**{key: value})
+    message = str(raised.value)
+    print(f"\n{message}")
+    assert "hunter2" not in message
+    assert message.endswith(f"got {shown}.")
 
 
 def test_an_import_string_that_cannot_be_imported_is_a_configuration_error() -> None:

@@ -103,11 +103,14 @@ def test_a_custom_store_is_regenerated_through_the_same_pipeline(course_app: Fla
         "/courses-api/plans/c1/regenerate",
         data=json.dumps({"overrides": {"skillLevel": "advanced"}}),
         headers=ALICE,
+        content_type="application/json",
     )
     assert response.status_code == 202, response.json
     assert response.headers["Location"].startswith("/courses-api/plans/c1/regenerations/")
     assert (
-        client.post("/courses-api/plans/c1/regenerate", headers={"X-User-Id": "bob"}).status_code
+        client.post(
+            "/courses-api/plans/c1/regenerate", json={}, headers={"X-User-Id": "bob"}
+        ).status_code
         == 404
     )
     run_jobs(course_app)
@@ -129,7 +132,9 @@ def test_a_plan_loader_hook_overrides_the_stores_lookup(course_app: Flask) -> No
         return None
 
     try:
-        response = course_app.test_client().post("/courses-api/plans/c1/regenerate", headers=ALICE)
+        response = course_app.test_client().post(
+            "/courses-api/plans/c1/regenerate", json={}, headers=ALICE
+        )
     finally:
         regen.plan_loader(None)  # type: ignore[arg-type]
     assert response.status_code == 404

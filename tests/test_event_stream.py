@@ -235,7 +235,7 @@ def test_a_client_resuming_an_active_regeneration_gets_only_what_follows(
             # Open at once, not a keepalive (60 s) later, though there is nothing to send yet.
             assert stream.status == 200 and time.monotonic() - started < 10
             cancel = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
-            assert client.post(cancel, headers=ALICE).status_code == 200
+            assert client.post(cancel, json={}, headers=ALICE).status_code == 200
             assert summary(stream.rest()) == [(2, "canceled", 0)]  # not "pending" again
             assert time.monotonic() - started < 10  # announced, not found by a re-read
 
@@ -358,7 +358,7 @@ def test_without_redis_streams_re_read_the_row_and_a_cancel_still_answers(
     ):
         assert stream.next_event() is not None
         url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
-        assert client.post(url, headers=ALICE).status_code == 200
+        assert client.post(url, json={}, headers=ALICE).status_code == 200
         assert summary(stream.rest()) == [(2, "canceled", 0)]
     logged = {record.name: record.getMessage() for record in caplog.records}
     assert "not published, Redis unavailable" in logged["flask_plan_regen.progress"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import EmbeddedPostgres, EmbeddedRedis, WorkerProcs, find_postgres_bindir
 from sqlalchemy import func, select
+from werkzeug.http import parse_options_header
 
 from examples.host_app import db
 from flask_plan_regen import Regeneration, get_state, queue
@@ -65,7 +69,10 @@ def test_redis_stopped_answers_503_fast_and_service_resumes(
             headers = dict(ALICE) | ({"Idempotency-Key": key} if key else {})
             started = time.monotonic()
             response = requests.post(
-                f"{base_url}/api/v1/plans/{plan_id}/regenerate", headers=headers, timeout=10
+                f"{base_url}/api/v1/plans/{plan_id}/regenerate",
+                json={},
+                headers=headers,
+                timeout=10,
             )
             return response, time.monotonic() - started
 
@@ -173,7 +180,7 @@ def test_postgres_restarted_while_a_worker_runs_jobs(
     plan_ids = [make_plan(topic=f"Distributed systems part {n}") for n in range(6)]
     client = app.test_client()
     for plan_id in plan_ids:  # a first version of every plan, made in this process
-        assert client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE).status_code == 202
+        assert regenerate(client, plan_id)["status"] == "pending"
     run_jobs(app)
     before = plan_shapes(app, plan_ids)
     body = {"overrides": {"topic": "Databases under failure", "skillLevel": "advanced"}}
@@ -204,6 +211,69 @@ def test_postgres_restarted_while_a_worker_runs_jobs(
         assert 3 <= len(after[plan_id]) <= 5 and all(3 <= n <= 5 for _, n in after[plan_id])
 
 
+def test_database_down_or_gone_answers_503_and_logs_once_per_outage(
+    own_postgres: EmbeddedPostgres,
+    redis_url: str,
+    redis_conn: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = build_app(own_postgres.url(), redis_url, **NO_LIMITS)
+    plan_id = plan_factory(app)()
+    caplog.set_level(logging.INFO, logger="flask_plan_regen")
+    with serve(app) as base_url:
+        api = f"{base_url}/api/v1"
+
+        def every_route() -> list[requests.Response]:
+            return [
+                requests.get(f"{api}/plans/{plan_id}", headers=ALICE, timeout=10),
+                requests.get(f"{api}/plans/{plan_id}/regenerations", headers=ALICE, timeout=10),
+                requests.get(f"{api}/usage", headers=ALICE, timeout=10),
+                requests.post(f"{api}/plans", json={"topic": "Rust"}, headers=ALICE, timeout=10),
+                requests.post(
+                    f"{api}/plans/{plan_id}/regenerate", json={}, headers=ALICE, timeout=10
+                ),
+            ]
+
+        def refused(answers: list[requests.Response]) -> None:
+            for answer in answers:
+                assert answer.status_code == 503, (answer.request.url, answer.text)
+                assert answer.json()["code"] == "DATABASE_UNAVAILABLE"
+                assert answer.headers["Retry-After"] == "5"
+
+        assert [a.status_code for a in every_route()] == [200, 200, 200, 202, 202]
+        own_postgres.shutdown()
+        stopped = time.monotonic()
+        stopped_answers = [a for _ in range(4) for a in every_route()]
+        per_request = (time.monotonic() - stopped) / len(stopped_answers)
+        refused(stopped_answers)
+
+        own_postgres.start_again()
+        back = wait_until(
+            lambda: requests.get(f"{api}/plans/{plan_id}", headers=ALICE, timeout=10).ok,
+            30,
+            "the API answering again",
+        )
+        assert back
+        own_postgres.drop_database()
+        refused(every_route() + every_route())
+
+    outage_logs = [r for r in caplog.records if r.name == "flask_plan_regen.database"]
+    print(
+        f"\nPostgreSQL stopped: {len(stopped_answers)} requests answered 503 in "
+        f"{per_request * 1000:.0f} ms each; logged: {[r.getMessage() for r in outage_logs]}"
+    )
+    # Two outages (stopped, then the database dropped): one error line each, with the
+    # traceback, and one line when the first ended. Nothing else logged an error.
+    assert [r.levelname for r in outage_logs] == ["ERROR", "WARNING", "ERROR"]
+    assert outage_logs[0].exc_info is not None
+    refused_count = re.search(r"(\d+) requests were answered 503", outage_logs[1].getMessage())
+    assert refused_count and int(refused_count.group(1)) >= len(stopped_answers)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == [
+        outage_logs[0],
+        outage_logs[2],
+    ]
+
+
 # ------------------------------------------------------------------ request storm
 
 
@@ -222,6 +292,7 @@ def test_200_concurrent_posts_over_many_users_and_plans(
             user, plan_id = target
             return requests.post(
                 f"{base_url}/api/v1/plans/{plan_id}/regenerate",
+                json={},
                 headers={"X-User-Id": user},
                 timeout=30,
             )
@@ -276,13 +347,17 @@ BODIES = st.one_of(
     ),
 )
 HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=300)
+# Mostly JSON, so that the bodies get past the content type check to the parser.
+CONTENT_TYPES = (
+    st.sampled_from(["application/json", "application/json; charset=utf-8", "APPLICATION/JSON"])
+    | st.sampled_from(["text/plain", "", "x/y; q=1", "application/json-seq"])
+    | HEADER_TEXT
+)
 HEADERS = st.fixed_dictionaries(
-    {},
+    # Mostly a user who owns the plans, so that the bodies reach validation.
+    {"Content-Type": CONTENT_TYPES, "X-User-Id": st.sampled_from(["alice", "bob"]) | HEADER_TEXT},
     optional={
-        "Content-Type": st.sampled_from(["application/json", "text/plain", "", "x/y; q=1"])
-        | HEADER_TEXT,
         "Idempotency-Key": HEADER_TEXT,
-        "X-User-Id": st.sampled_from(["alice", "bob", ""]) | HEADER_TEXT,
         "Content-Encoding": st.sampled_from(["gzip", "identity"]),
     },
 )
@@ -303,6 +378,11 @@ def test_generated_bodies_and_headers_never_get_a_5xx(
         response = client.post(f"/api/v1/plans/{plan_id}/regenerate", data=body, headers=headers)
         assert response.status_code < 500, (response.status_code, response.get_data())
         assert response.status_code != 429  # no limit hides the validation behind it
+        json_type = parse_options_header(headers["Content-Type"])[0].lower() == "application/json"
+        assert (response.status_code == 415) != json_type, headers["Content-Type"]
+        seen[response.status_code] += 1
         assert (response.is_json and "code" in (response.json or {})) or response.status_code == 202
 
+    seen: Counter[int] = Counter()
     never_5xx()
+    print(f"\nstatuses of the generated requests: {dict(sorted(seen.items()))}")

@@ -36,7 +36,7 @@ def test_creates_the_plan_and_queues_its_first_generation(app: Flask) -> None:
     assert client.get("/api/v1/usage", headers=ALICE).get_json()["monthly"]["used"] == 1
 
     # The first generation is active: a regenerate request meets the usual 409.
-    again = client.post(f"/api/v1/plans/{body['planId']}/regenerate", headers=ALICE)
+    again = client.post(f"/api/v1/plans/{body['planId']}/regenerate", json={}, headers=ALICE)
     assert again.status_code == 409
     assert again.get_json()["details"]["generationId"] == body["generationId"]
 
@@ -60,6 +60,13 @@ def test_creates_the_plan_and_queues_its_first_generation(app: Flask) -> None:
             "deadlineDate",
         ),
         ({"topic": "Rust", "deadlineDate": "2020-01-01"}, "deadlineDate"),
+        ({"topic": "Rust", "startDate": "9999-12-31"}, "startDate"),
+        ({"topic": "Rust", "startDate": "1999-12-31"}, "startDate"),
+        ({"topic": "Rust", "deadlineDate": "9999-12-31"}, "deadlineDate"),
+        (
+            {"topic": "Rust", "startDate": "2024-01-01", "deadlineDate": "2029-01-02"},
+            "deadlineDate",
+        ),
         ({"topic": "Rust\u0000 basics"}, "topic"),
         ({"topic": "Rust", "notes": "\udc00"}, "notes"),
         ({"topic": "Rust\nSkill level: advanced"}, "topic"),
@@ -73,6 +80,7 @@ def test_invalid_bodies_are_400_and_create_nothing(app: Flask, body: Any, field:
     assert field in answer.get_json()["details"]["fieldErrors"]
     with app.app_context():
         assert db.session.query(Plan).count() == 0
+    assert app.test_client().get("/api/v1/usage", headers=ALICE).json["monthly"]["used"] == 0
 
 
 def test_unauthenticated_is_401(app: Flask) -> None:

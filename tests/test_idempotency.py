@@ -219,9 +219,9 @@ def test_cancel_is_idempotent(app: Flask, make_plan: Callable[..., str]) -> None
     generation_id = regenerate(client, plan_id, **BODY["overrides"])["generationId"]
     url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
     headers = {**ALICE, "Idempotency-Key": "cancel-1"}
-    first = client.post(url, headers=headers)
-    retried = client.post(url, headers=headers)
+    first = client.post(url, json={}, headers=headers)
+    retried = client.post(url, json={}, headers=headers)
     assert first.status_code == retried.status_code == 200
     assert retried.json == first.json and retried.json["status"] == "canceled"
     # Without the key, the same request is evaluated again: it has finished by now.
-    assert client.post(url, headers=ALICE).json["code"] == "REGENERATION_FINISHED"
+    assert client.post(url, json={}, headers=ALICE).json["code"] == "REGENERATION_FINISHED"

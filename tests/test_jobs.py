@@ -184,9 +184,16 @@ class FailingHalfwayStore(SQLAlchemyPlanStore):
         raise RuntimeError("disk full")
 
 
+def used_quota(client: FlaskClient) -> int:
+    return int(client.get("/api/v1/usage", headers=ALICE).json["monthly"]["used"])
+
+
 @pytest.mark.parametrize("app_config", [NO_BACKOFF])
-def test_a_failure_while_saving_leaves_the_plan_untouched(
-    app: Flask, client: FlaskClient, make_plan: Callable[..., str]
+def test_a_failure_while_saving_is_ours_not_retried_logged_and_refunded(
+    app: Flask,
+    client: FlaskClient,
+    make_plan: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     plan_id = make_plan()
     regenerate(client, plan_id)
@@ -195,18 +202,49 @@ def test_a_failure_while_saving_leaves_the_plan_untouched(
     state = get_state(app)
     state.store = FailingHalfwayStore(state.db)
     generation_id = regenerate(client, plan_id, topic="A different topic")["generationId"]
+    assert used_quota(client) == 2
     run_jobs(app)
     row = regeneration(app, generation_id)
-    assert (row.status, row.failure_class) == ("failed", "provider_error")
+    assert (row.status, row.failure_class, row.attempts) == ("failed", "internal", 1)
     assert row.error == "The generated plan could not be saved."
     assert plan_json(client, plan_id)["modules"] == before["modules"]
+    assert used_quota(client) == 1  # given back
+    [logged] = [r for r in caplog.records if "saving regeneration" in r.getMessage()]
+    assert logged.exc_info is not None and "disk full" in str(logged.exc_info[1])
 
 
-def test_a_plan_deleted_before_the_job_runs_fails_cleanly(
+@pytest.mark.parametrize("app_config", [NO_BACKOFF])
+def test_pacing_that_raises_on_the_providers_answer_is_internal_not_provider_error(
+    app: Flask,
+    client: FlaskClient,
+    make_plan: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plan_id = make_plan()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    with app.app_context():  # the host edits the plan behind the API before the job runs
+        session = get_state().db.session
+        plan = session.get(Plan, plan_id)
+        assert plan is not None
+        plan.start_date = date(9999, 12, 25)  # the schedule runs past date.max
+        session.commit()
+    run_jobs(app)
+    row = regeneration(app, generation_id)
+    print(f"\n{row.failure_class}: {row.error} after {row.attempts} attempt(s)")
+    assert (row.status, row.failure_class, row.attempts) == ("failed", "internal", 1)
+    assert [a.failure_class for a in attempts(app, generation_id)] == ["internal"]
+    assert used_quota(client) == 0
+    assert any(
+        "checking the output raised" in r.getMessage() and r.exc_info for r in caplog.records
+    )
+
+
+def test_a_plan_deleted_before_the_job_runs_is_canceled_and_refunded(
     app: Flask, client: FlaskClient, make_plan: Callable[..., str]
 ) -> None:
     plan_id = make_plan()
     generation_id = regenerate(client, plan_id)["generationId"]
+    assert used_quota(client) == 1
     with app.app_context():
         session = get_state().db.session
         session.delete(session.get(Plan, plan_id))
@@ -214,7 +252,9 @@ def test_a_plan_deleted_before_the_job_runs_fails_cleanly(
     run_jobs(app)
     row = regeneration(app, generation_id)
     assert (row.status, row.failure_class, row.error) == (
-        "failed",
-        "validation",
-        "The plan no longer exists.",
+        "canceled",
+        None,
+        "The plan was deleted during its regeneration.",
     )
+    assert attempts(app, generation_id) == []  # the provider was never called
+    assert used_quota(client) == 0

@@ -79,7 +79,10 @@ def test_web_metrics_count_responses_and_enqueues(
     before = samples(client.get("/api/v1/metrics").get_data(as_text=True))
     plan_id = make_plan()
     regenerate(client, plan_id)  # 202
-    assert client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE).status_code == 409
+    assert (
+        client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=ALICE).status_code
+        == 409
+    )
     after = samples(client.get("/api/v1/metrics").get_data(as_text=True))
     assert after[enqueued] - before.get(enqueued, 0) == 1
     assert after[accepted] - before.get(accepted, 0) == 1

@@ -67,11 +67,11 @@ def test_document_lists_every_route_of_the_package(app: Flask) -> None:
 
 
 # What each POST route's code can answer: the view's own errors, the idempotency
-# layer's (400 bad key, 409 in progress, 422 reused, 503 Redis), body size (413),
-# and UNKNOWN_TIER (500) where the tier is resolved.
+# layer's (400 bad key, 409 in progress, 422 reused, 503 Redis), body size (413), the
+# content type (415), INVALID_USER_ID and UNKNOWN_TIER (500), DATABASE_UNAVAILABLE (503).
 POST_STATUSES = {
-    "/api/v1/plans": {202, 400, 401, 409, 413, 422, 429, 500, 503},
-    "/api/v1/plans/{planId}/regenerate": {202, 400, 401, 404, 409, 413, 422, 429, 500, 503},
+    "/api/v1/plans": {202, 400, 401, 409, 413, 415, 422, 429, 500, 503},
+    "/api/v1/plans/{planId}/regenerate": {202, 400, 401, 404, 409, 413, 415, 422, 429, 500, 503},
     "/api/v1/plans/{planId}/regenerations/{generationId}/cancel": {
         200,
         400,
@@ -79,7 +79,9 @@ POST_STATUSES = {
         404,
         409,
         413,
+        415,
         422,
+        500,
         503,
     },
 }

@@ -197,7 +197,7 @@ def test_concurrent_requests_on_postgres_accept_exactly_the_remaining_quota(
     def request(plan_id: str) -> None:
         client = pg_app.test_client()
         barrier.wait()
-        answer = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
+        answer = client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=ALICE)
         statuses.append(answer.status_code)
 
     threads = [threading.Thread(target=request, args=(plan_id,)) for plan_id in plans]

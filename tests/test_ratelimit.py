@@ -25,7 +25,7 @@ def missing_plan_url() -> str:
 def test_every_answer_carries_the_headers_and_the_eleventh_is_429(app: Flask) -> None:
     client = app.test_client()
     # Unknown plans: each request is counted even though it ends in 404.
-    answers = [client.post(missing_plan_url(), headers=ALICE) for _ in range(11)]
+    answers = [client.post(missing_plan_url(), json={}, headers=ALICE) for _ in range(11)]
 
     assert [a.status_code for a in answers] == [404] * 10 + [429]
     assert [a.headers["RateLimit-Limit"] for a in answers] == ["10"] * 11
@@ -35,12 +35,12 @@ def test_every_answer_carries_the_headers_and_the_eleventh_is_429(app: Flask) ->
     assert denied.json["code"] == "RATE_LIMITED"
     assert 0 < int(denied.headers["Retry-After"]) <= 3600
     # Per user: Bob is not affected.
-    assert client.post(missing_plan_url(), headers=BOB).status_code == 404
+    assert client.post(missing_plan_url(), json={}, headers=BOB).status_code == 404
 
 
 def test_unauthenticated_requests_are_not_counted(app: Flask) -> None:
     client = app.test_client()
-    answer = client.post(missing_plan_url())
+    answer = client.post(missing_plan_url(), json={})
 
     assert answer.status_code == 401
     assert "RateLimit-Limit" not in answer.headers
@@ -57,7 +57,9 @@ def test_limit_is_configurable_per_tier(
     )
     client = app.test_client()
 
-    statuses = [client.post(missing_plan_url(), headers=ALICE).status_code for _ in range(3)]
+    statuses = [
+        client.post(missing_plan_url(), json={}, headers=ALICE).status_code for _ in range(3)
+    ]
 
     assert statuses == [404, 404, 429]
     assert client.get("/api/v1/usage", headers=ALICE).json["rateLimit"] == {

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import ALICE, BOB, regenerate, run_jobs, status_of
+import requests
+from app_server import serve
+from conftest import ALICE, BOB, plan_factory, regenerate, run_jobs, status_of
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -108,3 +110,40 @@ def test_the_hosts_other_pages_keep_their_own_errors(app: Flask, client: FlaskCl
     assert response.status_code == 404
     assert response.mimetype == "text/html"
     assert client.get("/api/v1beta/x").mimetype == "text/html"
+
+
+@pytest.mark.parametrize(
+    ("bad_plan", "bad_generation"),
+    [
+        pytest.param("a%00b", "a%00b", id="NUL"),
+        pytest.param("a" * 65, "a" * 37, id="one over the column"),
+        pytest.param("a" * 5000, "b" * 5000, id="far too long"),
+    ],
+)
+def test_ids_the_database_cannot_store_are_404_on_every_route(
+    pg_app: Flask, bad_plan: str, bad_generation: str
+) -> None:
+    """Over HTTP against PostgreSQL, which refuses NUL in text (it used to answer 500)."""
+    client = pg_app.test_client()
+    plan_id = plan_factory(pg_app)()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    gets = [
+        f"/plans/{bad_plan}",
+        f"/plans/{bad_plan}/regenerations",
+        f"/plans/{bad_plan}/regenerations/{generation_id}",
+        f"/plans/{plan_id}/regenerations/{bad_generation}",
+    ]
+    posts = [
+        f"/plans/{bad_plan}/regenerate",
+        f"/plans/{bad_plan}/regenerations/{generation_id}/cancel",
+        f"/plans/{plan_id}/regenerations/{bad_generation}/cancel",
+    ]
+    with serve(pg_app) as base_url:
+        api = base_url + "/api/v1"
+        answers = [requests.get(api + path, headers=ALICE, timeout=10) for path in gets]
+        answers += [requests.post(api + path, json={}, headers=ALICE, timeout=10) for path in posts]
+    codes = [(answer.status_code, answer.json()["code"]) for answer in answers]
+    print(f"\n{codes}")
+    assert {status for status, _ in codes} == {404}
+    assert {code for _, code in codes} <= {"PLAN_NOT_FOUND", "REGENERATION_NOT_FOUND"}
+    assert status_of(client, plan_id, generation_id)["status"] == "pending"  # not canceled

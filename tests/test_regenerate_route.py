@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from flask_plan_regen import Regeneration, get_state
+from flask_plan_regen.pacing import years_after
 
 
 def post_regenerate(client: FlaskClient, plan_id: str, body: Any = None, **kwargs: Any) -> Any:
@@ -166,8 +168,6 @@ def test_a_body_over_64_kib_is_413(
 def test_a_deadline_not_after_the_start_is_400_after_merging(
     client: FlaskClient, make_plan: Callable[..., str]
 ) -> None:
-    from datetime import date
-
     plan_id = make_plan(start_date=date(2027, 3, 1))
     response = post_regenerate(client, plan_id, {"overrides": {"deadlineDate": "2027-03-01"}})
     assert response.status_code == 400
@@ -184,6 +184,58 @@ def test_a_deadline_that_has_passed_with_no_start_is_400(
     assert response.json["details"]["fieldErrors"]["deadlineDate"] == [
         "The deadline must be after today when there is no start date."
     ]
+
+
+def five_years_from_today() -> date:
+    return years_after(datetime.now(UTC).date(), 5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"startDate": "9999-12-31"}, "startDate"),  # the schedule used to overflow
+        ({"startDate": "1999-12-31"}, "startDate"),
+        ({"deadlineDate": "9999-12-31T00:00:00Z"}, "deadlineDate"),
+        ({"startDate": "2024-01-01", "deadlineDate": "2029-01-02"}, "deadlineDate"),
+        ({"startDate": "2000-01-01", "deadlineDate": "2027-01-01"}, "deadlineDate"),
+    ],
+)
+def test_dates_outside_the_schedulable_range_are_400_and_spend_nothing(
+    app: Flask,
+    client: FlaskClient,
+    make_plan: Callable[..., str],
+    overrides: dict[str, str],
+    field: str,
+) -> None:
+    response = post_regenerate(client, make_plan(), {"overrides": overrides})
+    print(f"\n{overrides}: {response.json['details']['fieldErrors']}")
+    assert (response.status_code, response.json["code"]) == (400, "VALIDATION_ERROR")
+    assert list(response.json["details"]["fieldErrors"]) == [field]
+    assert statuses(app) == {}
+    assert client.get("/api/v1/usage", headers=ALICE).json["monthly"]["used"] == 0
+
+
+def test_the_range_ends_five_years_from_today_and_at_2000(
+    client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    latest = five_years_from_today()
+    plan_id = make_plan()
+    regenerate(client, plan_id, startDate="2000-01-01", deadlineDate="2004-12-31")
+    other = make_plan()
+    regenerate(client, other, startDate=str(latest - timedelta(days=7)), deadlineDate=str(latest))
+    too_late = post_regenerate(
+        client, make_plan(), {"overrides": {"startDate": str(latest + timedelta(days=1))}}
+    )
+    assert too_late.status_code == 400
+
+
+def test_a_stored_date_out_of_range_is_checked_after_merging(
+    client: FlaskClient, make_plan: Callable[..., str]
+) -> None:
+    plan_id = make_plan(start_date=date(9999, 1, 1))  # stored behind the API's back
+    response = post_regenerate(client, plan_id, {})
+    assert response.json["details"]["fieldErrors"].keys() == {"startDate"}
+    regenerate(client, plan_id, startDate="2027-01-04")  # overriding it makes it fine
 
 
 def test_no_user_is_401(client: FlaskClient, make_plan: Callable[..., str]) -> None:

@@ -70,7 +70,7 @@ def test_a_canceled_regeneration_is_heard(
     plan_id = make_plan()
     generation_id = regenerate(client, plan_id)["generationId"]
     url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
-    assert client.post(url, headers=ALICE).status_code == 200
+    assert client.post(url, json={}, headers=ALICE).status_code == 200
     assert [name for name, _ in heard] == ["queued", "canceled"]
     assert heard[-1][1]["status"] == "canceled"
 

@@ -7,17 +7,22 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import localstripe.webhooks
 import pytest
 import redis
+import requests
 import stripe
-from conftest import build_app
+from app_server import serve
+from conftest import ALICE, build_app, wait_until
 from flask import Flask
 from servers import free_port
 from stripe_server import CACHE_KEY, WEBHOOK_SECRET, Subscribe, stripe_config, tier_of
 
 EVENT_KEY = "plan_regen:stripe_event:"
+LAST_KNOWN_KEY = "plan_regen:tier_last_known:"
 
 WEBHOOK = "/api/v1/billing/stripe/webhook"
 
@@ -173,3 +178,122 @@ def test_no_webhook_route_without_a_secret(
     app = build_app(sqlite_uri, redis_url)
 
     assert app.test_client().post(WEBHOOK, data=b"{}").status_code == 404
+
+
+def post_raw(app: Flask, payload: bytes) -> Any:
+    return app.test_client().post(
+        WEBHOOK, data=payload, headers=signed(payload), content_type="application/json"
+    )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[]",
+        b'"str"',
+        b"null",
+        b"123",
+        b'{"id": "evt_1", "type": "invoice.paid", "data": {"object": "x"}}',
+        b'{"id": "evt_1", "type": "invoice.paid", "data": null}',
+        b'{"id": "evt_1", "type": "invoice.paid"}',
+        b'{"id": 1, "type": "invoice.paid", "data": {"object": {}}}',
+        b'{"id": "", "type": "invoice.paid", "data": {"object": {}}}',
+        b"[" * 50_000 + b"]" * 50_000,
+        b"not json at all",
+    ],
+)
+def test_a_signed_payload_of_the_wrong_shape_is_a_json_400(
+    stripe_app: Flask, redis_conn: redis.Redis, payload: bytes
+) -> None:
+    answer = post_raw(stripe_app, payload)
+    assert answer.status_code == 400, answer.get_data()[:200]
+    assert answer.is_json and answer.json["code"] == "INVALID_EVENT"
+    assert redis_conn.keys(EVENT_KEY + "*") == []
+
+
+def test_an_event_that_answered_503_is_applied_when_stripe_delivers_it_again(
+    stripe_app: Flask,
+    subscribe: Subscribe,
+    stripe_client: stripe.StripeClient,
+    sqlite_uri: str,
+    redis_url: str,
+    customers: dict[str, str],
+    redis_conn: redis.Redis,
+) -> None:
+    customer_id, subscription_id = subscribe("alice", "pro")
+    assert tier_of(stripe_app) == "pro"
+    stripe_client.v1.subscriptions.cancel(subscription_id)
+    # The same Redis, but Stripe unreachable: the first delivery cannot be applied.
+    cut_off = build_app(
+        sqlite_uri, redis_url, **stripe_config(f"http://127.0.0.1:{free_port()}", customers)
+    )
+    body = event("customer.subscription.deleted", customer_id)
+
+    first = post(cut_off, body)
+    assert (first.status_code, first.json["code"]) == (503, "WEBHOOK_UNAVAILABLE")
+    assert redis_conn.exists(EVENT_KEY + body["id"]) == 0  # not counted as processed
+    redelivered = post(stripe_app, body)
+    assert redelivered.json == {"received": True, "duplicate": False, "refreshed": True}
+    assert tier_of(stripe_app) == "free"
+    assert post(stripe_app, body).json["duplicate"] is True  # handled: now it counts
+
+
+# ------------------------------------------------------------------ customer deleted
+
+
+@pytest.fixture
+def localstripe_webhook(localstripe_url: str) -> Iterator[Callable[[str], None]]:
+    """``register(url)``: localstripe delivers its events, signed, to ``url``."""
+    webhook_id = f"plan_regen_{uuid.uuid4().hex[:8]}"
+
+    def register(url: str) -> None:
+        answer = requests.post(
+            f"{localstripe_url}/_config/webhooks/{webhook_id}",
+            data={"url": url, "secret": WEBHOOK_SECRET},
+            timeout=10,
+        )
+        answer.raise_for_status()
+
+    yield register
+    localstripe.webhooks._webhooks.pop(webhook_id, None)  # no API to remove one
+
+
+def test_a_deleted_customer_gets_the_default_tier_at_once(
+    stripe_app: Flask,
+    subscribe: Subscribe,
+    stripe_client: stripe.StripeClient,
+    redis_conn: redis.Redis,
+    localstripe_webhook: Callable[[str], None],
+) -> None:
+    """localstripe deletes the customer and sends the signed customer.deleted event itself."""
+    customer_id, _ = subscribe("alice", "pro")
+    with serve(stripe_app) as base_url:
+        assert requests.get(f"{base_url}/api/v1/usage", headers=ALICE).json()["tier"] == "pro"
+        localstripe_webhook(base_url + WEBHOOK)
+        stripe_client.v1.customers.delete(customer_id)
+        handled = wait_until(
+            lambda: [key for key in redis_conn.keys(EVENT_KEY + "*")
+                     if redis_conn.get(key) == b"customer.deleted"],
+            timeout=30,
+            what="localstripe's customer.deleted event being handled",
+        )  # fmt: skip
+        usage = requests.get(f"{base_url}/api/v1/usage", headers=ALICE).json()
+    assert len(handled) == 1
+    assert usage["tier"] == "free"
+    assert redis_conn.get(LAST_KNOWN_KEY + customer_id) == b"free"  # pro is not kept
+
+
+def test_without_the_event_a_gone_customer_is_not_an_outage(
+    stripe_app: Flask,
+    subscribe: Subscribe,
+    stripe_client: stripe.StripeClient,
+    redis_conn: redis.Redis,
+) -> None:
+    customer_id, _ = subscribe("alice", "pro")
+    assert tier_of(stripe_app) == "pro"  # cached, and kept as the last known tier
+    stripe_client.v1.customers.delete(customer_id)  # no webhook is listening
+    redis_conn.delete(CACHE_KEY + customer_id)  # the cached tier expired
+
+    assert tier_of(stripe_app) == "free"  # Stripe's 404 is an answer, not an outage
+    answer = post(stripe_app, event("customer.subscription.updated", customer_id))
+    assert answer.json == {"received": True, "duplicate": False, "refreshed": True}  # not 503
