@@ -154,7 +154,10 @@ def serve_worker_metrics(app: Flask, worker_cls: type, host: str, port: int) -> 
 def sweep_command() -> None:
     """Recover regenerations stuck in processing or left pending without a job."""
     counts = sweep(get_state())
-    click.echo(f"Released {counts['released']} lost attempts; requeued {counts['requeued']} jobs.")
+    click.echo(
+        f"Released {counts['released']} lost attempts (queued again where attempts were left); "
+        f"requeued {counts['requeued']} lost jobs."
+    )
 
 
 @plan_regen_cli.command("rq-command")

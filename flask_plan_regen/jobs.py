@@ -109,6 +109,12 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
     )
     started = time.monotonic()
     result: GenerationResult | None = None
+    logger.info(
+        "regeneration %s attempt %s: calling provider %s",
+        regeneration.id,
+        request.attempt,
+        state.provider.name,
+    )
     try:
         result = state.provider.generate(request)
         modules, adjustments = parse_output(result.content)

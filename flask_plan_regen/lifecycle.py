@@ -422,6 +422,7 @@ def plan_deleted(
     refund(state, regeneration)
     session.commit()
     logger.info("regeneration %s canceled: its plan was deleted", generation_id)
+    progress.publish(state, generation_id, Status.CANCELED)
     signals.send(signals.regeneration_canceled, session, generation_id)
     return True
 

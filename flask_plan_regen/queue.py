@@ -27,6 +27,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
+from rq.utils import now, utcparse
 from rq.worker import DequeueStrategy
 
 from .config import job_timeout
@@ -241,6 +242,12 @@ class ResilientWorker(Worker):
       monitor wakes up as often).
     * :meth:`horse_killed` hears of a work horse that died mid-job, once RQ has
       recorded the job's failure (so that it may queue the job again).
+    * On the same schedule it keeps itself registered (Redis may have lost its
+      record) and RQ's scheduler running: a Redis outage kills the scheduler
+      process, and the scheduler lock of a killed worker must be taken over,
+      else delayed retries wait for RQ's own maintenance pass (600 s).
+    * It starts under the name of a worker that was killed without a word
+      (plain RQ refuses until the dead one's record expires, up to 8 minutes).
     """
 
     maintain_every: int = 10
@@ -283,9 +290,58 @@ class ResilientWorker(Worker):
             return
         self._next_maintenance = time.monotonic() + self.maintain_every
         try:
+            self._keep_registered()
+            self._keep_scheduler_running()
             self.maintain()
         except Exception:  # the worker must outlive whatever its maintenance meets
             logger.exception("maintenance failed; the next pass tries again")
+
+    def _keep_registered(self) -> None:
+        if not self.connection.hexists(self.key, "birth"):
+            self.log.warning(
+                "Worker %s: Redis lost this worker's record; registering again", self.name
+            )
+            self.connection.delete(self.key)
+            self.register_birth()
+
+    def _keep_scheduler_running(self) -> None:
+        scheduler = self.scheduler
+        if scheduler is not None and not (scheduler._process and scheduler._process.is_alive()):
+            scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
+
+    def register_birth(self) -> None:
+        """Register, first waiting out the record of a namesake that died without a word.
+
+        A live ``ResilientWorker`` heartbeats every :attr:`maintain_every` seconds, so
+        a record silent for three of those belongs to a dead worker: it is taken over.
+        """
+        stale_after = 3 * self.maintain_every
+        while True:
+            try:
+                super().register_birth()  # type: ignore[no-untyped-call]
+                return
+            except ValueError:  # "There exists an active worker named ... already"
+                silent = self._silent_for()
+                if silent is not None and silent < stale_after:
+                    self.log.warning(
+                        "Worker %s: a worker of this name was alive %.0f s ago; waiting for "
+                        "its record to go stale (%s s)",
+                        self.name,
+                        silent,
+                        stale_after,
+                    )
+                    time.sleep(max(1.0, stale_after - silent))
+                    continue
+                self.log.warning("Worker %s: taking over the record of a dead worker", self.name)
+                self.connection.delete(self.key)
+
+    def _silent_for(self) -> float | None:
+        """Seconds since the last heartbeat recorded under this worker's name."""
+        raw = self.connection.hget(self.key, "last_heartbeat")
+        if raw is None:
+            return None
+        last = utcparse(raw.decode() if isinstance(raw, bytes) else str(raw))
+        return (now() - last).total_seconds()
 
     def maintain_heartbeats(self, job: Job, execution: Any) -> None:
         try:
@@ -339,8 +395,7 @@ class ResilientWorker(Worker):
         while True:
             try:
                 self.connection.ping()
-                if not self.connection.exists(self.key):
-                    self.register_birth()  # type: ignore[no-untyped-call]
+                self._keep_registered()
                 break
             except _REDIS_DOWN:
                 time.sleep(delay)

@@ -154,8 +154,8 @@ def test_a_plan_deleted_while_a_worker_regenerates_it_ends_canceled_and_refunded
     plan_id = plan_factory(pg_app)()
     generation_id = regenerate(client, plan_id)["generationId"]
     env = worker_env(postgres_url, redis_url, PLAN_REGEN_BUILTIN_DELAY="3")
-    worker_procs.spawn(["flask", "plan-regen", "worker"], env)
-    wait_for_status(pg_app, [generation_id], {"processing"}, timeout=30)
+    worker = worker_procs.spawn(["flask", "plan-regen", "worker"], env)
+    worker_procs.wait_for_log(worker, f"regeneration {generation_id} attempt 1: calling provider")
     with pg_app.app_context():  # the host deletes the plan while the provider is called
         session = get_state().db.session
         session.delete(session.get(Plan, plan_id))

@@ -147,6 +147,39 @@ def test_worker_outlives_redis_stopped_for_10s_mid_job(
         restarted.stop()
 
 
+def test_after_redis_lost_its_data_workers_register_again_and_retries_run(
+    sqlite_uri: str, own_redis: EmbeddedRedis, worker_procs: WorkerProcs, tmp_path: Path
+) -> None:
+    app = build_app(sqlite_uri, own_redis.url)
+    env = worker_env(sqlite_uri, own_redis.url, PLAN_REGEN_BUILTIN_FAILURE="provider_error")
+    worker = worker_procs.spawn(["flask", "plan-regen", "worker"], env)
+    worker_procs.wait_for_log(worker, "cquired scheduler lock")
+    port = own_redis.port
+    own_redis.stop()  # idle worker; its scheduler process dies on the outage
+    worker_procs.wait_for_log(worker, "Error")
+    restarted = EmbeddedRedis(tmp_path / "redis-empty", port=port)  # no data left
+    restarted.start()
+    try:
+        back = time.monotonic()
+        names = rq_queue_names(app.config)
+        with app.app_context():
+            redis = get_state().redis
+        wait_until(lambda: queue.worker_states(redis, names), 60, "the worker registering again")
+        registered = time.monotonic() - back
+        client = app.test_client()
+        plan_id = plan_factory(app)()
+        generation_id = regenerate(client, plan_id)["generationId"]
+        assert wait_for_status(app, [generation_id], timeout=90) == {generation_id: "failed"}
+        doc = status_of(client, plan_id, generation_id)
+        print(
+            f"\nRedis restarted empty: worker registered again after {registered:.1f} s; "
+            f"3 attempts with delayed retries done {time.monotonic() - back:.1f} s after"
+        )
+        assert doc["attempts"] == 3  # the delayed retries ran: the scheduler is back
+    finally:
+        restarted.stop()
+
+
 # ------------------------------------------------------------------ PostgreSQL restart
 
 

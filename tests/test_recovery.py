@@ -250,3 +250,48 @@ def test_jobs_lost_with_redis_data_are_requeued_within_60s(
     print(
         f"\nRedis data lost, 2 jobs queued: all 3 succeeded {time.monotonic() - lost:.1f} s later"
     )
+
+
+@pytest.mark.slow
+def test_retries_go_on_when_the_worker_holding_the_scheduler_is_killed(
+    app: Flask, make_plan: Any, sqlite_uri: str, redis_url: str, worker_procs: WorkerProcs
+) -> None:
+    failing = {"PLAN_REGEN_BUILTIN_FAILURE": "provider_error"}
+    holder = start_worker(worker_procs, sqlite_uri, redis_url, **failing)
+    worker_procs.wait_for_log(holder, "cquired scheduler lock")  # the first worker has it
+    start_worker(worker_procs, sqlite_uri, redis_url, **failing)
+    os.killpg(holder.pid, signal.SIGKILL)  # the worker and its scheduler process
+    killed = time.monotonic()
+    holder.wait()
+    client = app.test_client()
+    plan_id = make_plan()
+    generation_id = regenerate(client, plan_id)["generationId"]
+
+    def retried() -> bool:
+        return int(status_of(client, plan_id, generation_id)["attempts"]) >= 2
+
+    # The dead scheduler's lock expires after 61 s; the survivor takes it over then.
+    wait_until(retried, 120, "the delayed retry")
+    print(f"\nscheduler holder killed: a delayed retry ran {time.monotonic() - killed:.1f} s later")
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_under_its_own_name(
+    app: Flask, make_plan: Any, sqlite_uri: str, redis_url: str, worker_procs: WorkerProcs
+) -> None:
+    env = worker_env(sqlite_uri, redis_url)
+    first = worker_procs.spawn(["flask", "plan-regen", "worker", "--name", "web-1"], env)
+    worker_procs.wait_for_log(first, "Listening on")
+    os.killpg(first.pid, signal.SIGKILL)  # as systemd's Restart=always would find it
+    first.wait()
+    killed = time.monotonic()
+    second = worker_procs.spawn(["flask", "plan-regen", "worker", "--name", "web-1"], env)
+    worker_procs.wait_for_log(second, "Listening on", timeout=90)
+    print(
+        f"\nkilled worker restarted under its name: serving {time.monotonic() - killed:.1f} s later"
+    )
+    assert second.poll() is None
+    assert "taking over the record of a dead worker" in worker_procs.log(second)
+    plan_id = make_plan()
+    generation_id = regenerate(app.test_client(), plan_id)["generationId"]
+    assert wait_for_status(app, [generation_id]) == {generation_id: "succeeded"}
