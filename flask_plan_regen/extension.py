@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 
@@ -119,8 +119,10 @@ class PlanRegen:
 
         With a custom plan store, the built-in store's plan tables are left out.
         """
-        state = get_state(app)
-        create_tables(state.db.engine, state.store)
+        target = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        with target.app_context():  # db.engine needs one
+            state = get_state(target)
+            create_tables(state.db.engine, state.store)
 
 
 def _make_store(app: Flask, db: SQLAlchemy, store: Any) -> PlanStore:
