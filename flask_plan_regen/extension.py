@@ -20,7 +20,6 @@ from .redis_client import connect
 from .routes import json_routing_errors
 from .state import EXTENSION_KEY, RegenState, get_state
 from .store import PlanStore, SQLAlchemyPlanStore, create_tables
-from .webhooks import register_webhook
 
 if TYPE_CHECKING:
     from .billing import StripeBilling
@@ -89,6 +88,9 @@ class PlanRegen:
         )
         app.before_request(json_routing_errors)
         if app.config["PLAN_REGEN_STRIPE_WEBHOOK_SECRET"]:
+            # Imported here: it needs the stripe extra, which _make_billing has checked.
+            from .webhooks import register_webhook
+
             register_webhook(app)
         if "plan-regen" not in app.cli.commands:
             app.cli.add_command(plan_regen_cli)
