@@ -33,7 +33,9 @@ ProviderSpec = GenerationProvider | Callable[[], GenerationProvider]
 class PlanRegen:
     """Plan regeneration for a Flask app.
 
-    ``PlanRegen(app, db=db)`` or, with an app factory, ``regen.init_app(app, db=db)``.
+    ``PlanRegen(app, db=db)`` or, with an app factory, ``regen.init_app(app, db=db)``
+    (without ``db``: the Flask-SQLAlchemy instance already set up on the app). ``store``
+    and ``provider``: an object, or a class or factory making one (docs/hooks.md).
     Register the blueprint :data:`~flask_plan_regen.regen_bp` after ``init_app``.
     """
 
