@@ -113,6 +113,7 @@ def json_routing_errors() -> Response | None:
 
 
 def _is_ours(routing_error: NotFound | MethodNotAllowed) -> bool:
+    """A URL under one of the blueprint's prefixes, or one of its routes with another method."""
     path = request.path
     if any(
         prefix and (path == prefix or path.startswith(prefix + "/"))
