@@ -1,4 +1,4 @@
-# flask-plan-regen developer tasks.   make test | make test-fast | make demo | make lint
+# flask-plan-regen developer tasks.   make test | make test-fast | make demo | make lint | make dist
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ SRC := $(wildcard flask_plan_regen tests examples bench)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: venv postgres chromium lint format typecheck test test-fast demo bench clean
+.PHONY: venv postgres chromium lint format typecheck test test-fast demo dist bench clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,9 @@ format: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The whole suite: the example app's own suite first (examples/tests, on an in-process
+# Redis: it runs before anything starts a Redis server), then tests/, whose slow tests
+# build the sdist and wheel, run `twine check --strict` and install the wheel in a fresh venv.
 test: venv postgres chromium lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -47,6 +50,12 @@ test-fast: venv
 # A scripted regeneration, then the demo page until Ctrl-C (DEMO_ARGS=--scripted: no page).
 demo: venv
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
+
+# The sdist and the wheel in dist/, checked as a package index would.
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 # Benchmarks (about 5-10 minutes); rewrites the results table in docs/performance.md.
 BENCH_STAMP := $(VENV)/.installed-bench

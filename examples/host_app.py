@@ -24,7 +24,8 @@ import click
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_plan_regen import PlanRegen, get_state, regen_bp
+import flask_plan_regen
+from flask_plan_regen import PlanRegen, regen_bp
 
 from .demo_page import demo_bp, signed_in_user
 
@@ -85,18 +86,18 @@ def create_plan(
     deadline: Any,
 ) -> None:
     """Create a plan (no modules yet) and print its id on the last line."""
-    plan_id = get_state().store.create_plan(
-        owner,
-        {
-            "topic": topic,
-            "skill_level": skill_level,
-            "weekly_hours": weekly_hours,
-            "learning_style": learning_style,
-            "start_date": _date(start_date),
-            "deadline_date": _date(deadline),
-        },
-    )
-    db.session.commit()
+    try:
+        plan_id = flask_plan_regen.create_plan(
+            owner,
+            topic,
+            skill_level=skill_level,
+            weekly_hours=weekly_hours,
+            learning_style=learning_style,
+            start_date=_date(start_date),
+            deadline_date=_date(deadline),
+        )
+    except ValueError as error:  # e.g. a deadline before the start date
+        raise click.UsageError(str(error)) from error
     click.echo(plan_id)
 
 

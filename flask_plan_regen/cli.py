@@ -9,7 +9,7 @@ import sys
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 from redis import Redis
 from werkzeug.utils import import_string
 
@@ -18,20 +18,26 @@ from .config import rq_queue_names
 from .errors import ApiError
 from .jobs import set_worker_app
 from .logs import install_json_logging
-from .models import FailureClass, metadata
+from .models import FailureClass
 from .openapi import build_document
 from .recovery import sweep
 from .redact import masked_url
+from .redis_client import is_in_process
 from .state import get_state
+from .store import create_tables
 
 plan_regen_cli = AppGroup("plan-regen", help="Plan regeneration: tables, workers, queues.")
 
 
 @plan_regen_cli.command("init-db")
 def init_db() -> None:
-    """Create the package's tables (those that do not exist yet)."""
-    metadata.create_all(get_state().db.engine)
-    click.echo(f"Created plan regeneration tables: {', '.join(sorted(metadata.tables))}")
+    """Create the package's tables (those that do not exist yet).
+
+    With a custom plan store, the built-in store's plan tables are left out.
+    """
+    state = get_state()
+    names = create_tables(state.db.engine, state.store)
+    click.echo(f"Created plan regeneration tables: {', '.join(names)}")
 
 
 @plan_regen_cli.command("worker")
@@ -105,6 +111,7 @@ def worker(
     job does not pay for importing and creating the app again.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    refuse_in_process_redis(app)
     set_worker_app(app)
     state = get_state(app)
     # The work horses are forked from this process: warm it up, hold no pooled connections.
@@ -138,6 +145,16 @@ def worker(
     )
 
 
+def refuse_in_process_redis(app: Flask) -> None:
+    """A worker is another process: it cannot reach the web process's in-process Redis."""
+    if is_in_process(app.config["PLAN_REGEN_REDIS_URL"]):
+        raise click.UsageError(
+            "PLAN_REGEN_REDIS_URL is 'memory://', a Redis inside each process: a worker "
+            "would never see the web process's jobs. Use a Redis server, or run jobs where "
+            "they are queued (PLAN_REGEN_EAGER, flask_plan_regen.testing.run_pending_jobs)."
+        )
+
+
 def serve_worker_metrics(app: Flask, worker_cls: type, host: str, port: int) -> None:
     if not metrics.enabled(app):
         raise click.UsageError("--metrics-port needs PLAN_REGEN_METRICS = True.")
@@ -167,7 +184,8 @@ def rq_command() -> None:
     Credentials in the Redis URL (password, query values) are masked (``***``):
     put them back, or give the URL in ``RQ_REDIS_URL``.
     """
-    app_path = os.environ.get("FLASK_APP")
+    refuse_in_process_redis(current_app)
+    app_path = app_import_path()
     prefix = f"FLASK_APP={app_path} " if app_path else ""
     click.echo(
         f"{prefix}rq worker --with-scheduler -w flask_plan_regen.recovery.RecoveringWorker "
@@ -175,6 +193,13 @@ def rq_command() -> None:
         f"--url {masked_url(current_app.config['PLAN_REGEN_REDIS_URL'])} "
         f"{' '.join(rq_queue_names(current_app.config))}"
     )
+
+
+def app_import_path() -> str | None:
+    """How this command found the app: ``flask --app X`` or ``FLASK_APP``, else ``None``."""
+    info = click.get_current_context().find_object(ScriptInfo)
+    given = info.app_import_path if info is not None else None
+    return given or os.environ.get("FLASK_APP")
 
 
 @plan_regen_cli.command("openapi")

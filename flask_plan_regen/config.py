@@ -27,6 +27,7 @@ DEFAULT_PRIORITY_PHRASES: tuple[str, ...] = (
 
 DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_ENABLED": True,
+    # "memory://": an in-process Redis per app (fakeredis), for tests (docs/testing.md).
     "PLAN_REGEN_REDIS_URL": "redis://127.0.0.1:6379/0",
     "PLAN_REGEN_REDIS_TIMEOUT": 1.5,
     # Prefixes every queue name ("plan_regen_high") and Redis key ("plan_regen:...") of
@@ -97,6 +98,8 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_STREAM_KEEPALIVE": 15.0,
     "PLAN_REGEN_STREAM_RECHECK": 5.0,
     "PLAN_REGEN_STREAM_MAX_OPEN": 100,
+    # Run each job in the process that queued it, right after the commit (tests).
+    "PLAN_REGEN_EAGER": False,
 }
 
 # What RQ's job timeout adds to the provider timeout, so that RQ never kills
@@ -107,10 +110,13 @@ HOOK_KEYS = (
     "PLAN_REGEN_AUTH_HANDLER",
     "PLAN_REGEN_PLAN_LOADER",
     "PLAN_REGEN_TIER_RESOLVER",
-    "PLAN_REGEN_PROVIDER",
-    "PLAN_REGEN_STORE",
     "PLAN_REGEN_STRIPE_CUSTOMER_LOADER",
 )
+# An object, a class, a factory or an import string to one (checked by init_app).
+PLUGIN_KEYS = ("PLAN_REGEN_PROVIDER", "PLAN_REGEN_STORE")
+
+MEMORY_REDIS_URL = "memory://"
+"""``PLAN_REGEN_REDIS_URL`` of an in-process Redis (fakeredis with Lua), for tests."""
 
 RESPONSE_FORMATS = ("json_schema", "json_object")
 OUTPUT_CAP_PARAMS = ("max_completion_tokens", "max_tokens")
@@ -130,13 +136,7 @@ def apply_defaults(config: MutableMapping[str, Any]) -> None:
 def validate(config: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigurationError` naming the first wrong key."""
     _check_bool(config, "PLAN_REGEN_ENABLED")
-    _check(
-        isinstance(config["PLAN_REGEN_REDIS_URL"], str)
-        and config["PLAN_REGEN_REDIS_URL"].startswith(("redis://", "rediss://", "unix://")),
-        "PLAN_REGEN_REDIS_URL",
-        "a redis://, rediss:// or unix:// URL",
-        config,
-    )
+    _check_redis_url(config)
     _check_number(config, "PLAN_REGEN_REDIS_TIMEOUT", minimum=0.1)
     _check(
         isinstance(config["PLAN_REGEN_NAMESPACE"], str)
@@ -180,6 +180,13 @@ def validate(config: Mapping[str, Any]) -> None:
             "None, a callable, or an import string 'package.module:name'",
             config,
         )
+    for key in PLUGIN_KEYS:
+        _check(
+            not isinstance(config[key], str) or ":" in config[key],
+            key,
+            "None, an object, a class, a factory, or an import string 'package.module:name'",
+            config,
+        )
     _check_int(config, "PLAN_REGEN_MAX_BODY_BYTES", minimum=1)
     _check_number(config, "PLAN_REGEN_PROVIDER_TIMEOUT", minimum=0.1)
     provider_timeout = config["PLAN_REGEN_PROVIDER_TIMEOUT"]
@@ -219,6 +226,26 @@ def validate(config: Mapping[str, Any]) -> None:
         or importlib.util.find_spec("prometheus_client") is not None,
         "PLAN_REGEN_METRICS",
         "False unless prometheus-client is installed (pip install 'flask-plan-regen[metrics]')",
+        config,
+    )
+    _check_bool(config, "PLAN_REGEN_EAGER")
+
+
+def _check_redis_url(config: Mapping[str, Any]) -> None:
+    url = config["PLAN_REGEN_REDIS_URL"]
+    _check(
+        isinstance(url, str)
+        and (url == MEMORY_REDIS_URL or url.startswith(("redis://", "rediss://", "unix://"))),
+        "PLAN_REGEN_REDIS_URL",
+        f"a redis://, rediss:// or unix:// URL, or {MEMORY_REDIS_URL!r} (tests)",
+        config,
+    )
+    _check(
+        url != MEMORY_REDIS_URL
+        or all(importlib.util.find_spec(name) is not None for name in ("fakeredis", "lupa")),
+        "PLAN_REGEN_REDIS_URL",
+        f"a Redis server's URL unless fakeredis and lupa are installed ({MEMORY_REDIS_URL!r} "
+        "needs pip install 'flask-plan-regen[testing]')",
         config,
     )
 

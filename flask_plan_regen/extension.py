@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 
@@ -13,22 +15,28 @@ from . import config as settings
 from .cli import plan_regen_cli
 from .errors import ConfigurationError
 from .hooks import F, Hooks, load_object
-from .models import metadata
 from .providers import BuiltinProvider, GenerationProvider
 from .ratelimit import RegenRateLimiter
+from .redis_client import connect
 from .routes import json_routing_errors
 from .state import EXTENSION_KEY, RegenState, get_state
-from .store import PlanStore, SQLAlchemyPlanStore
-from .webhooks import register_webhook
+from .store import PlanStore, SQLAlchemyPlanStore, create_tables
 
 if TYPE_CHECKING:
     from .billing import StripeBilling
+
+StoreSpec = PlanStore | Callable[..., PlanStore]
+"""A store object, or a class or factory making one (called with ``db`` if it takes it)."""
+ProviderSpec = GenerationProvider | Callable[[], GenerationProvider]
+"""A provider object, or a class or factory making one (called with no argument)."""
 
 
 class PlanRegen:
     """Plan regeneration for a Flask app.
 
-    ``PlanRegen(app, db=db)`` or, with an app factory, ``regen.init_app(app, db=db)``.
+    ``PlanRegen(app, db=db)`` or, with an app factory, ``regen.init_app(app, db=db)``
+    (without ``db``: the Flask-SQLAlchemy instance already set up on the app). ``store``
+    and ``provider``: an object, or a class or factory making one (docs/hooks.md).
     Register the blueprint :data:`~flask_plan_regen.regen_bp` after ``init_app``.
     """
 
@@ -37,8 +45,8 @@ class PlanRegen:
         app: Flask | None = None,
         *,
         db: SQLAlchemy | None = None,
-        store: PlanStore | None = None,
-        provider: GenerationProvider | None = None,
+        store: StoreSpec | None = None,
+        provider: ProviderSpec | None = None,
     ) -> None:
         self._db = db
         self._store = store
@@ -52,8 +60,8 @@ class PlanRegen:
         app: Flask,
         *,
         db: SQLAlchemy | None = None,
-        store: PlanStore | None = None,
-        provider: GenerationProvider | None = None,
+        store: StoreSpec | None = None,
+        provider: ProviderSpec | None = None,
     ) -> None:
         """Check the app's ``PLAN_REGEN_*`` config and set up this app's state."""
         db = db or self._db or app.extensions.get("sqlalchemy")
@@ -66,11 +74,9 @@ class PlanRegen:
             raise ConfigurationError("PlanRegen.init_app was already called for this app.")
         settings.apply_defaults(app.config)
         settings.validate(app.config)
-        timeout = float(app.config["PLAN_REGEN_REDIS_TIMEOUT"])
-        redis = Redis.from_url(
+        redis = connect(
             app.config["PLAN_REGEN_REDIS_URL"],
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
+            timeout=float(app.config["PLAN_REGEN_REDIS_TIMEOUT"]),
         )
         app.extensions[EXTENSION_KEY] = RegenState(
             db=db,
@@ -86,6 +92,9 @@ class PlanRegen:
         )
         app.before_request(json_routing_errors)
         if app.config["PLAN_REGEN_STRIPE_WEBHOOK_SECRET"]:
+            # Imported here: it needs the stripe extra, which _make_billing has checked.
+            from .webhooks import register_webhook
+
             register_webhook(app)
         if "plan-regen" not in app.cli.commands:
             app.cli.add_command(plan_regen_cli)
@@ -112,32 +121,60 @@ class PlanRegen:
 
     @staticmethod
     def create_all(app: Flask | None = None) -> None:
-        """Create this package's tables on the app's database if they are missing."""
-        metadata.create_all(get_state(app).db.engine)
+        """Create this package's tables on the app's database if they are missing.
+
+        With a custom plan store, the built-in store's plan tables are left out.
+        """
+        target = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        with target.app_context():  # db.engine needs one
+            state = get_state(target)
+            create_tables(state.db.engine, state.store)
 
 
 def _make_store(app: Flask, db: SQLAlchemy, store: Any) -> PlanStore:
-    """An instance, a class or a factory (called with ``db``), from the argument or config."""
+    """From the argument or ``PLAN_REGEN_STORE``; the built-in store by default."""
     chosen = store or load_object(app.config["PLAN_REGEN_STORE"], "PLAN_REGEN_STORE")
     if chosen is None:
         return SQLAlchemyPlanStore(db)
-    if isinstance(chosen, type) or not isinstance(chosen, PlanStore):
-        chosen = chosen(db)
-    if not isinstance(chosen, PlanStore):
-        raise ConfigurationError("PLAN_REGEN_STORE does not implement PlanStore.")
-    return chosen
+    made: PlanStore = _make_plugin(chosen, PlanStore, "PLAN_REGEN_STORE", db)
+    return made
 
 
 def _make_provider(app: Flask, provider: Any) -> GenerationProvider:
-    """An instance, a class or a factory (called with no argument), from the argument or config."""
+    """From the argument or ``PLAN_REGEN_PROVIDER``; the built-in provider by default."""
     chosen = provider or load_object(app.config["PLAN_REGEN_PROVIDER"], "PLAN_REGEN_PROVIDER")
     if chosen is None:
         return BuiltinProvider()
-    if isinstance(chosen, type) or not isinstance(chosen, GenerationProvider):
-        chosen = chosen()
-    if not isinstance(chosen, GenerationProvider):
-        raise ConfigurationError("PLAN_REGEN_PROVIDER does not implement GenerationProvider.")
-    return chosen
+    made: GenerationProvider = _make_plugin(chosen, GenerationProvider, "PLAN_REGEN_PROVIDER")
+    return made
+
+
+def _make_plugin(chosen: Any, interface: type, key: str, *args: Any) -> Any:
+    """An object as it is; a class or a factory called, with ``args`` if it takes them.
+
+    A class is told from an object first: a class has its methods too, so it
+    passes the interface's ``isinstance`` check itself.
+    """
+    if not isinstance(chosen, type) and isinstance(chosen, interface):
+        return chosen
+    if not callable(chosen):
+        raise ConfigurationError(
+            f"{key} must be an object implementing {interface.__name__}, a class or a factory; "
+            f"got a {type(chosen).__name__}."
+        )
+    try:
+        inspect.signature(chosen).bind(*args)
+    except TypeError:
+        args = ()  # it takes no argument: a class or factory that needs nothing from us
+    except ValueError:
+        pass  # no signature to read (a builtin): call it as documented
+    made = chosen(*args)
+    if not isinstance(made, interface):
+        raise ConfigurationError(
+            f"{key}: {getattr(chosen, '__qualname__', chosen)!r} made a "
+            f"{type(made).__name__}, which does not implement {interface.__name__}."
+        )
+    return made
 
 
 def _make_billing(app: Flask, redis: Redis) -> StripeBilling | None:

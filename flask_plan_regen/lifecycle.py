@@ -83,7 +83,7 @@ def submit(
     refused request spends nothing. It is committed before the job is
     enqueued so that a worker always finds the row; if Redis refuses the job,
     the row is deleted and the quota given back, so nothing is left pending
-    without a job.
+    without a job. With ``PLAN_REGEN_EAGER`` the job then runs here, to its end.
     """
     session = state.db.session
     regeneration = Regeneration(
@@ -122,6 +122,8 @@ def submit(
         session.commit()
         raise queue_unavailable() from error
     signals.send(signals.regeneration_queued, session, regeneration.id)
+    if current_app.config["PLAN_REGEN_EAGER"]:
+        queue.run_now(state.redis, regeneration.id)
     return regeneration
 
 

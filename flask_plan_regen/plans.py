@@ -1,17 +1,52 @@
-"""Creating a plan and queueing its first generation (``POST /plans``)."""
+"""Creating a plan: :func:`create_plan` for the host's code, and ``POST /plans``,
+which also queues its first generation."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from flask import current_app
+from marshmallow import ValidationError
 
 from . import lifecycle
 from .errors import ApiError
 from .identity import tier_of
 from .models import Regeneration
 from .priority import compute_priority, queue_for_priority
-from .state import RegenState
+from .schemas import CreatePlanSchema, field_errors
+from .state import RegenState, get_state
+
+
+def create_plan(owner_id: str, topic: str, **fields: Any) -> str:
+    """Create a plan owned by ``owner_id`` in the app's plan store, commit it, return its id.
+
+    ``fields`` are the other fields of ``POST /api/v1/plans``, in snake_case
+    (``skill_level``, ``weekly_hours``, ``learning_style``, ``start_date``,
+    ``deadline_date`` as dates, ``notes``), checked the same way: a wrong one
+    raises ``ValueError``. The plan has no modules until it is regenerated.
+    Needs an app context (a CLI command, ``flask shell``, a test).
+    """
+    schema = CreatePlanSchema()
+    values = {"topic": topic, **fields}
+    unknown = sorted(set(values) - set(schema.fields))
+    if unknown:
+        raise ValueError(f"Unknown plan fields: {', '.join(unknown)}")
+    # In the wire form, so that it is checked exactly as a request body is.
+    wire = {
+        schema.fields[name].data_key or name: value.isoformat()
+        if isinstance(value, date)
+        else value
+        for name, value in values.items()
+    }
+    try:
+        checked = schema.load(wire)
+    except ValidationError as error:
+        raise ValueError(f"Invalid plan: {field_errors(error)}") from None
+    state = get_state()
+    plan_id = state.store.create_plan(owner_id, checked)
+    state.db.session.commit()
+    return plan_id
 
 
 def create_and_generate(state: RegenState, user_id: str, fields: dict[str, Any]) -> Regeneration:

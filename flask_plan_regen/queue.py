@@ -26,7 +26,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
-from rq.timeouts import JobTimeoutException
+from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now, utcparse
 from rq.worker import DequeueStrategy
 
@@ -166,6 +166,51 @@ def run_burst(redis: Redis, names: Iterable[str]) -> int:
     queued = sum(queue.count for queue in queues)
     SimpleWorker(queues, connection=redis, serializer=SERIALIZER).work(burst=True)
     return queued
+
+
+def run_now(redis: Redis, job_id: str) -> bool:
+    """Run the queued job ``job_id`` in this process, to its end; ``False`` if there is none.
+
+    For ``PLAN_REGEN_EAGER`` and tests: RQ's synchronous queue (``is_async=False``)
+    runs the job and records its outcome, calling its failure callback if it
+    raises, as a worker would. A retry the job asks for runs at once: RQ's
+    synchronous run does not retry, and a test should not wait out a backoff.
+    """
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return False
+    # A timer, not SIGALRM, bounds the callbacks: this may run in any thread of a server.
+    here = Queue(
+        job.origin,
+        connection=redis,
+        serializer=SERIALIZER,
+        is_async=False,
+        death_penalty_class=TimerDeathPenalty,
+    )
+    here.remove(job)  # runs here: no worker may take it too
+    while True:
+        job._result = None  # RQ keeps what the job returned here; a raise leaves it None
+        here.run_sync(job)
+        if job.get_status(refresh=False) == JobStatus.FAILED:
+            result = job.latest_result()
+            logger.error("job %s raised:\n%s", job_id, result.exc_string if result else "")
+        if not isinstance(job._result, Retry):
+            return True
+
+
+def run_queued(redis: Redis, names: Iterable[str]) -> int:
+    """Run every job queued on ``names`` in this process, highest priority first; return how many.
+
+    Jobs queued meanwhile (by the jobs run) are run too, until the queues are empty.
+    """
+    queues = [rq_queue(redis, name) for name in names]
+    ran = 0
+    while head := next(((q, ids[0]) for q in queues if (ids := q.get_job_ids(0, 1))), None):
+        queue, job_id = head
+        queue.remove(job_id)  # even if its job is gone, so that the loop ends
+        ran += run_now(redis, job_id)
+    return ran
 
 
 def is_forking(worker_class: type) -> bool:

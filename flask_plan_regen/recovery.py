@@ -85,13 +85,16 @@ def on_job_failure(job: Any, connection: Any, *exc_info: Any) -> None:
     if exc_info and issubclass(exc_info[0], queue.RegenerationFailed):
         return  # the attempt ended its regeneration: nothing left to release
     why = f"job failed: {exc_info[0].__name__ if exc_info else 'unknown'}"
-    with _worker_state() as state:
+    # The pool is kept: a work horse exits after its job, a forked child never uses the
+    # pool it inherits (dispose_engines_after_fork), and a job run in process
+    # (PLAN_REGEN_EAGER, tests) shares it with the app, e.g. an in-memory SQLite.
+    with _worker_state(dispose_pool=False) as state:
         # Not queued again here: RQ marks this job failed after the callback returns.
         lifecycle.release(state, job.id, why, requeue=False)
 
 
 @contextlib.contextmanager
-def _worker_state() -> Iterator[RegenState]:
+def _worker_state(*, dispose_pool: bool = True) -> Iterator[RegenState]:
     """The app's state in a worker's main process, holding no DB connection afterwards.
 
     The worker forks work horses: pooled connections must not be inherited.
@@ -103,8 +106,9 @@ def _worker_state() -> Iterator[RegenState]:
             yield state
         finally:
             state.db.session.remove()
-            for engine in state.db.engines.values():
-                engine.dispose()
+            if dispose_pool:
+                for engine in state.db.engines.values():
+                    engine.dispose()
 
 
 class RecoveringWorker(queue.ResilientWorker):

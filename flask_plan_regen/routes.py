@@ -58,7 +58,8 @@ _HTTP_CODES = {
 
 @regen_bp.record
 def _remember_prefix(setup: Any) -> None:
-    get_state(setup.app).url_prefixes.append(setup.url_prefix or "")
+    # "" for the root ("" or "/"), where no URL outside the package's routes is ours.
+    get_state(setup.app).url_prefixes.append((setup.url_prefix or "").rstrip("/"))
 
 
 def error_response(error: ApiError) -> Response:
@@ -118,20 +119,38 @@ def http_api_error(error: HTTPException) -> ApiError:
 
 
 def json_routing_errors() -> Response | None:
-    """Answer unknown URLs and wrong methods under the blueprint's prefix in JSON.
+    """Answer unknown URLs and wrong methods of the package's routes in JSON.
 
     Blueprint error handlers never see routing errors, and an app-wide 404
     handler would take over the host's own pages, so this app-level
-    ``before_request`` only answers paths under the prefix.
+    ``before_request`` only answers a URL under the blueprint's prefix (never
+    the root's), or a wrong method on one of the package's routes.
     """
     routing_error = request.routing_exception
-    if not isinstance(routing_error, NotFound | MethodNotAllowed):
-        return None
-    path = request.path
-    for prefix in get_state().url_prefixes:
-        if prefix and (path == prefix or path.startswith(prefix.rstrip("/") + "/")):
-            return error_response(http_api_error(routing_error))
+    if isinstance(routing_error, NotFound | MethodNotAllowed) and _is_ours(routing_error):
+        return error_response(http_api_error(routing_error))
     return None
+
+
+def _is_ours(routing_error: NotFound | MethodNotAllowed) -> bool:
+    """A URL under one of the blueprint's prefixes, or one of its routes with another method."""
+    path = request.path
+    if any(
+        prefix and (path == prefix or path.startswith(prefix + "/"))
+        for prefix in get_state().url_prefixes
+    ):
+        return True
+    if not isinstance(routing_error, MethodNotAllowed):
+        return False
+    adapter = current_app.create_url_adapter(request)
+    for method in routing_error.valid_methods or ():
+        try:
+            endpoint, _ = adapter.match(method=method)  # type: ignore[union-attr]
+        except HTTPException:
+            continue
+        if str(endpoint).startswith(f"{regen_bp.name}."):
+            return True
+    return False
 
 
 def read_json_body() -> Any:

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.orm import selectinload
 
 from .documents import dump, plan_document_schema
-from .models import Module, Plan, Task, utcnow
+from .models import Module, Plan, Task, metadata, utcnow
 from .types import GeneratedModule, PlanInput
 
 
@@ -41,6 +41,9 @@ class PlanStore(Protocol):
 
     def plan_document(self, plan_id: str) -> dict[str, Any] | None:
         """The plan with its modules and tasks, as answered by ``GET /plans/<id>``."""
+
+    # Optional: ``delete_plan(plan_id) -> None`` removes a plan whose first generation
+    # could not be queued (POST /plans answering 503), in the current transaction.
 
 
 class SQLAlchemyPlanStore:
@@ -139,6 +142,21 @@ class SQLAlchemyPlanStore:
             .options(selectinload(Plan.modules).selectinload(Module.tasks))
         )
         return None if plan is None else dump(plan_document_schema, plan)
+
+
+def tables_for(store: PlanStore) -> list[Table]:
+    """The package's tables that ``store`` needs: a custom store keeps plans elsewhere."""
+    if isinstance(store, SQLAlchemyPlanStore):
+        return list(metadata.sorted_tables)
+    plan_tables = {Plan.__table__, Module.__table__, Task.__table__}
+    return [table for table in metadata.sorted_tables if table not in plan_tables]
+
+
+def create_tables(engine: Engine, store: PlanStore) -> list[str]:
+    """Create the tables ``store`` needs that are missing; return the names of all it needs."""
+    tables = tables_for(store)
+    metadata.create_all(engine, tables=tables)
+    return sorted(table.name for table in tables)
 
 
 def _canonical_id(plan_id: str) -> str | None:

@@ -6,13 +6,14 @@ parametrize it: config goes through ``init_app``'s checks like a host's).
 
 Helpers: :func:`build_app`, :func:`plan_factory`, :func:`regenerate`,
 :func:`status_of`, :func:`run_jobs`, :func:`wait_until`, :func:`wait_for_status`,
-:func:`worker_env`.
+:func:`worker_env`, :func:`code_blocks` (of the docs).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -239,3 +240,17 @@ def post_json(url: str, body: Any, headers: dict[str, str]) -> tuple[int, dict[s
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+_FENCE = re.compile(
+    r"^(?P<indent> *)```(?P<language>\w*)\n(?P<code>.*?)^(?P=indent)```$", re.M | re.S
+)
+
+
+def code_blocks(markdown: Path, language: str = "python") -> list[str]:
+    """The fenced code blocks in ``language`` of a Markdown file, dedented, in order."""
+    return [
+        "".join(line.removeprefix(match["indent"]) for line in match["code"].splitlines(True))
+        for match in _FENCE.finditer(markdown.read_text())
+        if match["language"] == language
+    ]
