@@ -131,7 +131,7 @@ def test_the_wheel_installs_and_runs_in_a_fresh_venv(dist: Path, tmp_path: Path)
     regenerate = (
         "from examples.host_app import create_app\n"
         "client, alice = create_app().test_client(), {'X-User-Id': 'alice'}\n"
-        f"answer = client.post('/api/v1/plans/{plan_id}/regenerate', headers=alice)\n"
+        f"answer = client.post('/api/v1/plans/{plan_id}/regenerate', json={{}}, headers=alice)\n"
         f"plan = client.get('/api/v1/plans/{plan_id}', headers=alice).json\n"
         "print(answer.status_code, plan['status'], len(plan['modules']))\n"
     )

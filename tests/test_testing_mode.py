@@ -76,7 +76,7 @@ def test_every_redis_use_runs_in_process(memory_app: Flask) -> None:
     client = memory_app.test_client()
     plan_id = plan_factory(memory_app)()
     headers = {**ALICE, "Idempotency-Key": "first"}
-    queued = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=headers)
+    queued = client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=headers)
     assert queued.status_code == 202, queued.json
     assert queued.headers["RateLimit-Remaining"] == "9"  # the limits script ran in process
     keys = redis_keys(memory_app)
@@ -89,7 +89,7 @@ def test_every_redis_use_runs_in_process(memory_app: Flask) -> None:
     assert run_pending_jobs(memory_app) == 1
     assert LeaseCheckingProvider.leases_seen == [True]  # the attempt held its lease
     assert status_of(client, plan_id, queued.json["generationId"])["status"] == "succeeded"
-    replay = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=headers)
+    replay = client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=headers)
     assert replay.json["generationId"] == queued.json["generationId"]
 
 

@@ -50,7 +50,9 @@ def test_a_new_plan_is_generated_before_the_next_request(client: FlaskClient) ->
 def test_a_plan_is_only_shown_to_its_owner(client: FlaskClient) -> None:
     plan_id = new_plan(client)["planId"]
     assert client.get(f"/api/v1/plans/{plan_id}", headers=BOB).status_code == 404
-    assert client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=BOB).status_code == 404
+    assert (
+        client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=BOB).status_code == 404
+    )
 
 
 def test_regenerating_applies_the_overrides(client: FlaskClient) -> None:
@@ -91,12 +93,12 @@ def test_a_queued_regeneration_can_be_canceled(app: Flask, client: FlaskClient) 
     plan_id, generation_id = queued["planId"], queued["generationId"]
     assert regeneration(client, plan_id, generation_id)["status"] == "pending"
     cancel = client.post(
-        f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel", headers=ALICE
+        f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel", json={}, headers=ALICE
     )
     assert cancel.json["status"] == "canceled"
     assert run_pending_jobs(app) == 0  # its job was taken off the queue
 
-    again = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE).json
+    again = client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=ALICE).json
     assert run_pending_jobs(app) == 1
     assert regeneration(client, plan_id, again["generationId"])["status"] == "succeeded"
 
@@ -104,9 +106,9 @@ def test_a_queued_regeneration_can_be_canceled(app: Flask, client: FlaskClient) 
 @pytest.mark.parametrize("app_config", [{"PLAN_REGEN_RATE_LIMIT": "2/hour"}])
 def test_the_rate_limit_holds_without_a_redis_server(client: FlaskClient) -> None:
     plan_id = new_plan(client)["planId"]
-    second = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
+    second = client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=ALICE)
     assert second.status_code == 202
-    third = client.post(f"/api/v1/plans/{plan_id}/regenerate", headers=ALICE)
+    third = client.post(f"/api/v1/plans/{plan_id}/regenerate", json={}, headers=ALICE)
     assert third.status_code == 429
     assert third.json["code"] == "RATE_LIMITED"
 
