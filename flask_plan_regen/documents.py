@@ -91,6 +91,9 @@ class RegenerationSummarySchema(ResponseSchema):
 
     generation_id = fields.String(attribute="id", data_key="generationId")
     plan_id = fields.String(data_key="planId")
+    user_id = fields.String(
+        data_key="userId", metadata={"description": "Who asked for it (the plan's owner)."}
+    )
     kind = fields.String()
     status = fields.String(validate=validate.OneOf([str(member) for member in Status]))
     tier = fields.String()
