@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 from redis import Redis
+from redis.exceptions import RedisError
 from werkzeug.utils import import_string
 
 from . import admin, metrics, queue
@@ -190,7 +192,7 @@ def rq_command() -> None:
     click.echo(
         f"{prefix}rq worker --with-scheduler -w flask_plan_regen.recovery.RecoveringWorker "
         "-S rq.serializers.JSONSerializer "
-        f"--url {masked_url(current_app.config['PLAN_REGEN_REDIS_URL'])} "
+        f"--url {shlex.quote(masked_url(current_app.config['PLAN_REGEN_REDIS_URL']))} "
         f"{' '.join(rq_queue_names(current_app.config))}"
     )
 
@@ -213,7 +215,10 @@ def openapi(indent: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def info(as_json: bool) -> None:
     """Queues, workers, regenerations by status and rows stuck in processing."""
-    data = admin.collect_info(get_state())
+    try:
+        data = admin.collect_info(get_state())
+    except RedisError as error:
+        raise click.ClickException(f"Redis is unavailable: {type(error).__name__}.") from error
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from limits import parse
 
@@ -271,9 +272,33 @@ def job_timeout(config: Mapping[str, Any]) -> int:
     return math.ceil(float(config["PLAN_REGEN_PROVIDER_TIMEOUT"])) + JOB_TIMEOUT_MARGIN
 
 
+def _is_http_url(value: Any) -> bool:
+    """An ``http(s)://host[:port]...`` URL whose port (if any) is a number."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _check_provider(config: Mapping[str, Any]) -> None:
-    for key in ("PLAN_REGEN_PROVIDER_BASE_URL", "PLAN_REGEN_PROVIDER_API_KEY"):
-        _check(config[key] is None or isinstance(config[key], str), key, "None or a string", config)
+    base = config["PLAN_REGEN_PROVIDER_BASE_URL"]
+    _check(
+        base is None or _is_http_url(base),
+        "PLAN_REGEN_PROVIDER_BASE_URL",
+        "None (OpenAI's own API) or an http(s):// URL",
+        config,
+    )
+    key = config["PLAN_REGEN_PROVIDER_API_KEY"]
+    _check(
+        key is None or isinstance(key, str),
+        "PLAN_REGEN_PROVIDER_API_KEY",
+        "None or a string",
+        config,
+    )
     _check(
         isinstance(config["PLAN_REGEN_PROVIDER_MODEL"], str)
         and bool(config["PLAN_REGEN_PROVIDER_MODEL"].strip()),
@@ -372,7 +397,7 @@ def _check_stripe(config: Mapping[str, Any]) -> None:
     )
     base = config["PLAN_REGEN_STRIPE_API_BASE"]
     _check(
-        base is None or (isinstance(base, str) and base.startswith(("http://", "https://"))),
+        base is None or _is_http_url(base),
         "PLAN_REGEN_STRIPE_API_BASE",
         "None (Stripe's own API) or an http(s):// URL",
         config,

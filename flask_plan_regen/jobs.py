@@ -23,7 +23,7 @@ from .identity import load_plan
 from .leases import held_lease
 from .logs import log_context
 from .metrics import observe_attempt
-from .models import GenerationAttempt, Regeneration, Status, utcnow
+from .models import GenerationAttempt, Regeneration, Status, storable_text, utcnow
 from .output import parse_output
 from .pacing import fit_to_schedule
 from .providers import GenerationRequest, GenerationResult
@@ -138,7 +138,7 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
         "tasks": sum(len(m.tasks) for m in modules),
         "durationMs": int((time.monotonic() - started) * 1000),
         "provider": result.provider,
-        "model": result.model,
+        "model": model_name(result),
     }
     record = attempt_row(state, regeneration, request, started, result, summary=summary)
     record.adjustments = {**adjustments, **schedule}
@@ -201,6 +201,23 @@ def _after_failure(regeneration: Regeneration, retry_delay: int | None) -> Any:
     return None
 
 
+def model_name(result: GenerationResult | None) -> str | None:
+    """The model the server says answered, as a storable string of at most 200 characters."""
+    name = result.model if result else None
+    return storable_text(name)[:200] if isinstance(name, str) else None
+
+
+def token_count(value: Any) -> int | None:
+    """A provider's token count if it is one an integer column can keep, else ``None``.
+
+    Servers answer what they like ("x", -5, 10**30); a count is only informative,
+    so a wrong one is dropped rather than failing the attempt that is being saved.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+        return value
+    return None
+
+
 def attempt_row(
     state: RegenState,
     regeneration: Regeneration,
@@ -222,9 +239,9 @@ def attempt_row(
         modules_count=summary["modules"] if summary else 0,
         tasks_count=summary["tasks"] if summary else 0,
         provider=result.provider if result else state.provider.name,
-        model=result.model if result else None,
-        prompt_tokens=result.prompt_tokens if result else None,
-        completion_tokens=result.completion_tokens if result else None,
+        model=model_name(result),
+        prompt_tokens=token_count(result.prompt_tokens) if result else None,
+        completion_tokens=token_count(result.completion_tokens) if result else None,
         prompt_hash=request.prompt_hash(),
         adjustments={},
     )

@@ -86,6 +86,11 @@ def storable(text: str) -> bool:
     return True
 
 
+def storable_text(text: str) -> str:
+    """``text`` without what :func:`storable` refuses (NULs dropped, lone surrogates ``?``)."""
+    return text if storable(text) else text.replace("\x00", "").encode("utf-8", "replace").decode()
+
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",

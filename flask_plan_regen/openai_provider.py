@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -266,4 +267,15 @@ def _sanitised(text: str, api_key: str | None, limit: int) -> str:
 
 
 def _masked(text: str, api_key: str | None) -> str:
-    return text.replace(api_key, "***") if api_key else text
+    """``text`` with the key hidden, also where a server echoed it cut short or recased.
+
+    Any run of characters starting with the key's first 8 (in any case) is
+    replaced, up to the next space or quote.
+    """
+    if not api_key:
+        return text
+    text = text.replace(api_key, "***")
+    head = re.escape(api_key[:8])
+    return (
+        re.sub(rf"{head}[^\s'\"]*", "***", text, flags=re.IGNORECASE) if len(api_key) >= 8 else text
+    )

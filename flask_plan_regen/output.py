@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import OutputValidationError, ProviderError
+from .models import storable, storable_text
 from .types import GeneratedModule, GeneratedTask
 
 MAX_MODULES = 12
@@ -33,6 +34,7 @@ ADJUSTMENTS = (
     "modulesDropped",
     "tasksDropped",
     "numbersCoerced",
+    "textsCleaned",
 )
 
 _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
@@ -66,6 +68,8 @@ def json_in(text: str) -> Any:
     """
     try:
         return json.loads(text)
+    except RecursionError as error:  # nested deeper than any plan: not worth reading on
+        raise ProviderError("output is nested too deeply to be a plan") from error
     except ValueError as error:
         whole_text_error = error
     decoder = json.JSONDecoder()
@@ -74,6 +78,8 @@ def json_in(text: str) -> Any:
     while start != -1:
         try:
             value, end = decoder.raw_decode(text, start)
+        except RecursionError as error:
+            raise ProviderError("output is nested too deeply to be a plan") from error
         except ValueError:
             start = text.find("{", start + 1)
             continue
@@ -129,7 +135,7 @@ def _module(item: Any, adjustments: dict[str, int]) -> GeneratedModule:
     adjustments["tasksDropped"] += max(len(tasks) - MAX_TASKS, 0)
     return GeneratedModule(
         title=_title(item, adjustments),
-        description=_description(item),
+        description=_description(item, adjustments),
         estimated_minutes=_minutes(item, MODULE_MINUTES, "moduleMinutesClamped", adjustments),
         tasks=tuple(_task(task, adjustments) for task in tasks[:MAX_TASKS]),
     )
@@ -140,7 +146,7 @@ def _task(item: Any, adjustments: dict[str, int]) -> GeneratedTask:
         raise OutputValidationError("a task is not an object")
     return GeneratedTask(
         title=_title(item, adjustments),
-        description=_description(item),
+        description=_description(item, adjustments),
         estimated_minutes=_minutes(item, TASK_MINUTES, "taskMinutesClamped", adjustments),
     )
 
@@ -149,16 +155,32 @@ def _title(item: Mapping[str, Any], adjustments: dict[str, int]) -> str:
     title = item.get("title")
     if not isinstance(title, str) or not title.strip():
         raise OutputValidationError("a title is missing or empty")
-    title = title.strip()
+    title = _storable(title, adjustments).strip()
+    if not title:
+        raise OutputValidationError("a title is missing or empty")
     if len(title) > MAX_TITLE:
         adjustments["titlesTruncated"] += 1
         title = title[:MAX_TITLE]
     return title
 
 
-def _description(item: Mapping[str, Any]) -> str | None:
+def _description(item: Mapping[str, Any], adjustments: dict[str, int]) -> str | None:
     description = item.get("description")
-    return description.strip() or None if isinstance(description, str) else None
+    if not isinstance(description, str):
+        return None
+    return _storable(description, adjustments).strip() or None
+
+
+def _storable(text: str, adjustments: dict[str, int]) -> str:
+    """``text`` without what no database can keep: NUL characters, unpaired surrogates.
+
+    Every database then stores the same plan (SQLite would keep a NUL that
+    PostgreSQL refuses); each cleaned text counts in ``textsCleaned``.
+    """
+    if storable(text):
+        return text
+    adjustments["textsCleaned"] += 1
+    return storable_text(text)
 
 
 def _minutes(

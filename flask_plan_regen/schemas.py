@@ -162,8 +162,8 @@ class StripeEventSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    id = fields.String(required=True, validate=validate.Length(min=1, max=255))
-    type = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    id = TrimmedString(required=True, validate=validate.Length(min=1, max=255))
+    type = TrimmedString(required=True, validate=validate.Length(min=1, max=255))
     data = fields.Nested(_StripeEventDataSchema, required=True)
 
 

@@ -18,6 +18,8 @@ behaviour scripted for its plan's topic (``server.script("Rust", "status_500",
   ``Retry-After: 30``
 * ``slow``            a good answer, but only after ``server.slow_seconds``
 * ``malformed``       content that is not JSON
+* ``bad_usage``       a good plan, but token counts no column can keep and a model name
+  with a NUL and 300 characters
 * ``rule_break``      JSON that breaks the output rules (no modules)
 
 With ``server.supports_json_schema = False`` a request asking for
@@ -73,7 +75,8 @@ NUMERIC_STRINGS = {
 REFUSAL = "I'm sorry, but I can't help with that request.\n\x07It breaks the usage policy."
 ERROR_MESSAGES = {
     400: "Unsupported parameter: 'frobnicate' is not supported with this model.",
-    401: "Incorrect API key provided: {key}. You can find your API key at the dashboard.",
+    401: "Incorrect API key provided: {key}. You can find your API key at the dashboard. "
+    "(Also seen as {key_cut} and '{key_upper}'.)",
     403: "Project proj_fake does not have access to model {model}.",
     404: "The model `{model}` does not exist or you do not have access to it.",
 }
@@ -160,7 +163,9 @@ class FakeOpenAI:
                 elif behaviour.startswith("status_"):
                     status = int(behaviour.removeprefix("status_"))
                     key = (authorization or "").removeprefix("Bearer ")
-                    detail = ERROR_MESSAGES.get(status, "").format(key=key, model=model)
+                    detail = ERROR_MESSAGES.get(status, "").format(
+                        key=key, key_cut=f"{key[:20]}...", key_upper=key.upper(), model=model
+                    )
                     error = {"message": f"fake error {status}. {detail}", "type": "server_error"}
                     headers = {"Retry-After": argument} if argument else {}
                     self._send(status, {"error": error}, headers)
@@ -234,7 +239,11 @@ def answer(model: str, behaviour: str) -> dict[str, Any]:
     if behaviour == "refusal":
         message["refusal"] = REFUSAL
     finish_reason = "length" if behaviour == "length" else "stop"
-    return completion(model, message, finish_reason)
+    answered = completion(model, message, finish_reason)
+    if behaviour == "bad_usage":
+        answered["model"] = "m\x00" + "x" * 300
+        answered["usage"] = {"prompt_tokens": "x", "completion_tokens": 10**30}
+    return answered
 
 
 def completion(model: str, message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:

@@ -53,7 +53,7 @@ def test_rq_command_masks_the_redis_password() -> None:
     result = app.test_cli_runner().invoke(args=["plan-regen", "rq-command"])
     assert result.exit_code == 0
     assert "s3cret" not in result.output
-    assert "--url redis://:***@redis.internal:6380/2 " in result.output
+    assert "--url 'redis://:***@redis.internal:6380/2' " in result.output  # shell-quoted
 
 
 def test_rq_command_masks_a_password_given_in_the_query() -> None:
@@ -67,4 +67,4 @@ def test_rq_command_masks_a_password_given_in_the_query() -> None:
     print(result.output)
     assert result.exit_code == 0
     assert "s3cret" not in result.output
-    assert "--url redis://redis.internal:6380/2?password=*** " in result.output
+    assert "--url 'redis://redis.internal:6380/2?password=***' " in result.output

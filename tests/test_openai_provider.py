@@ -245,7 +245,19 @@ def test_the_api_key_never_leaves_the_provider(
     assert "Incorrect API key provided: ***" in caplog.text  # the server's words, key masked
     for text in (*answers, stored, caplog.text):
         assert API_KEY not in text
-        assert "very-secret" not in text
+        assert "0123456789" not in text  # nor cut short, nor upper-cased
+        assert "very-secret" not in text.lower()
+
+
+def test_token_counts_and_a_model_name_no_column_can_keep_are_dropped_or_cut(
+    app: Flask, make_plan: Any, openai_server: FakeOpenAI
+) -> None:
+    openai_server.queue("bad_usage")
+    doc = regenerate_and_run(app, make_plan())
+    assert doc["status"] == "succeeded"  # the plan was good: the counts are only informative
+    (attempt,) = doc["attemptLog"]
+    assert (attempt["promptTokens"], attempt["completionTokens"]) == (None, None)
+    assert attempt["model"] == "m" + "x" * 199
 
 
 def test_plan_text_cannot_forge_prompt_lines_and_notes_are_fenced_data(

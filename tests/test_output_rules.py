@@ -95,7 +95,36 @@ def test_limits_are_inclusive_and_clamping_is_recorded() -> None:
         "modulesDropped": 0,
         "tasksDropped": 0,
         "numbersCoerced": 0,
+        "textsCleaned": 0,
     }
+
+
+def test_texts_no_database_can_keep_are_cleaned_and_counted() -> None:
+    document = {
+        "modules": [
+            {
+                "title": "Intro\x00duction",
+                "description": "Lone \ud800 surrogate",
+                "estimatedMinutes": 60,
+                "tasks": [
+                    {"title": "\x00", "estimatedMinutes": 30},
+                    {"title": "ok", "estimatedMinutes": 30},
+                ],
+            }
+        ]
+    }
+    with pytest.raises(OutputValidationError):  # a title of nothing but a NUL is no title
+        parse_output(json.dumps(document))
+    document["modules"][0]["tasks"].pop(0)
+    modules, adjustments = parse_output(json.dumps(document))
+    assert (modules[0].title, modules[0].description) == ("Introduction", "Lone ? surrogate")
+    assert adjustments["textsCleaned"] == 2
+
+
+def test_output_nested_too_deeply_is_a_provider_error_not_ours() -> None:
+    for text in ("[" * 100_000, '{"modules": ' + "[" * 5000 + "]" * 5000 + "}"):
+        with pytest.raises(ProviderError):
+            parse_output(text)
 
 
 def test_what_can_be_kept_is_kept_and_counted() -> None:

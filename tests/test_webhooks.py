@@ -200,6 +200,7 @@ def post_raw(app: Flask, payload: bytes) -> Any:
         b'{"id": "", "type": "invoice.paid", "data": {"object": {}}}',
         b"[" * 50_000 + b"]" * 50_000,
         b"not json at all",
+        b'{"id": "evt_\\ud800", "type": "customer.deleted", "data": {"object": {"id": "c"}}}',
     ],
 )
 def test_a_signed_payload_of_the_wrong_shape_is_a_json_400(
