@@ -78,7 +78,7 @@ def create_app(database_uri: str | None = None, redis_url: str | None = None) ->
         db.session.add(
             Regeneration(
                 id=generation_id,
-                plan_id=plan.id,
+                plan_id=plan_id,
                 user_id=user_id,
                 kind="regeneration",
                 status="pending",
@@ -111,7 +111,7 @@ def create_app(database_uri: str | None = None, redis_url: str | None = None) ->
             )
             db.session.commit()
             return jsonify(error="queue unavailable"), 503
-        return jsonify(generationId=generation_id, planId=plan.id, status="pending"), 202
+        return jsonify(generationId=generation_id, planId=plan_id, status="pending"), 202
 
     return app
 

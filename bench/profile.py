@@ -83,9 +83,7 @@ def job_calls(database: Database, count: int) -> dict[str, Iterator[Callable[[],
 
     def package() -> Iterator[Callable[[], Any]]:
         for generation_id in package_ids:
-            yield lambda generation_id=generation_id: expect(
-                jobs.run_regeneration(generation_id)
-            )
+            yield lambda generation_id=generation_id: expect(jobs.run_regeneration(generation_id))
 
     def hand() -> Iterator[Callable[[], Any]]:
         for generation_id in handwritten_ids:
@@ -112,7 +110,7 @@ def main() -> int:
         wall: dict[str, list[float]] = {name: [] for name in sides}
         profiler = cProfile.Profile() if args.profile else None
         # Warm-up: connections, compiled statements, lazily built objects.
-        for name, calls in sides.items():
+        for calls in sides.values():
             for _ in range(5):
                 next(calls)()
         remaining = args.count - 5

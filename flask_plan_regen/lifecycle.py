@@ -22,11 +22,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from flask import current_app
 from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import leases, queue, signals
@@ -40,9 +40,10 @@ from .models import (
     Regeneration,
     Status,
     as_utc,
+    new_id,
     utcnow,
 )
-from .quota import charge, current_period, give_back, refund_failed
+from .quota import current_period, give_back, record_charged, refund_failed
 from .retries import backoff_seconds, should_retry
 from .state import RegenState
 
@@ -82,30 +83,32 @@ def submit(
     refused request spends nothing. It is committed before the job is
     enqueued so that a worker always finds the row; if Redis refuses the job,
     the row is deleted and the quota given back, so nothing is left pending
-    without a job.
+    without a job. Returns the row as a transient object (not in the session).
     """
     session = state.db.session
-    regeneration = Regeneration(
-        plan_id=plan_id,
-        user_id=user_id,
-        kind=kind,
-        status=Status.PENDING,
-        overrides=overrides,
-        tier=tier,
-        priority=priority,
-        queue=queue_name,
-        attempts=0,
-        error_history=[],
-        quota_period=current_period() if charge_quota else None,
-    )
-    session.add(regeneration)
+    now = utcnow()
+    values = {
+        **_NEW_ROW,
+        "id": new_id(),
+        "plan_id": plan_id,
+        "user_id": user_id,
+        "kind": kind,
+        "overrides": overrides,
+        "tier": tier,
+        "priority": priority,
+        "queue": queue_name,
+        "quota_period": current_period(now) if charge_quota else None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    # A Core INSERT of all the values, not the ORM unit of work: the row's values are
+    # all known here, and the shorter the write transaction, the less SQLite's single
+    # writer lock is held (docs/performance.md).
     try:
-        session.flush()
         if charge_quota:
-            charge(state, regeneration)
-        # Detached with its values loaded, so reading them after the commit
-        # (enqueue, the 202 answer) costs no refreshing SELECT.
-        session.expunge(regeneration)
+            record_charged(state, _INSERT_ROW, values)
+        else:
+            session.execute(_INSERT_ROW, values)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -113,15 +116,33 @@ def submit(
     except ApiError:
         session.rollback()
         raise
+    regeneration = Regeneration(**values)
     try:
         _enqueue(state, regeneration)
     except RedisError as error:
-        session.delete(regeneration)
+        session.execute(delete(Regeneration).where(Regeneration.id == regeneration.id))
         give_back(state, regeneration)
         session.commit()
         raise queue_unavailable() from error
     signals.send(signals.regeneration_queued, session, regeneration.id)
     return regeneration
+
+
+_REGENERATIONS = cast(Table, Regeneration.__table__)
+_INSERT_ROW = insert(_REGENERATIONS).values(
+    {column: bindparam(column.key, type_=column.type) for column in _REGENERATIONS.columns}
+)
+# The columns a new row does not set itself.
+_NEW_ROW: dict[str, Any] = {
+    "status": Status.PENDING,
+    "attempts": 0,
+    "failure_class": None,
+    "error": None,
+    "error_history": [],
+    "result": None,
+    "started_at": None,
+    "finished_at": None,
+}
 
 
 def _enqueue(state: RegenState, regeneration: Regeneration) -> None:
