@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -50,7 +51,15 @@ def init_db() -> None:
     help="RQ worker class (import path). The default outlives Redis outages and recovers "
     "the attempts of killed workers (docs/operations.md).",
 )
-@click.option("--name", default=None, help="Worker name (default: RQ's).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run this many workers from one process, forked after the app is loaded "
+    "(docs/operations.md). A worker that exits is replaced, except with --burst.",
+)
+@click.option("--name", default=None, help="Worker name (default: RQ's); with --workers, a prefix.")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
 @click.option("--logging-level", default="INFO", show_default=True)
 @click.option("--max-idle-time", type=int, default=None, help="Exit after idling this many s.")
@@ -85,6 +94,7 @@ def worker(
     burst: bool,
     with_scheduler: bool,
     worker_class: str,
+    workers: int,
     name: str | None,
     max_jobs: int | None,
     logging_level: str,
@@ -97,8 +107,9 @@ def worker(
 ) -> None:
     """Run an RQ worker on the regeneration queues, highest priority first.
 
-    The app is loaded once here, before RQ forks a work horse per job, so a
-    job does not pay for importing and creating the app again.
+    The app is loaded once here, before RQ forks a work horse per job (and,
+    with ``--workers``, before the workers are forked), so neither a job nor a
+    worker pays for importing and creating the app again.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     set_worker_app(app)
@@ -115,15 +126,12 @@ def worker(
         logging.basicConfig(level=logging_level.upper())
     if metrics_port is not None:
         serve_worker_metrics(app, worker_cls, metrics_host, metrics_port)
-    click.echo(f"Worker on queues {', '.join(names)} (in priority order)")
-    queue.start_worker(
-        worker_cls,
-        connection,
-        names,
-        name=name,
+    click.echo(f"{_workers_label(workers)} on queues {', '.join(names)} (in priority order)")
+    options: dict[str, Any] = {
+        "name": name,
         # RQ's own defaults for the options not given.
-        rq_options={key: value for key, value in rq_options.items() if value is not None},
-        work_options={
+        "rq_options": {key: value for key, value in rq_options.items() if value is not None},
+        "work_options": {
             "burst": burst,
             "with_scheduler": with_scheduler,
             "max_jobs": max_jobs,
@@ -131,7 +139,19 @@ def worker(
             "max_idle_time": max_idle_time,
             "dequeue_strategy": dequeue_strategy,
         },
+    }
+    if workers == 1:
+        queue.start_worker(worker_cls, connection, names, **options)
+        return
+    # Each worker writes its metrics under its own pid, as a worker process of its own would.
+    in_each_worker = metrics.count_as_worker if metrics_port is not None else None
+    queue.run_worker_pool(
+        workers, worker_cls, connection, names, in_each_worker=in_each_worker, **options
     )
+
+
+def _workers_label(workers: int) -> str:
+    return "Worker" if workers == 1 else f"{workers} workers"
 
 
 def serve_worker_metrics(app: Flask, worker_cls: type, host: str, port: int) -> None:
