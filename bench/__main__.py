@@ -49,11 +49,37 @@ def parse_args() -> argparse.Namespace:
         default=list(DATABASES),
         help="comma-separated databases of the route part",
     )
+    parser.add_argument(
+        "--classes",
+        type=lambda text: text.split(","),
+        default=list(WORKER_CLASSES),
+        help="comma-separated worker classes of the worker part",
+    )
+    parser.add_argument(
+        "--processes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2],
+        help="comma-separated worker counts of the worker part",
+    )
     parser.add_argument("--no-write", action="store_true", help="print, leave the docs alone")
     args = parser.parse_args()
-    if set(args.only) - set(PARTS) or set(args.databases) - set(DATABASES):
-        parser.error(f"--only takes {PARTS}, --databases {DATABASES}")
-    if set(args.only) != set(PARTS) or set(args.databases) != set(DATABASES):
+    if (
+        set(args.only) - set(PARTS)
+        or set(args.databases) - set(DATABASES)
+        or set(args.classes) - set(WORKER_CLASSES)
+        or set(args.processes) - {1, 2}
+    ):
+        parser.error(
+            f"--only takes {PARTS}, --databases {DATABASES}, --classes "
+            f"{tuple(WORKER_CLASSES)}, --processes 1,2"
+        )
+    complete = (
+        set(args.only) == set(PARTS)
+        and set(args.databases) == set(DATABASES)
+        and set(args.classes) == set(WORKER_CLASSES)
+        and set(args.processes) == {1, 2}
+    )
+    if not complete:
         args.no_write = True  # the docs only take a complete table
     return args
 
@@ -74,6 +100,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     values: dict[str, list[float]] = defaultdict(list)
     started = time.monotonic()
+    complete_worker = set(args.classes) == set(WORKER_CLASSES) and set(args.processes) == {1, 2}
     with Servers() as servers:
         plans_files = {}
         for name, database in servers.databases.items():
@@ -95,8 +122,8 @@ def main() -> int:
                         values[f"route-rps-{app}-{name}"].append(result.requests_per_s)
                         values[f"route-p99-{app}-{name}"].append(result.p99_ms)
             if "worker" in args.only:
-                for worker_class in WORKER_CLASSES:
-                    for processes in (1, 2):
+                for worker_class in args.classes:
+                    for processes in args.processes:
                         for side in rotated(SIDES, round_number):
                             drained = drain(
                                 side, worker_class, processes, workers_db, jobs[worker_class]
@@ -105,7 +132,7 @@ def main() -> int:
                             key = f"{side}-{worker_class}-{processes}"
                             values[f"jobs-{key}"].append(drained.jobs_per_s)
                             values[f"pss-busy-{key}"].append(drained.peak_pss_kib / 1024)
-                for side in rotated(("package", "bare"), round_number):
+                for side in rotated(("package", "bare"), round_number) if complete_worker else ():
                     values[f"pss-idle-{side}"].append(idle_pss(side, workers_db) / 1024)
                     log(f"idle PSS {side}: {values[f'pss-idle-{side}'][-1]:.1f} MiB")
             if "capacity" in args.only:

@@ -59,7 +59,7 @@ def drain_layout(layout: str, database: Database, jobs_per_worker: int) -> Drain
         jobs,
         log_name=f"capacity-{layout}",
         env=DELAY_ENV,
-        sample_every=0.1,
+        sample_every=0.5,
     )
 
 

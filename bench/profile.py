@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +37,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="postgres")
     parser.add_argument("--count", type=int, default=400, help="requests or jobs per side")
     parser.add_argument("--profile", default=None, help="write a cProfile of the package here")
-    return parser.parse_args()
+    parser.add_argument(
+        "--fork",
+        action="store_true",
+        help="job: run each job in a child forked from a prepared parent, as RQ's Worker "
+        "does (CPU from the child's rusage; profiles per child, FILE.<pid>)",
+    )
+    args = parser.parse_args()
+    if args.fork and args.what != "job":
+        parser.error("--fork is for jobs")
+    return args
 
 
 def route_calls(database: Database, count: int) -> dict[str, Iterator[Callable[[], Any]]]:
@@ -73,6 +83,7 @@ def job_calls(database: Database, count: int) -> dict[str, Iterator[Callable[[],
     fill_handwritten_queue(database, count, offset=count)
     app = database.app()
     set_worker_app(app)
+    os.environ.update(database.env())  # where bench.handwritten's worker app is read from
     with app.app_context():
         from flask_plan_regen.models import Regeneration
 
@@ -99,6 +110,38 @@ def expect(summary: Any) -> None:
         raise RuntimeError("a job did not succeed")
 
 
+def prepare_to_fork(database: Database) -> None:
+    """What each worker's main process has done before it forks a work horse."""
+    with database.app().app_context():
+        from flask_plan_regen import get_state
+
+        get_state().prepare_for_fork()
+    with handwritten.worker_app().app_context():
+        handwritten.db.engine.dispose()
+
+
+def run_forked(call: Callable[[], Any], profile: str | None) -> tuple[float, float]:
+    """Run ``call`` in a forked child; its (CPU, wall) seconds."""
+    started = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the work horse
+        code = 1
+        try:
+            if profile:
+                profiler = cProfile.Profile(time.process_time)
+                profiler.runcall(call)
+                profiler.dump_stats(f"{profile}.{os.getpid()}")
+            else:
+                call()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status, usage = os.wait4(pid, 0)
+    if status != 0:
+        raise RuntimeError(f"a forked job failed ({status})")
+    return usage.ru_utime + usage.ru_stime, time.perf_counter() - started
+
+
 def main() -> int:
     args = parse_args()
     with Servers() as servers:
@@ -108,12 +151,17 @@ def main() -> int:
         sides = maker(database, args.count)
         cpu: dict[str, list[float]] = {name: [] for name in sides}
         wall: dict[str, list[float]] = {name: [] for name in sides}
-        profiler = cProfile.Profile() if args.profile else None
-        # Warm-up: connections, compiled statements, lazily built objects.
+        # CPU time, not wall time: waits on the servers would drown what the code costs.
+        profiler = cProfile.Profile(time.process_time) if args.profile else None
+        # Warm-up: connections, compiled statements, lazily built objects. A forked job
+        # starts from what a worker's main process has instead: no job ran there.
+        warmup = 0 if args.fork else 5
         for calls in sides.values():
-            for _ in range(5):
+            for _ in range(warmup):
                 next(calls)()
-        remaining = args.count - 5
+        if args.fork:
+            prepare_to_fork(database)
+        remaining = args.count - warmup
         block_number = 0
         while remaining > 0:
             size = min(BLOCK, remaining)
@@ -123,6 +171,11 @@ def main() -> int:
                 for _ in range(size):
                     call = next(calls)
                     use_profiler = profiler is not None and name == "package"
+                    if args.fork:
+                        used, took = run_forked(call, args.profile if use_profiler else None)
+                        cpu[name].append(used)
+                        wall[name].append(took)
+                        continue
                     started_cpu, started_wall = time.process_time(), time.perf_counter()
                     if use_profiler:
                         profiler.runcall(call)  # type: ignore[union-attr]
@@ -141,7 +194,7 @@ def main() -> int:
             )
         ratio = statistics.mean(cpu["handwritten"]) / statistics.mean(cpu["package"])
         print(f"CPU speed, package vs hand-written: {ratio:.2f}x")
-        if profiler is not None:
+        if profiler is not None and not args.fork:
             profiler.dump_stats(args.profile)
             print(f"profile written to {args.profile}")
     return 0

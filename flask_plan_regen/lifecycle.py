@@ -19,6 +19,7 @@ plan's content is only replaced in the commit that marks an attempt
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -26,7 +27,7 @@ from typing import Any, cast
 
 from flask import current_app
 from redis.exceptions import RedisError
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, Update, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import leases, queue, signals
@@ -52,6 +53,22 @@ logger = logging.getLogger("flask_plan_regen.lifecycle")
 # A pending row younger than this may still be on its way to its queue (or to RQ's
 # scheduler, for a retry): the sweep leaves it alone.
 PENDING_GRACE = timedelta(seconds=15)
+
+_REGENERATIONS = cast(Table, Regeneration.__table__)
+_INSERT_ROW = insert(_REGENERATIONS).values(
+    {column: bindparam(column.key, type_=column.type) for column in _REGENERATIONS.columns}
+)
+# The columns a new row does not set itself.
+_NEW_ROW: dict[str, Any] = {
+    "status": Status.PENDING,
+    "attempts": 0,
+    "failure_class": None,
+    "error": None,
+    "error_history": [],
+    "result": None,
+    "started_at": None,
+    "finished_at": None,
+}
 
 
 class UnknownRegeneration(RuntimeError):
@@ -128,23 +145,6 @@ def submit(
     return regeneration
 
 
-_REGENERATIONS = cast(Table, Regeneration.__table__)
-_INSERT_ROW = insert(_REGENERATIONS).values(
-    {column: bindparam(column.key, type_=column.type) for column in _REGENERATIONS.columns}
-)
-# The columns a new row does not set itself.
-_NEW_ROW: dict[str, Any] = {
-    "status": Status.PENDING,
-    "attempts": 0,
-    "failure_class": None,
-    "error": None,
-    "error_history": [],
-    "result": None,
-    "started_at": None,
-    "finished_at": None,
-}
-
-
 def _enqueue(state: RegenState, regeneration: Regeneration) -> None:
     queue.enqueue(state.redis, regeneration, current_app.config)
     logger.info("queued %s %s", regeneration.kind, regeneration.id, extra=context_of(regeneration))
@@ -194,28 +194,39 @@ def claim(state: RegenState, generation_id: str) -> Regeneration | None:
 
 def _claim_pending(state: RegenState, generation_id: str) -> Regeneration | None:
     session = state.db.session
-    max_attempts = current_app.config["PLAN_REGEN_MAX_ATTEMPTS"]
+    now = utcnow()
     # RETURNING the row: the claim and the read of what was claimed are one statement.
-    regeneration = session.scalar(
-        update(Regeneration)
-        .where(
-            Regeneration.id == generation_id,
-            Regeneration.status == Status.PENDING,
-            Regeneration.attempts < max_attempts,
-        )
-        .values(
-            status=Status.PROCESSING,
-            attempts=Regeneration.attempts + 1,
-            started_at=utcnow(),
-            updated_at=utcnow(),
-        )
-        .returning(Regeneration)
-        .execution_options(populate_existing=True)
-    )
+    row = session.execute(
+        _CLAIM,
+        {
+            "generation_id": generation_id,
+            "max_attempts": current_app.config["PLAN_REGEN_MAX_ATTEMPTS"],
+            "now": now,
+        },
+    ).first()
     session.commit()
-    if regeneration is not None:
-        signals.send(signals.regeneration_started, session, generation_id)
-    return regeneration
+    if row is None:
+        return None
+    signals.send(signals.regeneration_started, session, generation_id)
+    # Transient, with the values RETURNING read: no later read of the row costs a SELECT.
+    return Regeneration(**row._mapping)
+
+
+_CLAIM = (
+    update(_REGENERATIONS)
+    .where(
+        _REGENERATIONS.c.id == bindparam("generation_id"),
+        _REGENERATIONS.c.status == Status.PENDING,
+        _REGENERATIONS.c.attempts < bindparam("max_attempts"),
+    )
+    .values(
+        status=Status.PROCESSING,
+        attempts=_REGENERATIONS.c.attempts + 1,
+        started_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    .returning(*_REGENERATIONS.c)
+)
 
 
 def _fail_capped(state: RegenState, generation_id: str) -> None:
@@ -331,20 +342,39 @@ def fail(
 
 
 def _change_attempt(state: RegenState, generation_id: str, number: int, **values: Any) -> bool:
-    """Apply ``values`` if attempt ``number`` still holds the row (it is ``processing``)."""
+    """Apply ``values`` if attempt ``number`` still holds the row (it is ``processing``).
+
+    A Core UPDATE: a row the session has loaded keeps its old values until the
+    commit expires it; callers roll back when the claim was lost.
+    """
     changed = state.db.session.execute(
-        update(Regeneration)
-        .where(
-            Regeneration.id == generation_id,
-            Regeneration.status == Status.PROCESSING,
-            Regeneration.attempts == number,
-        )
-        .values(updated_at=utcnow(), **values)
-        # The loaded row takes the new values in memory: no reload of it (nor of the plan,
-        # as expire_all would cost). Callers roll back when the claim was lost.
-        .execution_options(synchronize_session="evaluate")
+        _attempt_update(tuple(sorted(values))),
+        {
+            "generation_id": generation_id,
+            "number": number,
+            "updated_at": utcnow(),
+            **{f"new_{key}": value for key, value in values.items()},
+        },
     )
     return bool(getattr(changed, "rowcount", 0))
+
+
+@functools.cache
+def _attempt_update(keys: tuple[str, ...]) -> Update:
+    """The conditional UPDATE of :func:`_change_attempt` setting ``keys``, built once."""
+    columns = _REGENERATIONS.c
+    return (
+        update(_REGENERATIONS)
+        .where(
+            columns.id == bindparam("generation_id"),
+            columns.status == Status.PROCESSING,
+            columns.attempts == bindparam("number"),
+        )
+        .values(
+            {"updated_at": bindparam("updated_at")}
+            | {key: bindparam(f"new_{key}", type_=columns[key].type) for key in keys}
+        )
+    )
 
 
 def release(state: RegenState, generation_id: str, why: str, *, requeue: bool) -> Status | None:
