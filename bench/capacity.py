@@ -7,11 +7,11 @@ so the workers mostly wait), three layouts drain the same kind of queue:
 * ``pool``: ``flask plan-regen worker --workers 8`` (the app loaded once, then forked);
 * ``separate``: eight ``flask plan-regen worker`` processes, each loading the app itself.
 
-All use the command's default worker class (``RecoveringWorker``) in burst mode, without
-RQ's scheduler (it would add one process to either multi-worker layout). Throughput is
-read from the jobs as in bench/worker.py; PSS is the peak over every process of a layout
-(workers, work horses and the pool's parent), and the idle PSS once all eight workers
-have registered and settled.
+All use the command's default worker class (``RecoveringWorker``), without RQ's scheduler
+(it would add one process to either multi-worker layout), stopped once the queue is
+drained. Throughput is read from the jobs as in bench/worker.py; PSS is the peak over
+every process of a layout (workers, work horses and the pool's parent), and the idle PSS
+once all eight workers have registered and settled.
 """
 
 from __future__ import annotations
@@ -30,21 +30,19 @@ DELAY_ENV = {"FLASK_PLAN_REGEN_BUILTIN_DELAY": "1"}
 LAYOUTS = ("one", "pool", "separate")
 
 
-def worker_argv(workers: int | None, burst: bool = True) -> list[str]:
+def worker_argv(workers: int | None) -> list[str]:
     argv = ["flask", "plan-regen", "worker", "--without-scheduler", "--logging-level", "WARNING"]
-    if burst:
-        argv.append("--burst")
     if workers is not None:
         argv += ["--workers", str(workers)]
     return argv
 
 
-def layout_argvs(layout: str, burst: bool = True) -> list[list[str]]:
+def layout_argvs(layout: str) -> list[list[str]]:
     if layout == "one":
-        return [worker_argv(None, burst)]
+        return [worker_argv(None)]
     if layout == "pool":
-        return [worker_argv(WORKERS, burst)]
-    return [worker_argv(None, burst) for _ in range(WORKERS)]
+        return [worker_argv(WORKERS)]
+    return [worker_argv(None) for _ in range(WORKERS)]
 
 
 def drain_layout(layout: str, database: Database, jobs_per_worker: int) -> DrainResult:
@@ -70,7 +68,7 @@ def idle_layout_pss(layout: str, database: Database, settle: float = 1.0) -> int
     with contextlib.ExitStack() as stack:
         pids = [
             stack.enter_context(spawn(argv, database.env(), f"capacity-idle-{layout}-{index}"))
-            for index, argv in enumerate(layout_argvs(layout, burst=False))
+            for index, argv in enumerate(layout_argvs(layout))
         ]
         deadline = time.monotonic() + 120
         while Worker.count(connection=connection) < WORKERS:

@@ -1,8 +1,11 @@
 """Worker benchmark: regenerations/s against the hand-written job and bare RQ no-op jobs.
 
-Each run pre-fills a queue, starts 1 or 2 burst workers of one class and reads the jobs'
-own ``started_at``/``ended_at`` from Redis: throughput = jobs / (last end - first start),
-so process start-up is not counted for any side. Three sides:
+Each run pre-fills a queue, starts 1 or 2 workers of one class, stops them once the queue is
+drained and reads the jobs' own ``started_at``/``ended_at`` from Redis: throughput = jobs /
+(last end - first start), so process start-up is not counted for any side. The workers run
+as in production, not in burst mode: a burst worker pops each of its queues in turn (one
+Redis round trip per queue, and the package's jobs wait in the third of its three queues),
+a running one pops all its queues in one blocking call. Three sides:
 
 * ``package``: ``flask plan-regen worker`` running regenerations queued by the package's
   route, with the built-in provider at zero delay (every one must end ``succeeded``);
@@ -88,21 +91,20 @@ def fill_bare_queue(database: Database, jobs: int) -> None:
     queue.enqueue_many([Queue.prepare_data("bench.jobs.noop", timeout=180) for _ in range(jobs)])
 
 
-def worker_argv(side: str, worker_class: str, database: Database, burst: bool) -> list[str]:
+def worker_argv(side: str, worker_class: str, database: Database) -> list[str]:
     cls = WORKER_CLASSES[worker_class]
-    burst_flag = ["--burst"] if burst else []
     if side == "package":
         return [
-            "flask", "plan-regen", "worker", *burst_flag, "--without-scheduler",
+            "flask", "plan-regen", "worker", "--without-scheduler",
             "--worker-class", cls, "--logging-level", "WARNING",
         ]  # fmt: skip
     if side == "handwritten":
         return [
-            "rq", "worker", *burst_flag, "-c", "bench.handwritten_settings", "-w", cls,
+            "rq", "worker", "-c", "bench.handwritten_settings", "-w", cls,
             "--url", database.redis_url, "--logging_level", "WARNING", handwritten.QUEUE,
         ]  # fmt: skip
     return [
-        "rq", "worker", *burst_flag, "-c", "bench.rq_settings", "-w", cls,
+        "rq", "worker", "-c", "bench.rq_settings", "-w", cls,
         "-S", "rq.serializers.JSONSerializer", "--url", database.redis_url,
         "--logging_level", "WARNING", BARE_QUEUE,
     ]  # fmt: skip
@@ -111,7 +113,7 @@ def worker_argv(side: str, worker_class: str, database: Database, burst: bool) -
 def drain(
     side: str, worker_class: str, processes: int, database: Database, jobs: int
 ) -> DrainResult:
-    """Fill a queue with ``jobs`` jobs and time ``processes`` burst workers draining it."""
+    """Fill a queue with ``jobs`` jobs and time ``processes`` workers draining it."""
     database.reset()
     if side == "package":
         queue_names = fill_package_queue(database, jobs)
@@ -121,7 +123,7 @@ def drain(
     else:
         fill_bare_queue(database, jobs)
         queue_names = [BARE_QUEUE]
-    argv = worker_argv(side, worker_class, database, burst=True)
+    argv = worker_argv(side, worker_class, database)
     return run_workers(
         [argv] * processes,
         database,
@@ -145,7 +147,7 @@ def run_workers(
     env: dict[str, str] | None = None,
     sample_every: float = 0.02,
 ) -> DrainResult:
-    """Run one process per argv (burst workers) until ``jobs`` jobs have finished.
+    """Run one process per argv (workers) until ``jobs`` jobs have finished, then stop them.
 
     Returns the jobs' throughput and the peak PSS of all the processes and their children.
     """
@@ -214,7 +216,7 @@ def idle_pss(side: str, database: Database, settle: float = 1.0) -> int:
     """PSS of one forking worker waiting on empty queues, once it has registered and settled."""
     database.reset()
     connection = Redis.from_url(database.redis_url)
-    argv = worker_argv(side, "forking", database, burst=False)
+    argv = worker_argv(side, "forking", database)
     with spawn(argv, database.env(), f"{side}-idle") as pid:
         deadline = time.monotonic() + 60
         while Worker.count(connection=connection) == 0:
