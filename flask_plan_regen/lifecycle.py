@@ -55,6 +55,7 @@ logger = logging.getLogger("flask_plan_regen.lifecycle")
 PENDING_GRACE = timedelta(seconds=15)
 
 _REGENERATIONS = cast(Table, Regeneration.__table__)
+_ATTEMPTS = cast(Table, GenerationAttempt.__table__)
 _INSERT_ROW = insert(_REGENERATIONS).values(
     {column: bindparam(column.key, type_=column.type) for column in _REGENERATIONS.columns}
 )
@@ -277,7 +278,7 @@ def finish(
         session.rollback()
         return False
     save_content()
-    session.add(attempt)
+    _record(state, attempt)
     session.commit()
     signals.send(signals.regeneration_succeeded, session, generation_id)
     return True
@@ -331,7 +332,7 @@ def fail(
         session.rollback()
         return None
     if attempt is not None:
-        session.add(attempt)
+        _record(state, attempt)
     if not retry:
         refund_failed(state, regeneration, error.failure_class)
     session.commit()
@@ -375,6 +376,15 @@ def _attempt_update(keys: tuple[str, ...]) -> Update:
             | {key: bindparam(f"new_{key}", type_=columns[key].type) for key in keys}
         )
     )
+
+
+def _record(state: RegenState, attempt: GenerationAttempt) -> None:
+    """Insert the attempt's row: one Core INSERT of the values it was given (the columns'
+    defaults fill the rest), not the ORM unit of work for a single row."""
+    values = {
+        key: value for key, value in vars(attempt).items() if key in _ATTEMPTS.c and key != "id"
+    }
+    state.db.session.execute(insert(_ATTEMPTS), values)
 
 
 def release(state: RegenState, generation_id: str, why: str, *, requeue: bool) -> Status | None:
