@@ -42,7 +42,7 @@ test-fast: venv
 demo: venv
 	$(BIN)/python examples/demo.py
 
-# Benchmarks (about 5-10 minutes); rewrites the results table in docs/performance.md.
+# Benchmarks (about 11 minutes); rewrites the results table in docs/performance.md.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
