@@ -21,12 +21,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from sqlalchemy import select
+
 from bench import handwritten
 from bench.common import Database, Servers
 from bench.worker import fill_handwritten_queue, fill_package_queue
 from examples.host_app import db
-from flask_plan_regen import jobs
+from flask_plan_regen import get_state, jobs
 from flask_plan_regen.jobs import set_worker_app
+from flask_plan_regen.models import Regeneration
 
 BLOCK = 25
 
@@ -85,9 +88,7 @@ def job_calls(database: Database, count: int) -> dict[str, Iterator[Callable[[],
     set_worker_app(app)
     os.environ.update(database.env())  # where bench.handwritten's worker app is read from
     with app.app_context():
-        from flask_plan_regen.models import Regeneration
-
-        rows = db.session.query(Regeneration.id, Regeneration.queue).all()
+        rows = db.session.execute(select(Regeneration.id, Regeneration.queue)).all()
         db.session.rollback()
     package_ids = [row.id for row in rows if row.queue != handwritten.QUEUE]
     handwritten_ids = [row.id for row in rows if row.queue == handwritten.QUEUE]
@@ -113,8 +114,6 @@ def expect(summary: Any) -> None:
 def prepare_to_fork(database: Database) -> None:
     """What each worker's main process has done before it forks a work horse."""
     with database.app().app_context():
-        from flask_plan_regen import get_state
-
         get_state().prepare_for_fork()
     with handwritten.worker_app().app_context():
         handwritten.db.engine.dispose()
