@@ -51,7 +51,7 @@ def table(rows: Sequence[Row], rounds: int, command: str) -> str:
         f"{platform.python_version()}), {rounds} interleaved rounds; median (min-max).",
         f"Reproduce: `{command}`",
         "",
-        "| Measure | Unit | flask-plan-regen | Baseline | Ratio | Target | |",
+        "| Measure | Unit | flask-plan-regen | Compared with | Ratio | Target | |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:

@@ -1,6 +1,6 @@
-"""Route benchmark: the package's regenerate route against the baseline app, under wrk.
+"""Route benchmark: the package's regenerate route against the hand-written and bare apps.
 
-Both apps run under gunicorn with 2 sync workers on the same database and Redis. wrk's Lua
+Every app runs under gunicorn with 2 sync workers on the same database and Redis. wrk's Lua
 script (``rotate.lua``) sends every request for a different plan whose owner is a user of
 its own, so the one-active-regeneration rule, the per-user rate limit and the monthly quota
 never reject the load, with the package's default config (no limit is switched off).
@@ -18,7 +18,8 @@ from bench.common import REPO_ROOT, Database, free_port, spawn, wait_for_http
 
 APPS = {
     "package": "examples.host_app:create_app()",
-    "baseline": "bench.baseline_app:create_app()",
+    "handwritten": "bench.handwritten:create_app()",
+    "bare": "bench.baseline_app:create_app()",
 }
 LUA_SCRIPT = Path(__file__).with_name("rotate.lua")
 WRK_THREADS = 1

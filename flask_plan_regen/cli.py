@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import sys
+from typing import Any
 
 import click
 from flask import Flask, current_app
@@ -62,7 +63,15 @@ def init_db() -> None:
     help="RQ worker class (import path). The default outlives Redis outages and recovers "
     "the attempts of killed workers (docs/operations.md).",
 )
-@click.option("--name", default=None, help="Worker name (default: RQ's).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run this many workers from one process, forked after the app is loaded "
+    "(docs/operations.md). A worker that exits is replaced, except with --burst.",
+)
+@click.option("--name", default=None, help="Worker name (default: RQ's); with --workers, a prefix.")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
 @click.option("--logging-level", default="INFO", show_default=True)
 @click.option("--max-idle-time", type=int, default=None, help="Exit after idling this many s.")
@@ -97,6 +106,7 @@ def worker(
     burst: bool,
     with_scheduler: bool,
     worker_class: str,
+    workers: int,
     name: str | None,
     max_jobs: int | None,
     logging_level: str,
@@ -109,8 +119,9 @@ def worker(
 ) -> None:
     """Run an RQ worker on the regeneration queues, highest priority first.
 
-    The app is loaded once here, before RQ forks a work horse per job, so a
-    job does not pay for importing and creating the app again.
+    The app is loaded once here, before RQ forks a work horse per job (and,
+    with ``--workers``, before the workers are forked), so neither a job nor a
+    worker pays for importing and creating the app again.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     refuse_in_process_redis(app)
@@ -128,15 +139,12 @@ def worker(
         logging.basicConfig(level=logging_level.upper())
     if metrics_port is not None:
         serve_worker_metrics(app, worker_cls, metrics_host, metrics_port)
-    click.echo(f"Worker on queues {', '.join(names)} (in priority order)")
-    queue.start_worker(
-        worker_cls,
-        connection,
-        names,
-        name=name,
+    click.echo(f"{_workers_label(workers)} on queues {', '.join(names)} (in priority order)")
+    options: dict[str, Any] = {
+        "name": name,
         # RQ's own defaults for the options not given.
-        rq_options={key: value for key, value in rq_options.items() if value is not None},
-        work_options={
+        "rq_options": {key: value for key, value in rq_options.items() if value is not None},
+        "work_options": {
             "burst": burst,
             "with_scheduler": with_scheduler,
             "max_jobs": max_jobs,
@@ -144,6 +152,14 @@ def worker(
             "max_idle_time": max_idle_time,
             "dequeue_strategy": dequeue_strategy,
         },
+    }
+    if workers == 1:
+        queue.start_worker(worker_cls, connection, names, **options)
+        return
+    # Each worker writes its metrics under its own pid, as a worker process of its own would.
+    in_each_worker = metrics.count_as_worker if metrics_port is not None else None
+    queue.run_worker_pool(
+        workers, worker_cls, connection, names, in_each_worker=in_each_worker, **options
     )
 
 
@@ -155,6 +171,10 @@ def refuse_in_process_redis(app: Flask) -> None:
             "would never see the web process's jobs. Use a Redis server, or run jobs where "
             "they are queued (PLAN_REGEN_EAGER, flask_plan_regen.testing.run_pending_jobs)."
         )
+
+
+def _workers_label(workers: int) -> str:
+    return "Worker" if workers == 1 else f"{workers} workers"
 
 
 def serve_worker_metrics(app: Flask, worker_cls: type, host: str, port: int) -> None:

@@ -1,12 +1,17 @@
 """Leases: a running attempt's proof of life, a Redis key its work horse renews.
 
 While an attempt runs, a thread of the process running it sets
-``<namespace>:lease:<generation id>`` every third of ``PLAN_REGEN_LEASE_TTL``.
-A worker killed with its work horse stops renewing, the key expires, and the
-next sweep (recovery.py) releases the attempt. A lease is only taken to be
-lapsed once two looks at least half a TTL apart found it missing, so a Redis
-that lost its data (and with it every lease) gives the renewing threads time
-to set theirs again before anything is released.
+``<namespace>:lease:<generation id>`` every third of ``PLAN_REGEN_LEASE_TTL``,
+starting a third of the TTL after the attempt started: an attempt shorter than
+that never touches Redis for its lease (in a forked work horse, that first use
+would also open a Redis connection). A worker killed with its work horse stops
+renewing, the key expires, and the next sweep (recovery.py) releases the
+attempt. Nothing is released in the first TTL after an attempt started (the
+sweep and a takeover both check ``started_at``), so its first lease, a third
+of a TTL in, is always there in time. A lease is only taken to be lapsed once
+two looks at least half a TTL apart found it missing, so a Redis that lost its
+data (and with it every lease) gives the renewing threads time to set theirs
+again before anything is released.
 """
 
 from __future__ import annotations
@@ -44,17 +49,17 @@ def held_lease(state: RegenState, generation_id: str, attempt: int) -> Iterator[
     token = f"{attempt}:{secrets.token_hex(6)}"
     redis = state.redis
     stop = threading.Event()
+    taken = threading.Event()
 
     def renew() -> None:
-        while True:
+        while not stop.wait(ttl / 3):
             try:
                 redis.set(key, token, ex=ttl)
+                taken.set()
             except RedisError as error:
                 logger.warning(
                     "lease of %s not renewed, Redis unavailable: %s", generation_id, error
                 )
-            if stop.wait(ttl / 3):
-                return
 
     renew_thread = threading.Thread(target=renew, name=f"lease-{generation_id}", daemon=True)
     renew_thread.start()
@@ -63,10 +68,11 @@ def held_lease(state: RegenState, generation_id: str, attempt: int) -> Iterator[
     finally:
         stop.set()
         renew_thread.join(timeout=ttl)
-        try:
-            redis.eval(_RELEASE, 1, key, token)
-        except RedisError as error:
-            logger.warning("lease of %s not released (it expires): %s", generation_id, error)
+        if taken.is_set():  # else there is nothing to release
+            try:
+                redis.eval(_RELEASE, 1, key, token)
+            except RedisError as error:
+                logger.warning("lease of %s not released (it expires): %s", generation_id, error)
 
 
 def is_held(state: RegenState, generation_id: str) -> bool:

@@ -20,14 +20,15 @@ plan's content is only replaced in the commit that marks an attempt
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from flask import current_app
 from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import Table, Update, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import leases, progress, queue, signals
@@ -41,9 +42,10 @@ from .models import (
     Regeneration,
     Status,
     as_utc,
+    new_id,
     utcnow,
 )
-from .quota import charge, current_period, give_back, refund, refund_failed
+from .quota import current_period, give_back, record_charged, refund, refund_failed
 from .retries import retry_delay, should_retry
 from .state import RegenState
 
@@ -52,6 +54,23 @@ logger = logging.getLogger("flask_plan_regen.lifecycle")
 # A pending row younger than this may still be on its way to its queue (or to RQ's
 # scheduler, for a retry): the sweep leaves it alone.
 PENDING_GRACE = timedelta(seconds=15)
+
+_REGENERATIONS = cast(Table, Regeneration.__table__)
+_ATTEMPTS = cast(Table, GenerationAttempt.__table__)
+_INSERT_ROW = insert(_REGENERATIONS).values(
+    {column: bindparam(column.key, type_=column.type) for column in _REGENERATIONS.columns}
+)
+# The columns a new row does not set itself.
+_NEW_ROW: dict[str, Any] = {
+    "status": Status.PENDING,
+    "attempts": 0,
+    "failure_class": None,
+    "error": None,
+    "error_history": [],
+    "result": None,
+    "started_at": None,
+    "finished_at": None,
+}
 
 
 class UnknownRegeneration(RuntimeError):
@@ -84,29 +103,32 @@ def submit(
     enqueued so that a worker always finds the row; if Redis refuses the job,
     the row is deleted and the quota given back, so nothing is left pending
     without a job. With ``PLAN_REGEN_EAGER`` the job then runs here, to its end.
+    Returns the row as a transient object (not in the session).
     """
     session = state.db.session
-    regeneration = Regeneration(
-        plan_id=plan_id,
-        user_id=user_id,
-        kind=kind,
-        status=Status.PENDING,
-        overrides=overrides,
-        tier=tier,
-        priority=priority,
-        queue=queue_name,
-        attempts=0,
-        error_history=[],
-        quota_period=current_period() if charge_quota else None,
-    )
-    session.add(regeneration)
+    now = utcnow()
+    values = {
+        **_NEW_ROW,
+        "id": new_id(),
+        "plan_id": plan_id,
+        "user_id": user_id,
+        "kind": kind,
+        "overrides": overrides,
+        "tier": tier,
+        "priority": priority,
+        "queue": queue_name,
+        "quota_period": current_period(now) if charge_quota else None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    # A Core INSERT of all the values, not the ORM unit of work: the row's values are
+    # all known here, and the shorter the write transaction, the less SQLite's single
+    # writer lock is held (docs/performance.md).
     try:
-        session.flush()
         if charge_quota:
-            charge(state, regeneration)
-        # Detached with its values loaded, so reading them after the commit
-        # (enqueue, the 202 answer) costs no refreshing SELECT.
-        session.expunge(regeneration)
+            record_charged(state, _INSERT_ROW, values)
+        else:
+            session.execute(_INSERT_ROW, values)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -114,10 +136,11 @@ def submit(
     except ApiError:
         session.rollback()
         raise
+    regeneration = Regeneration(**values)
     try:
         _enqueue(state, regeneration)
     except RedisError as error:
-        session.delete(regeneration)
+        session.execute(delete(Regeneration).where(Regeneration.id == regeneration.id))
         give_back(state, regeneration)
         session.commit()
         raise queue_unavailable() from error
@@ -176,29 +199,40 @@ def claim(state: RegenState, generation_id: str) -> Regeneration | None:
 
 def _claim_pending(state: RegenState, generation_id: str) -> Regeneration | None:
     session = state.db.session
-    max_attempts = current_app.config["PLAN_REGEN_MAX_ATTEMPTS"]
+    now = utcnow()
     # RETURNING the row: the claim and the read of what was claimed are one statement.
-    regeneration = session.scalar(
-        update(Regeneration)
-        .where(
-            Regeneration.id == generation_id,
-            Regeneration.status == Status.PENDING,
-            Regeneration.attempts < max_attempts,
-        )
-        .values(
-            status=Status.PROCESSING,
-            attempts=Regeneration.attempts + 1,
-            started_at=utcnow(),
-            updated_at=utcnow(),
-        )
-        .returning(Regeneration)
-        .execution_options(populate_existing=True)
-    )
+    row = session.execute(
+        _CLAIM,
+        {
+            "generation_id": generation_id,
+            "max_attempts": current_app.config["PLAN_REGEN_MAX_ATTEMPTS"],
+            "now": now,
+        },
+    ).first()
     session.commit()
-    if regeneration is not None:
-        progress.publish(state, generation_id, Status.PROCESSING)
-        signals.send(signals.regeneration_started, session, generation_id)
-    return regeneration
+    if row is None:
+        return None
+    progress.publish(state, generation_id, Status.PROCESSING)
+    signals.send(signals.regeneration_started, session, generation_id)
+    # Transient, with the values RETURNING read: no later read of the row costs a SELECT.
+    return Regeneration(**row._mapping)
+
+
+_CLAIM = (
+    update(_REGENERATIONS)
+    .where(
+        _REGENERATIONS.c.id == bindparam("generation_id"),
+        _REGENERATIONS.c.status == Status.PENDING,
+        _REGENERATIONS.c.attempts < bindparam("max_attempts"),
+    )
+    .values(
+        status=Status.PROCESSING,
+        attempts=_REGENERATIONS.c.attempts + 1,
+        started_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    .returning(*_REGENERATIONS.c)
+)
 
 
 def _fail_capped(state: RegenState, generation_id: str) -> None:
@@ -250,7 +284,7 @@ def finish(
         session.rollback()
         return False
     save_content()
-    session.add(attempt)
+    _record(state, attempt)
     session.commit()
     progress.publish(state, generation_id, Status.SUCCEEDED)
     signals.send(signals.regeneration_succeeded, session, generation_id)
@@ -305,7 +339,7 @@ def fail(
         session.rollback()
         return None
     if attempt is not None:
-        session.add(attempt)
+        _record(state, attempt)
     if not retry:
         refund_failed(state, regeneration, error.failure_class)
     session.commit()
@@ -317,20 +351,48 @@ def fail(
 
 
 def _change_attempt(state: RegenState, generation_id: str, number: int, **values: Any) -> bool:
-    """Apply ``values`` if attempt ``number`` still holds the row (it is ``processing``)."""
+    """Apply ``values`` if attempt ``number`` still holds the row (it is ``processing``).
+
+    A Core UPDATE: a row the session has loaded keeps its old values until the
+    commit expires it; callers roll back when the claim was lost.
+    """
     changed = state.db.session.execute(
-        update(Regeneration)
-        .where(
-            Regeneration.id == generation_id,
-            Regeneration.status == Status.PROCESSING,
-            Regeneration.attempts == number,
-        )
-        .values(updated_at=utcnow(), **values)
-        # The loaded row takes the new values in memory: no reload of it (nor of the plan,
-        # as expire_all would cost). Callers roll back when the claim was lost.
-        .execution_options(synchronize_session="evaluate")
+        _attempt_update(tuple(sorted(values))),
+        {
+            "generation_id": generation_id,
+            "number": number,
+            "updated_at": utcnow(),
+            **{f"new_{key}": value for key, value in values.items()},
+        },
     )
     return bool(getattr(changed, "rowcount", 0))
+
+
+@functools.cache
+def _attempt_update(keys: tuple[str, ...]) -> Update:
+    """The conditional UPDATE of :func:`_change_attempt` setting ``keys``, built once."""
+    columns = _REGENERATIONS.c
+    return (
+        update(_REGENERATIONS)
+        .where(
+            columns.id == bindparam("generation_id"),
+            columns.status == Status.PROCESSING,
+            columns.attempts == bindparam("number"),
+        )
+        .values(
+            {"updated_at": bindparam("updated_at")}
+            | {key: bindparam(f"new_{key}", type_=columns[key].type) for key in keys}
+        )
+    )
+
+
+def _record(state: RegenState, attempt: GenerationAttempt) -> None:
+    """Insert the attempt's row: one Core INSERT of the values it was given (the columns'
+    defaults fill the rest), not the ORM unit of work for a single row."""
+    values = {
+        key: value for key, value in vars(attempt).items() if key in _ATTEMPTS.c and key != "id"
+    }
+    state.db.session.execute(insert(_ATTEMPTS), values)
 
 
 def release(state: RegenState, generation_id: str, why: str, *, requeue: bool) -> Status | None:

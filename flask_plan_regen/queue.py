@@ -10,13 +10,17 @@ Redis keep working after an upgrade.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import logging
+import multiprocessing
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
-from redis import Redis
+from redis import ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -29,6 +33,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now, utcparse
 from rq.worker import DequeueStrategy
+from rq.worker_pool import WorkerPool
 
 from .config import job_timeout
 
@@ -42,6 +47,8 @@ JobTimeout = JobTimeoutException
 SERIALIZER = JSONSerializer
 _LIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED})
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# The pool's workers are forked: they start with the app its process loaded.
+_FORK = multiprocessing.get_context("fork")
 
 logger = logging.getLogger("flask_plan_regen.queue")
 
@@ -275,6 +282,96 @@ def _next_own_retry(worker: Worker) -> float | None:
             if job is not None and job.worker_name == worker.name
         ]
     return min(due, default=None)
+
+
+def run_worker_pool(
+    count: int,
+    worker_class: type,
+    redis: Redis,
+    names: list[str],
+    *,
+    name: str | None,
+    rq_options: Mapping[str, Any],
+    work_options: Mapping[str, Any],
+    in_each_worker: Callable[[], None] | None = None,
+) -> None:
+    """Run ``count`` workers forked from this process (RQ's ``WorkerPool``) until they stop.
+
+    Whatever this process has loaded (the app, imported modules) is shared
+    copy-on-write with the workers rather than loaded once per worker. The
+    pool replaces a worker that exits, except in burst mode; SIGINT or SIGTERM
+    asks every worker for a warm shutdown (its current job finishes) and the
+    pool exits once they all have. ``in_each_worker`` runs first in each one.
+    """
+    pool = _WorkerPool(
+        names,
+        connection=redis,
+        num_workers=count,
+        worker_class=worker_class,
+        serializer=SERIALIZER,
+        worker_target=functools.partial(
+            _run_pool_worker,
+            worker_class=worker_class,
+            queue_names=names,
+            connection_kwargs=dict(redis.connection_pool.connection_kwargs),
+            connection_class=redis.connection_pool.connection_class,
+            name_prefix=name,
+            rq_options=dict(rq_options),
+            work_options=dict(work_options),
+            in_each_worker=in_each_worker,
+        ),
+    )
+    # Objects loaded so far are never collected: the cyclic GC would otherwise write
+    # to every one of them in each worker, turning shared pages into private copies.
+    gc.freeze()
+    pool.start(burst=bool(work_options["burst"]), logging_level=work_options["logging_level"])
+
+
+class _WorkerPool(WorkerPool):
+    """RQ's ``WorkerPool``, running each worker with all of the command's options.
+
+    RQ's own pool passes a worker only a few of them (and always runs the scheduler).
+    """
+
+    def __init__(self, *args: Any, worker_target: Callable[[str], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._worker_target = worker_target
+
+    def get_worker_process(
+        self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"
+    ) -> BaseProcess:
+        return _FORK.Process(
+            target=self._worker_target, args=(name,), name=f"Worker {name} (pool {self.name})"
+        )
+
+
+def _run_pool_worker(
+    pool_name: str,
+    *,
+    worker_class: type,
+    queue_names: list[str],
+    connection_class: type,
+    connection_kwargs: dict[str, Any],
+    name_prefix: str | None,
+    rq_options: dict[str, Any],
+    work_options: dict[str, Any],
+    in_each_worker: Callable[[], None] | None,
+) -> None:
+    """One worker of the pool, in its forked process, on a Redis connection of its own."""
+    if in_each_worker is not None:
+        in_each_worker()
+    redis = Redis(
+        connection_pool=ConnectionPool(connection_class=connection_class, **connection_kwargs)
+    )
+    name = f"{name_prefix}-{pool_name[:8]}" if name_prefix else pool_name
+    start_worker(
+        worker_class,
+        redis,
+        queue_names,
+        name=name,
+        rq_options=rq_options,
+        work_options=work_options,
+    )
 
 
 class ResilientWorker(Worker):

@@ -3,7 +3,8 @@
 A charge is one conditional upsert (``used = used + 1 WHERE used < limit``) on
 the user's ``plan_regen_usage`` row for the month, in the same transaction
 that records the regeneration, so concurrent requests (any number of web
-processes) can never take more than the limit.
+processes) can never take more than the limit. On PostgreSQL the
+regeneration's INSERT and the charge are one statement (the INSERT in a CTE).
 The quota is given back when a request ends without being queued, and when a
 regeneration fails for a reason that is ours rather than the user's
 (:data:`REFUNDED_FAILURES`); a regeneration is refunded at most once.
@@ -12,16 +13,18 @@ regeneration fails for a reason that is ours rather than the user's
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from flask import current_app
 from flask_sqlalchemy.session import Session
-from sqlalchemy import update
+from sqlalchemy import Integer, Select, Table, bindparam, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import scoped_session
+from sqlalchemy.sql.dml import Insert, ReturningInsert
 
 from .config import UNLIMITED
 from .documents import iso_utc
@@ -69,22 +72,34 @@ def monthly_limit(tier: str, config: Mapping[str, Any]) -> int | None:
     return None if limit == UNLIMITED else int(limit)
 
 
-def charge(state: RegenState, regeneration: Regeneration) -> None:
-    """Count ``regeneration`` against its user's quota, or answer 429 ``QUOTA_EXCEEDED``.
+def record_charged(state: RegenState, row: Insert, values: Mapping[str, Any]) -> None:
+    """Execute ``row`` (a regeneration's INSERT) with ``values`` and charge its user's quota.
 
-    The month charged is the row's ``quota_period``. Runs inside the
-    transaction that inserts the regeneration and is committed with it: a
-    request that ends up not recorded (409 duplicate, 429) never spends quota,
-    and no separate commit is needed.
+    Raises 429 ``QUOTA_EXCEEDED`` when the month (``values["quota_period"]``) of
+    the tier (``values["tier"]``) is used up; the caller then rolls back, which
+    also undoes the INSERT. Nothing is committed here: the caller commits the
+    row and its charge together, so a request that ends up not recorded (409
+    duplicate, 429) never spends quota. An INSERT that breaks a constraint
+    raises ``IntegrityError`` before anything is charged.
+
+    On PostgreSQL this is one statement, the INSERT in a CTE that the charge
+    reads (one round trip, not two); elsewhere the INSERT, then the charge.
     """
-    period = regeneration.quota_period
+    period = values["quota_period"]
     assert period is not None, "set quota_period = current_period() before charging"
-    limit = monthly_limit(regeneration.tier, current_app.config)
-    if not _take_one(state.db.session, regeneration.user_id, period, limit):
+    limit = monthly_limit(values["tier"], current_app.config)
+    session = state.db.session
+    if session.get_bind().dialect.name == "postgresql" and (limit is None or limit > 0):
+        statement = _insert_and_charge(row, limited=limit is not None)
+        charged = session.execute(statement, {**values, "quota_limit": limit}).first() is not None
+    else:
+        session.execute(row, values)
+        charged = _take_one(session, values["user_id"], period, limit)
+    if not charged:
         raise ApiError(
             429,
             "QUOTA_EXCEEDED",
-            f"The monthly regeneration quota of the {regeneration.tier} tier ({limit}) is used up.",
+            f"The monthly regeneration quota of the {values['tier']} tier ({limit}) is used up.",
             details={
                 "limit": limit,
                 "remaining": 0,
@@ -164,17 +179,9 @@ def _take_one(
         return False
     dialect = session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
-        # One upsert: the first request of the month inserts used = 1, later ones add
-        # one while under the limit (no row changes past it).
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = insert(Usage).values(user_id=user_id, period=period, used=1)
-        upsert = statement.on_conflict_do_update(
-            index_elements=[Usage.user_id, Usage.period],
-            set_={"used": Usage.used + 1},
-            where=Usage.used < limit if limit is not None else None,
-        )
-        # RETURNING, not rowcount: psycopg counts the row even when WHERE skips the update.
-        return session.execute(upsert.returning(Usage.used)).first() is not None
+        params = {"user_id": user_id, "period": period, "quota_limit": limit}
+        upsert = _upsert(dialect, limited=limit is not None)
+        return session.execute(upsert, params).first() is not None
     # Other databases: a savepoint absorbs the duplicate-key error of a concurrent insert.
     try:
         with session.begin_nested():
@@ -190,6 +197,54 @@ def _take_one(
     if limit is not None:
         increment = increment.where(Usage.used < limit)
     return bool(getattr(session.execute(increment), "rowcount", 0))
+
+
+_USAGE = cast(Table, Usage.__table__)
+_QUOTA_LIMIT = bindparam("quota_limit", type_=Integer)
+
+
+@functools.cache
+def _upsert(dialect: str, *, limited: bool) -> ReturningInsert[tuple[int]]:
+    """One upsert: the month's first charge inserts ``used = 1``, later ones add one while
+    under ``:quota_limit`` (no row changes past it). Built once per shape, so the engine's
+    compiled cache finds it without building a cache key from a new statement each time."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(_USAGE).values(
+        user_id=bindparam("user_id"), period=bindparam("period"), used=1
+    )
+    # RETURNING, not rowcount: psycopg counts the row even when WHERE skips the update.
+    return statement.on_conflict_do_update(
+        index_elements=[_USAGE.c.user_id, _USAGE.c.period],
+        set_={"used": _USAGE.c.used + 1},
+        where=_USAGE.c.used < _QUOTA_LIMIT if limited else None,
+    ).returning(_USAGE.c.used)
+
+
+@functools.cache
+def _insert_and_charge(row: Insert, *, limited: bool) -> Select[tuple[int]]:
+    """PostgreSQL: ``row`` in a CTE, and the upsert of :func:`_upsert` fed by what it inserted.
+
+    ``WITH regeneration AS (INSERT ... RETURNING user_id, quota_period), charge AS
+    (INSERT INTO plan_regen_usage SELECT ... FROM regeneration ON CONFLICT ... DO
+    UPDATE ... WHERE used < :quota_limit RETURNING used) SELECT used FROM charge``:
+    no row when the quota is used up (the INSERT still ran: the caller rolls back).
+    """
+    inserted = row.returning(row.table.c.user_id, row.table.c.quota_period).cte("regeneration")
+    charge = (
+        postgresql.insert(_USAGE)
+        .from_select(
+            ["user_id", "period", "used"],
+            select(inserted.c.user_id, inserted.c.quota_period, literal(1)),
+        )
+        .on_conflict_do_update(
+            index_elements=[_USAGE.c.user_id, _USAGE.c.period],
+            set_={"used": _USAGE.c.used + 1},
+            where=_USAGE.c.used < _QUOTA_LIMIT if limited else None,
+        )
+        .returning(_USAGE.c.used)
+        .cte("charge")
+    )
+    return select(charge.c.used)
 
 
 def _give_back(session: scoped_session[Session], reservation: Reservation) -> None:

@@ -17,6 +17,7 @@ from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import configure_mappers
+from sqlalchemy.pool import QueuePool
 
 from .database import OutageLog
 from .hooks import Hooks
@@ -70,10 +71,16 @@ class RegenState:
             engine.dispose()
 
     def dispose_engines_after_fork(self) -> None:
-        """Drop pooled connections inherited from a parent process, once per process."""
+        """Drop pooled connections inherited from a parent process, once per process.
+
+        A pool that holds none (the parent ran :meth:`prepare_for_fork`) is kept:
+        building a new one is a cost a work horse pays for every job.
+        """
         if self.engine_pid != os.getpid():
             for engine in self.db.engines.values():
-                engine.dispose(close=False)
+                pool = engine.pool
+                if not isinstance(pool, QueuePool) or pool.checkedin() or pool.checkedout():
+                    engine.dispose(close=False)
             self.engine_pid = os.getpid()
 
 

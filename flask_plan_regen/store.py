@@ -7,12 +7,13 @@ and attempts stay in this package's tables either way.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import selectinload
 
 from .documents import dump, plan_document_schema
@@ -57,20 +58,11 @@ class SQLAlchemyPlanStore:
         return self.db.session.get(Plan, canonical) if canonical else None
 
     def load_plan(self, plan_id: str) -> PlanInput | None:
-        plan = self._get(plan_id)
-        if plan is None:
+        canonical = _canonical_id(plan_id)
+        if canonical is None:
             return None
-        return PlanInput(
-            id=plan.id,
-            owner_id=plan.owner_id,
-            topic=plan.topic,
-            skill_level=plan.skill_level,
-            weekly_hours=plan.weekly_hours,
-            learning_style=plan.learning_style,
-            start_date=plan.start_date,
-            deadline_date=plan.deadline_date,
-            notes=plan.notes,
-        )
+        row = self.db.session.execute(_SELECT_PLAN_INPUT, {"plan_id": canonical}).first()
+        return None if row is None else PlanInput(**row._mapping)
 
     def create_plan(self, owner_id: str, plan: dict[str, Any]) -> str:
         row = Plan(owner_id=owner_id, **plan)
@@ -88,23 +80,17 @@ class SQLAlchemyPlanStore:
         session = self.db.session
         canonical = _canonical_id(plan_id)
         # Marking the plan ready doubles as the existence check: no SELECT needed.
-        marked = session.execute(
-            update(Plan)
-            .where(Plan.id == canonical)
-            .values(status="ready", updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
+        marked = session.execute(_MARK_READY, {"plan_id": canonical, "now": utcnow()})
         if not getattr(marked, "rowcount", 0):
             raise LookupError(f"plan {plan_id} no longer exists")
         # Bulk deletes rather than ORM cascades: SQLite only honours ON DELETE
         # CASCADE with a pragma the host may not have set.
-        old_modules = select(Module.id).where(Module.plan_id == canonical)
-        session.execute(delete(Task).where(Task.module_id.in_(old_modules)))
-        session.execute(delete(Module).where(Module.plan_id == canonical))
+        session.execute(_DELETE_TASKS, {"plan_id": canonical})
+        session.execute(_DELETE_MODULES, {"plan_id": canonical})
         # Bulk inserts (two statements, no ORM objects): the ORM unit of work spent more
         # CPU on a few dozen rows than everything else in the job.
-        module_ids = session.scalars(
-            insert(Module).returning(Module.id, sort_by_parameter_order=True),
+        module_ids = session.execute(
+            _INSERT_MODULES,
             [
                 {
                     "plan_id": canonical,
@@ -115,7 +101,7 @@ class SQLAlchemyPlanStore:
                 }
                 for position, generated in enumerate(modules)
             ],
-        ).all()
+        ).scalars()
         tasks = [
             {
                 "module_id": module_id,
@@ -130,7 +116,7 @@ class SQLAlchemyPlanStore:
             for position, task in enumerate(generated.tasks)
         ]
         if tasks:
-            session.execute(insert(Task), tasks)
+            session.execute(_INSERT_TASKS, tasks)
 
     def plan_document(self, plan_id: str) -> dict[str, Any] | None:
         canonical = _canonical_id(plan_id)
@@ -157,6 +143,27 @@ def create_tables(engine: Engine, store: PlanStore) -> list[str]:
     tables = tables_for(store)
     metadata.create_all(engine, tables=tables)
     return sorted(table.name for table in tables)
+
+
+# Core statements on the tables, built once: the ORM's bulk paths and building a statement
+# per call cost more CPU than the job's own work (docs/performance.md).
+_PLANS = cast(Table, Plan.__table__)
+_MODULES = cast(Table, Module.__table__)
+_TASKS = cast(Table, Task.__table__)
+_SELECT_PLAN_INPUT = select(
+    *(_PLANS.c[field.name] for field in dataclasses.fields(PlanInput))
+).where(_PLANS.c.id == bindparam("plan_id"))
+_MARK_READY = (
+    update(_PLANS)
+    .where(_PLANS.c.id == bindparam("plan_id"))
+    .values(status="ready", updated_at=bindparam("now"))
+)
+_DELETE_TASKS = delete(_TASKS).where(
+    _TASKS.c.module_id.in_(select(_MODULES.c.id).where(_MODULES.c.plan_id == bindparam("plan_id")))
+)
+_DELETE_MODULES = delete(_MODULES).where(_MODULES.c.plan_id == bindparam("plan_id"))
+_INSERT_MODULES = insert(_MODULES).returning(_MODULES.c.id, sort_by_parameter_order=True)
+_INSERT_TASKS = insert(_TASKS)
 
 
 def _canonical_id(plan_id: str) -> str | None:

@@ -68,3 +68,10 @@ def test_rq_command_masks_a_password_given_in_the_query() -> None:
     assert result.exit_code == 0
     assert "s3cret" not in result.output
     assert "--url 'redis://redis.internal:6380/2?password=***' " in result.output
+
+
+def test_worker_count_below_one_is_a_usage_error() -> None:
+    app = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    result = app.test_cli_runner().invoke(args=["plan-regen", "worker", "--workers", "0"])
+    assert result.exit_code == 2
+    assert "--workers" in result.output

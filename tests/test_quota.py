@@ -210,3 +210,55 @@ def test_concurrent_requests_on_postgres_accept_exactly_the_remaining_quota(
     assert used(pg_app) == 5
     with pg_app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Regeneration)) == 5
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_app(request: pytest.FixtureRequest) -> Flask:
+    """The app on each database: PostgreSQL records and charges in one statement."""
+    app: Flask = request.getfixturevalue("app" if request.param == "sqlite" else "pg_app")
+    return app
+
+
+def regenerations(app: Flask) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(Regeneration)) or 0
+
+
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PLAN_REGEN_RATE_LIMIT": "1000/hour", "PLAN_REGEN_MONTHLY_QUOTAS": {
+        "free": 1, "starter": 10, "pro": 50}}],
+)  # fmt: skip
+def test_a_busy_plan_is_409_before_a_used_up_quota_and_429_records_nothing(
+    app_config: dict[str, Any], any_app: Flask
+) -> None:
+    make_plan = plan_factory(any_app)
+    client = any_app.test_client()
+    busy = make_plan()
+    regenerate(client, busy)  # 202: the quota of 1 is used up
+
+    again = client.post(f"/api/v1/plans/{busy}/regenerate", json={}, headers=ALICE)
+    other = client.post(f"/api/v1/plans/{make_plan()}/regenerate", json={}, headers=ALICE)
+
+    assert (again.status_code, again.json["code"]) == (409, "REGENERATION_ALREADY_QUEUED")
+    assert (other.status_code, other.json["code"]) == (429, "QUOTA_EXCEEDED")
+    assert (used(any_app), regenerations(any_app)) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PLAN_REGEN_RATE_LIMIT": "1000/hour", "PLAN_REGEN_MONTHLY_QUOTAS": {
+        "free": "unlimited", "starter": 0, "pro": 50}}],
+)  # fmt: skip
+def test_unlimited_and_zero_quotas_on_each_database(
+    app_config: dict[str, Any], any_app: Flask
+) -> None:
+    make_plan = plan_factory(any_app)
+    client = any_app.test_client()
+    for _ in range(3):
+        regenerate(client, make_plan())  # free: unlimited, still counted
+    any_app.config["PLAN_REGEN_DEFAULT_TIER"] = "starter"
+    denied = client.post(f"/api/v1/plans/{make_plan()}/regenerate", json={}, headers=ALICE)
+
+    assert (denied.status_code, denied.json["details"]["limit"]) == (429, 0)
+    assert (used(any_app), regenerations(any_app)) == (3, 3)

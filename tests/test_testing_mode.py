@@ -14,7 +14,7 @@ import fakeredis
 import pytest
 import redis
 from app_server import serve
-from conftest import ALICE, build_app, plan_factory, post_json, regenerate, status_of
+from conftest import ALICE, build_app, plan_factory, post_json, regenerate, status_of, wait_until
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 
@@ -42,7 +42,9 @@ class LeaseCheckingProvider:
     leases_seen: list[bool] = []  # noqa: RUF012 - read by the test after the job ran
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        held = leases.is_held(get_state(), request.generation_id)
+        # An attempt first sets its lease a third of a TTL in (a short one never does).
+        state = get_state()
+        held = wait_until(lambda: leases.is_held(state, request.generation_id), 5, "a lease")
         LeaseCheckingProvider.leases_seen.append(held)
         task = {"title": f"Read about {request.plan.topic}", "estimatedMinutes": 30}
         module = {"title": request.plan.topic, "estimatedMinutes": 30, "tasks": [task]}
@@ -68,7 +70,9 @@ def redis_keys(app: Flask) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "memory_app", [{"PLAN_REGEN_PROVIDER": LeaseCheckingProvider}], indirect=True
+    "memory_app",
+    [{"PLAN_REGEN_PROVIDER": LeaseCheckingProvider, "PLAN_REGEN_LEASE_TTL": 3}],
+    indirect=True,
 )
 def test_every_redis_use_runs_in_process(memory_app: Flask) -> None:
     state = get_state(memory_app)

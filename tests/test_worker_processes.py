@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ALICE, worker_env
+import redis
+from conftest import ALICE, NO_LIMITS, statuses, wait_until, worker_env
 from flask import Flask
 from flask.testing import FlaskClient
+from rq import Worker
 from servers import WorkerProcs
 
 from flask_plan_regen import Regeneration, get_state
@@ -99,3 +104,70 @@ def test_flask_plan_regen_worker_serves_requests_until_stopped(
     assert plan["status"] == "ready"
     assert all("Terraform" in module["title"] for module in plan["modules"])
     assert worker_procs.stop(worker) == 0
+
+
+def parent_pid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
+def registered_workers(redis_url: str) -> list[Worker]:
+    return Worker.all(connection=redis.Redis.from_url(redis_url))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app_config", [NO_LIMITS])
+def test_worker_pool_drains_jobs_in_forked_workers_and_stops_on_sigterm(
+    app: Flask,
+    client: FlaskClient,
+    make_plan: Callable[..., str],
+    worker_procs: WorkerProcs,
+    sqlite_uri: str,
+    redis_url: str,
+) -> None:
+    env = worker_env(sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_DELAY="0.3")
+    pool = worker_procs.spawn(["flask", "plan-regen", "worker", "--workers", "2"], env=env)
+    workers = wait_until(
+        lambda: len(found := registered_workers(redis_url)) == 2 and found, what="2 workers"
+    )
+    pids = [worker.pid for worker in workers]
+    # Forked by the command's process, which loaded the app once.
+    assert [parent_pid(pid) for pid in pids] == [pool.pid, pool.pid]
+
+    ids = [regenerate(client, make_plan(topic="Terraform"))["generationId"] for _ in range(6)]
+    wait_until(lambda: set(statuses(app, ids).values()) == {"succeeded"}, what="6 successes")
+    done = {worker.name: worker.successful_job_count for worker in registered_workers(redis_url)}
+    print(f"jobs per worker: {done}")
+    assert sum(done.values()) == 6
+    assert all(count > 0 for count in done.values()), done
+
+    os.kill(pool.pid, signal.SIGTERM)
+    assert pool.wait(30) == 0, worker_procs.log_tail(pool)
+    assert registered_workers(redis_url) == []
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app_config", [NO_LIMITS])
+def test_sigterm_lets_the_pools_running_jobs_finish(
+    app: Flask,
+    client: FlaskClient,
+    make_plan: Callable[..., str],
+    worker_procs: WorkerProcs,
+    sqlite_uri: str,
+    redis_url: str,
+) -> None:
+    env = worker_env(sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_DELAY="2")
+    pool = worker_procs.spawn(["flask", "plan-regen", "worker", "--workers", "2"], env=env)
+    wait_until(lambda: len(registered_workers(redis_url)) == 2, what="2 workers")
+    ids = [regenerate(client, make_plan())["generationId"] for _ in range(2)]
+    wait_until(lambda: set(statuses(app, ids).values()) == {"processing"}, what="both running")
+
+    os.kill(pool.pid, signal.SIGTERM)
+    assert pool.wait(30) == 0, worker_procs.log_tail(pool)
+    final = statuses(app, ids)
+    print(f"after a SIGTERM mid-job: {final}")
+    assert set(final.values()) == {"succeeded"}
+    assert registered_workers(redis_url) == []
