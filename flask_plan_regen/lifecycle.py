@@ -482,7 +482,7 @@ def plan_deleted(
         return False
     if attempt is not None:
         attempt.outcome, attempt.error = Status.CANCELED, PLAN_DELETED
-        session.add(attempt)
+        _record(state, attempt)
     refund(state, regeneration)
     session.commit()
     logger.info("regeneration %s canceled: its plan was deleted", generation_id)
