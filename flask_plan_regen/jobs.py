@@ -15,7 +15,6 @@ from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
-from sqlalchemy import select
 
 from . import lifecycle, queue
 from .database import UNAVAILABLE_ERRORS
@@ -182,30 +181,22 @@ def _failed(
     error: GenerationError,
 ) -> Any:
     record = attempt_row(state, regeneration, request, started, result, error=error)
-    delay = lifecycle.fail(state, regeneration, record, error)
-    return _after_failure(state, regeneration.id, delay)
+    return _after_failure(lifecycle.fail(state, regeneration, record, error))
 
 
-def _after_failure(state: RegenState, generation_id: str, retry_delay: int | None) -> Any:
+def _after_failure(outcome: int | GenerationError | None) -> Any:
     """What the job hands RQ after a failed attempt: a retry, or the regeneration's end.
 
     A regeneration that ended ``failed`` fails its RQ job too, so RQ's failed
     registry, ``rq info`` and rq-dashboard count it. One whose attempt lost the
     row (canceled, taken over) ends the job quietly.
     """
-    if retry_delay is not None:
-        return queue.retry_in(retry_delay, current_app.config)
-    # The row's outcome as committed (the claimed row in hand is a transient copy).
-    ended = state.db.session.execute(
-        select(Regeneration.status, Regeneration.failure_class, Regeneration.error).where(
-            Regeneration.id == generation_id
-        )
-    ).one_or_none()
-    state.db.session.rollback()
-    if ended is not None and ended.status == Status.FAILED:
+    if isinstance(outcome, int):
+        return queue.retry_in(outcome, current_app.config)
+    if outcome is not None:
         # Without the provider's exception chain: RQ stores and logs the traceback, and
         # the SDK's messages may quote what the server said (an API key, the prompt).
-        raise queue.RegenerationFailed(ended.failure_class, ended.error) from None
+        raise queue.RegenerationFailed(outcome.failure_class, outcome.public_message) from None
     return None
 
 

@@ -296,11 +296,12 @@ def fail(
     regeneration: Regeneration,
     attempt: GenerationAttempt | None,
     error: GenerationError,
-) -> int | None:
+) -> int | GenerationError | None:
     """Record a failed attempt: back to ``pending`` to retry, else ``failed``.
 
-    Returns the seconds to wait before the retry, or ``None`` when there is
-    none (the regeneration failed, or this attempt no longer held the row).
+    Returns the seconds to wait before the retry; ``error`` when the
+    regeneration failed for good with it; ``None`` when this attempt no longer
+    held the row.
     A regeneration that fails for good gets its quota back when the failure
     is ours (quota.REFUNDED_FAILURES). The old content stays either way.
     """
@@ -347,7 +348,7 @@ def fail(
     if retry:
         return retry_delay(error, number, config)
     signals.send(signals.regeneration_failed, session, generation_id)
-    return None
+    return error
 
 
 def _change_attempt(state: RegenState, generation_id: str, number: int, **values: Any) -> bool:

@@ -503,10 +503,9 @@ class ResilientWorker(Worker):
             )
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        try:
+        # RQ keeps the state in memory before writing it: only Redis's copy goes stale.
+        with contextlib.suppress(*_REDIS_DOWN):
             super().set_state(state, pipeline)
-        except _REDIS_DOWN:
-            self._state = state
 
     def check_for_suspension(self, burst: bool) -> None:
         try:
