@@ -52,7 +52,9 @@ def collect_info(state: RegenState) -> dict[str, Any]:
     }
 
 
-def requeue_candidates(state: RegenState, failure_class: FailureClass | None) -> list[Regeneration]:
+def requeue_candidates(
+    state: RegenState, failure_class: FailureClass | None, plan_id: str | None = None
+) -> list[Regeneration]:
     """Failed regenerations that are still their plan's latest one, oldest first.
 
     A failure that a later regeneration of the same plan superseded (including
@@ -65,6 +67,8 @@ def requeue_candidates(state: RegenState, failure_class: FailureClass | None) ->
     query = select(Regeneration).where(Regeneration.status == Status.FAILED, ~later.exists())
     if failure_class is not None:
         query = query.where(Regeneration.failure_class == failure_class)
+    if plan_id is not None:
+        query = query.where(Regeneration.plan_id == plan_id)
     return list(state.db.session.scalars(query.order_by(Regeneration.created_at)))
 
 

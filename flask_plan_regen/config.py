@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_AUTH_HANDLER": None,
     "PLAN_REGEN_PLAN_LOADER": None,
     "PLAN_REGEN_TIER_RESOLVER": None,
+    # The operator console (flask_plan_regen.console): () -> operator identity or None.
+    "PLAN_REGEN_OPERATOR_HANDLER": None,
     "PLAN_REGEN_PROVIDER": None,
     "PLAN_REGEN_STORE": None,
     "PLAN_REGEN_MAX_BODY_BYTES": 64 * 1024,
@@ -112,6 +114,7 @@ HOOK_KEYS = (
     "PLAN_REGEN_PLAN_LOADER",
     "PLAN_REGEN_TIER_RESOLVER",
     "PLAN_REGEN_STRIPE_CUSTOMER_LOADER",
+    "PLAN_REGEN_OPERATOR_HANDLER",
 )
 # An object, a class, a factory or an import string to one (checked by init_app).
 PLUGIN_KEYS = ("PLAN_REGEN_PROVIDER", "PLAN_REGEN_STORE")

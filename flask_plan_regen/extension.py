@@ -119,6 +119,11 @@ class PlanRegen:
         self._hooks.stripe_customer_loader = func
         return func
 
+    def operator_required(self, func: F) -> F:
+        """Register ``() -> operator identity or None`` for the console; ``None`` answers 403."""
+        self._hooks.operator_required = func
+        return func
+
     @staticmethod
     def create_all(app: Flask | None = None) -> None:
         """Create this package's tables on the app's database if they are missing.

@@ -24,6 +24,9 @@ TierResolver = Callable[[str], str]
 StripeCustomerLoader = Callable[[str], str | None]
 """``(user_id) -> Stripe customer id`` (``cus_...``), or ``None`` for a user with none."""
 
+OperatorHandler = Callable[[], str | None]
+"""``() -> operator identity`` of the request, or ``None``: the console answers 403."""
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 HOOK_CONFIG_KEYS = {
@@ -31,6 +34,7 @@ HOOK_CONFIG_KEYS = {
     "plan_loader": "PLAN_REGEN_PLAN_LOADER",
     "tier_resolver": "PLAN_REGEN_TIER_RESOLVER",
     "stripe_customer_loader": "PLAN_REGEN_STRIPE_CUSTOMER_LOADER",
+    "operator_required": "PLAN_REGEN_OPERATOR_HANDLER",
 }
 
 
@@ -42,6 +46,7 @@ class Hooks:
     plan_loader: PlanLoader | None = None
     tier_resolver: TierResolver | None = None
     stripe_customer_loader: StripeCustomerLoader | None = None
+    operator_required: OperatorHandler | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> Hooks:

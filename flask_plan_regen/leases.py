@@ -108,3 +108,19 @@ def lapsed(state: RegenState, generation_ids: Sequence[str]) -> set[str]:
         if not exists and now - float(next(answers)) >= ttl / 2:
             lapsed_ids.add(generation_id)
     return lapsed_ids
+
+
+def lease_ages(state: RegenState, generation_ids: Sequence[str]) -> dict[str, float | None]:
+    """Seconds since each attempt last renewed its lease; ``None`` where none is held
+    (an attempt younger than a third of the TTL has not set one yet)."""
+    if not generation_ids:
+        return {}
+    ttl = lease_ttl()
+    with state.redis.pipeline(transaction=False) as pipe:
+        for generation_id in generation_ids:
+            pipe.pttl(state.key("lease", generation_id))
+        left = pipe.execute()
+    return {
+        generation_id: (ttl - ms / 1000 if ms >= 0 else None)
+        for generation_id, ms in zip(generation_ids, left, strict=True)
+    }

@@ -197,6 +197,12 @@ class Regeneration(Base):
         ),
         Index("ix_plan_regen_regenerations_plan_created", "plan_id", "created_at"),
         Index("ix_plan_regen_regenerations_status", "status"),
+        # The operator console (flask_plan_regen.console): keyset pages newest first,
+        # unfiltered, by status and by failure class; the last hour and day by finish time.
+        Index("ix_plan_regen_regenerations_created_id", "created_at", "id"),
+        Index("ix_plan_regen_regenerations_status_created", "status", "created_at", "id"),
+        Index("ix_plan_regen_regenerations_class_created", "failure_class", "created_at", "id"),
+        Index("ix_plan_regen_regenerations_finished", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)

@@ -17,6 +17,7 @@ import multiprocessing
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
@@ -165,6 +166,62 @@ def worker_states(redis: Redis, names: Iterable[str]) -> list[dict[str, str]]:
         for worker in Worker.all(connection=redis)
         if wanted & set(worker.queue_names())
     ]
+
+
+def queue_details(redis: Redis, names: Iterable[str]) -> list[dict[str, Any]]:
+    """Per queue, for the console: jobs waiting and since when, scheduled retries and
+    when the next is due, jobs running. Times are aware UTC datetimes (or ``None``)."""
+    details = []
+    for name in names:
+        queue = rq_queue(redis, name)
+        scheduled = ScheduledJobRegistry(queue=queue)  # type: ignore[no-untyped-call]
+        head = queue.get_job_ids(0, 1)
+        oldest = None
+        if head:
+            with contextlib.suppress(NoSuchJobError):
+                job = Job.fetch(head[0], connection=redis, serializer=SERIALIZER)
+                oldest = _aware(job.enqueued_at)
+        next_due: list[tuple[bytes, float]] = redis.zrange(  # type: ignore[assignment]
+            scheduled.key, 0, 0, withscores=True
+        )
+        details.append(
+            {
+                "queue": name,
+                "waiting": queue.count,
+                "oldest_enqueued_at": oldest,
+                "scheduled": scheduled.count,
+                "next_scheduled_at": (
+                    datetime.fromtimestamp(next_due[0][1], UTC) if next_due else None
+                ),
+                "running": StartedJobRegistry(queue=queue).count,
+            }
+        )
+    return details
+
+
+def worker_details(redis: Redis, names: Iterable[str]) -> list[dict[str, Any]]:
+    """The workers listening on any of the queues ``names``: where they run and what."""
+    wanted = set(names)
+    return [
+        {
+            "name": worker.name,
+            "hostname": worker.hostname,
+            "pid": worker.pid,
+            "state": str(worker.get_state()),
+            "queues": worker.queue_names(),
+            "current_job": worker.get_current_job_id(),
+            "last_heartbeat": _aware(worker.last_heartbeat),
+            "successful_jobs": worker.successful_job_count,
+            "failed_jobs": worker.failed_job_count,
+        }
+        for worker in Worker.all(connection=redis, serializer=SERIALIZER)
+        if wanted & set(worker.queue_names())
+    ]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """RQ's times are naive UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def run_burst(redis: Redis, names: Iterable[str]) -> int:

@@ -35,6 +35,7 @@ from .schemas import (
 )
 from .state import RegenState, get_state
 from .streams import LAST_EVENT_ID_HEADER, event_stream
+from .switch import is_enabled
 from .types import PlanInput
 
 logger = logging.getLogger("flask_plan_regen")
@@ -183,7 +184,7 @@ def check_dates(plan: PlanInput) -> None:
 
 
 def ensure_enabled() -> None:
-    if not current_app.config["PLAN_REGEN_ENABLED"]:
+    if not is_enabled(get_state()):
         raise ApiError(
             503,
             "REGENERATION_DISABLED",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, cast, runtime_checkable
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Engine, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, insert, inspect, select, update
 from sqlalchemy.orm import selectinload
 
 from .documents import dump, plan_document_schema
@@ -142,7 +142,19 @@ def create_tables(engine: Engine, store: PlanStore) -> list[str]:
     """Create the tables ``store`` needs that are missing; return the names of all it needs."""
     tables = tables_for(store)
     metadata.create_all(engine, tables=tables)
+    _create_missing_indexes(engine, tables)
     return sorted(table.name for table in tables)
+
+
+def _create_missing_indexes(engine: Engine, tables: list[Table]) -> None:
+    """Add the indexes a release added to tables that already existed (``create_all``
+    only creates whole tables)."""
+    inspector = inspect(engine)
+    for table in tables:
+        present = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                index.create(engine)
 
 
 # Core statements on the tables, built once: the ORM's bulk paths and building a statement

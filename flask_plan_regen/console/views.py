@@ -1,0 +1,269 @@
+"""The console's blueprint: HTML pages, a JSON document under each, and the actions.
+
+Every URL of the blueprint (its static files included) asks the operator hook
+first; every POST also needs the form's CSRF token (guard.py).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import (
+    Blueprint,
+    Response,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from marshmallow import Schema
+from werkzeug.wrappers import Response as BaseResponse
+
+from ..documents import dump, error_schema, iso_utc
+from ..errors import ApiError
+from ..models import FailureClass, Status, as_utc, utcnow
+from ..state import get_state
+from . import actions, charts, queries
+from .guard import CSRF_FIELD, check_csrf, csrf_token, current_operator
+from .schemas import (
+    action_result_schema,
+    actions_schema,
+    overview_schema,
+    regeneration_detail_schema,
+    regeneration_list_schema,
+    requeue_preview_schema,
+)
+
+regen_admin_bp = Blueprint(
+    "plan_regen_admin",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+"""The operator console; register it at a prefix of your choice (docs/operations.md)."""
+
+
+@regen_admin_bp.before_request
+def _operators_only() -> None:
+    current_operator()
+    if request.method == "POST":
+        check_csrf()
+
+
+def _wants_json() -> bool:
+    return request.path.startswith(_api_prefix()) or request.is_json
+
+
+def _api_prefix() -> str:
+    return url_for("plan_regen_admin.overview_json").removesuffix("overview")
+
+
+@regen_admin_bp.errorhandler(ApiError)
+def _api_error(error: ApiError) -> tuple[Response | str, int]:
+    if _wants_json():
+        return _json(error_schema, error), error.status
+    return render_template("plan_regen_console/error.html", error=error, page="error"), error.status
+
+
+@regen_admin_bp.context_processor
+def _helpers() -> dict[str, Any]:
+    return {
+        "csrf_field": CSRF_FIELD,
+        "csrf_token": csrf_token,
+        "operator": g.get("plan_regen_operator"),  # None on the 403 page
+        "ago": _ago,
+        "seconds": _seconds,
+        "iso": iso_utc,
+        "statuses": [str(status) for status in Status],
+        "failure_classes": [str(name) for name in FailureClass],
+    }
+
+
+def _ago(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return _seconds((utcnow() - as_utc(value)).total_seconds()) + " ago"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f} s"
+    return str(timedelta(seconds=int(value)))
+
+
+def _json(schema: Schema, data: Any) -> Response:
+    return jsonify(dump(schema, data))
+
+
+@regen_admin_bp.get("/")
+def overview() -> str:
+    data = queries.overview(get_state())
+    chart = charts.hourly_outcomes(data["hours"])
+    return render_template(
+        "plan_regen_console/overview.html", data=data, chart=chart, page="overview"
+    )
+
+
+@regen_admin_bp.get("/api/overview")
+def overview_json() -> Response:
+    return _json(overview_schema, queries.overview(get_state()))
+
+
+def _page() -> dict[str, Any]:
+    try:
+        filters = queries.read_filters(request.args)
+        rows, cursor = queries.regeneration_page(
+            get_state(), filters, request.args.get("after") or None
+        )
+    except queries.BadFilter as error:
+        raise ApiError(400, "INVALID_FILTER", str(error)) from None
+    return {"items": rows, "next": cursor, "filters": filters.as_args()}
+
+
+@regen_admin_bp.get("/regenerations")
+def regenerations() -> str:
+    return render_template(
+        "plan_regen_console/regenerations.html", data=_page(), page="regenerations"
+    )
+
+
+@regen_admin_bp.get("/api/regenerations")
+def regenerations_json() -> Response:
+    return _json(regeneration_list_schema, _page())
+
+
+def _detail(generation_id: str) -> dict[str, Any]:
+    state = get_state()
+    row = queries.regeneration_detail(state, generation_id)
+    if row is None:
+        raise ApiError(404, "REGENERATION_NOT_FOUND", f"There is no regeneration {generation_id}.")
+    return {
+        "regeneration": row,
+        "timeline": queries.timeline(row, actions.recent(state, touching=generation_id)),
+    }
+
+
+@regen_admin_bp.get("/regenerations/<generation_id>")
+def regeneration(generation_id: str) -> str:
+    return render_template(
+        "plan_regen_console/regeneration.html",
+        data=_detail(generation_id),
+        page="regenerations",
+        notice=request.args.get("notice"),
+    )
+
+
+@regen_admin_bp.get("/api/regenerations/<generation_id>")
+def regeneration_json(generation_id: str) -> Response:
+    return _json(regeneration_detail_schema, _detail(generation_id))
+
+
+def _actions_page() -> dict[str, Any]:
+    state = get_state()
+    return {
+        "switch": queries.kill_switch(state),
+        "failed_by_class": queries.failed_by_class(state),
+        "recent": actions.recent(state),
+        "csrf_token": csrf_token(),
+    }
+
+
+@regen_admin_bp.get("/actions")
+def actions_page() -> str:
+    return render_template(
+        "plan_regen_console/actions.html",
+        data=_actions_page(),
+        page="actions",
+        notice=request.args.get("notice"),
+    )
+
+
+@regen_admin_bp.get("/api/actions")
+def actions_json() -> Response:
+    return _json(actions_schema, _actions_page())
+
+
+def _failure_class() -> FailureClass:
+    body = request.get_json(silent=True) if request.is_json else None
+    value = (
+        request.values.get("failure_class")
+        or (body.get("failureClass") if isinstance(body, dict) else None)
+        or ""
+    )
+    try:
+        return FailureClass(value)
+    except ValueError:
+        raise ApiError(
+            400,
+            "INVALID_FAILURE_CLASS",
+            f"failure_class must be one of {', '.join(FailureClass)}.",
+        ) from None
+
+
+def _preview() -> dict[str, Any]:
+    failure_class = _failure_class()
+    return {
+        "failure_class": failure_class,
+        "count": actions.requeue_class_count(get_state(), failure_class),
+        "csrf_token": csrf_token(),
+    }
+
+
+@regen_admin_bp.get("/actions/requeue-class")
+def requeue_class_confirm() -> str:
+    return render_template("plan_regen_console/confirm.html", data=_preview(), page="actions")
+
+
+@regen_admin_bp.get("/api/actions/requeue-class")
+def requeue_class_preview_json() -> Response:
+    return _json(requeue_preview_schema, _preview())
+
+
+def _done(result: actions.ActionResult, then: str) -> Response | BaseResponse:
+    """Log the action; answer JSON to a JSON request, else send the browser to ``then``."""
+    actions.record(get_state(), current_operator(), result)
+    if _wants_json():
+        return _json(action_result_schema, result)
+    return redirect(f"{then}?{_notice(result.message)}", code=303)
+
+
+def _notice(message: str) -> str:
+    return urlencode({"notice": message})
+
+
+@regen_admin_bp.post("/actions/requeue/<generation_id>")
+def requeue_one(generation_id: str) -> Response | BaseResponse:
+    result = actions.requeue_one(get_state(), generation_id)
+    target = result.created[0] if result.created else generation_id
+    return _done(result, url_for(".regeneration", generation_id=target))
+
+
+@regen_admin_bp.post("/actions/requeue-class")
+def requeue_class() -> Response | BaseResponse:
+    result = actions.requeue_class(get_state(), _failure_class())
+    return _done(result, url_for(".actions_page"))
+
+
+@regen_admin_bp.post("/actions/cancel/<generation_id>")
+def cancel_one(generation_id: str) -> Response | BaseResponse:
+    result = actions.cancel_one(get_state(), generation_id)
+    return _done(result, url_for(".regeneration", generation_id=generation_id))
+
+
+@regen_admin_bp.post("/actions/switch")
+def kill_switch() -> Response | BaseResponse:
+    body = request.get_json(silent=True) if request.is_json else None
+    wanted = request.form.get("enabled") or (
+        str(body.get("enabled")).lower() if isinstance(body, dict) else ""
+    )
+    if wanted not in {"on", "off", "true", "false"}:
+        raise ApiError(400, "INVALID_SWITCH", "enabled must be on or off.")
+    result = actions.set_switch(get_state(), current_operator(), wanted in {"on", "true"})
+    return _done(result, url_for(".actions_page"))

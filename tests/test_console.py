@@ -1,0 +1,249 @@
+"""The operator console over HTTP: who may use it, CSRF, its JSON documents and actions.
+
+The browser drives the same pages in test_console_browser.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from conftest import ALICE, NO_LIMITS, build_app, regenerate, run_jobs
+from console_support import CONSOLE_CONFIG, OPERATOR, PREFIX, csrf_token, with_console
+from flask import Flask
+from sqlalchemy import insert, inspect
+
+from examples.host_app import db
+from flask_plan_regen import Regeneration, get_state
+from flask_plan_regen.models import new_id, utcnow
+from flask_plan_regen.store import create_tables
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    return {**NO_LIMITS, **CONSOLE_CONFIG, "PLAN_REGEN_MAX_ATTEMPTS": 1}
+
+
+@pytest.fixture
+def console(app: Flask) -> Flask:
+    return with_console(app)
+
+
+def admin_urls(app: Flask) -> list[tuple[str, str]]:
+    """(method, URL) of every rule of the console's blueprint, arguments filled in."""
+    found = []
+    with app.test_request_context():
+        for rule in app.url_map.iter_rules():
+            if not rule.endpoint.startswith("plan_regen_admin."):
+                continue
+            values = {name: "x" for name in rule.arguments}
+            url = app.url_for(rule.endpoint, **values)
+            for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+                found.append((method, url))
+    return found
+
+
+@pytest.mark.parametrize("hooked", [True, False], ids=["no operator", "no operator hook"])
+def test_every_admin_url_answers_403_without_an_operator(
+    sqlite_uri: str, redis_url: str, redis_conn: Any, hooked: bool
+) -> None:
+    config = {**CONSOLE_CONFIG} if hooked else {}
+    app = with_console(build_app(sqlite_uri, redis_url, **config))
+    client = app.test_client()
+    urls = admin_urls(app)
+    # Every page, its JSON, every action and the static files: a new URL is counted here.
+    assert len(urls) >= 14, urls
+    answers = {
+        (method, url): client.open(url, method=method, headers={} if hooked else OPERATOR)
+        for method, url in urls
+    }
+    print(f"admin URLs checked: {len(answers)}")
+    refused = {key: answer.status_code for key, answer in answers.items()}
+    assert set(refused.values()) == {403}, refused
+    for (_, url), answer in answers.items():
+        if "/api/" in url:
+            assert answer.get_json()["code"] == "OPERATOR_REQUIRED"
+    with app.app_context():
+        assert db.session.query(Regeneration).count() == 0
+
+
+def test_a_post_without_a_valid_csrf_token_is_refused(
+    console: Flask, make_plan: Callable[..., str]
+) -> None:
+    client = console.test_client()
+    switch = f"{PREFIX}/actions/switch"
+    missing = client.post(switch, data={"enabled": "off"}, headers=OPERATOR)
+    forged = client.post(switch, data={"enabled": "off", "csrf_token": "x.y.z"}, headers=OPERATOR)
+    other = client.post(
+        switch,
+        data={"enabled": "off", "csrf_token": csrf_token(client, {"X-Operator": "mallory"})},
+        headers=OPERATOR,
+    )
+    json_missing = client.post(switch, json={"enabled": False}, headers=OPERATOR)
+    for answer in (missing, forged, other, json_missing):
+        assert answer.status_code == 403
+    assert json_missing.get_json()["code"] == "CSRF_FAILED"
+    print("refused:", [answer.status_code for answer in (missing, forged, other, json_missing)])
+    # Nothing was switched: regenerations are still accepted.
+    regenerate(client, make_plan())
+
+    token = csrf_token(client)
+    switched = client.post(switch, data={"enabled": "off", "csrf_token": token}, headers=OPERATOR)
+    assert switched.status_code == 303
+    refused = client.post(f"/api/v1/plans/{make_plan()}/regenerate", json={}, headers=ALICE)
+    assert refused.status_code == 503 and refused.get_json()["code"] == "REGENERATION_DISABLED"
+    on = client.post(switch, json={"enabled": True}, headers={**OPERATOR, "X-CSRF-Token": token})
+    assert on.status_code == 200 and on.get_json()["action"] == "switch on"
+    regenerate(client, make_plan())
+    recent = client.get(f"{PREFIX}/api/actions", headers=OPERATOR).get_json()["recent"]
+    assert [(a["operator"], a["action"]) for a in recent] == [
+        ("olivia", "switch on"),
+        ("olivia", "switch off"),
+    ]
+
+
+def test_the_json_documents_show_what_happened(
+    console: Flask, make_plan: Callable[..., str]
+) -> None:
+    client = console.test_client()
+    done = [regenerate(client, make_plan())["generationId"] for _ in range(2)]
+    run_jobs(console)
+    console.config["PLAN_REGEN_BUILTIN_FAILURE"] = "validation"
+    failed = [regenerate(client, make_plan())["generationId"] for _ in range(3)]
+    run_jobs(console)
+    console.config["PLAN_REGEN_BUILTIN_FAILURE"] = None
+    waiting = regenerate(client, make_plan())["generationId"]
+
+    overview = client.get(f"{PREFIX}/api/overview", headers=OPERATOR).get_json()
+    assert overview["statuses"] == {"succeeded": 2, "failed": 3, "pending": 1}
+    current = overview["hours"][-1]
+    assert (current["succeeded"], current["failed"]) == (2, {"validation": 3})
+    assert sum(hour["succeeded"] for hour in overview["hours"]) == 2
+    (low,) = [q for q in overview["queues"] if q["waiting"]]
+    assert low["waiting"] == 1 and low["oldestEnqueuedAt"] is not None
+    (priority,) = overview["lastHour"]
+    assert priority["ended"] == 5 and priority["waitP50Seconds"] is not None
+    print(f"p50 wait {priority['waitP50Seconds']:.3f} s, p95 {priority['waitP95Seconds']:.3f} s")
+
+    listed = client.get(f"{PREFIX}/api/regenerations?status=failed", headers=OPERATOR).get_json()
+    assert {item["generationId"] for item in listed["items"]} == set(failed)
+    assert listed["next"] is None
+    detail = client.get(f"{PREFIX}/api/regenerations/{failed[0]}", headers=OPERATOR).get_json()
+    assert detail["regeneration"]["attemptLog"][0]["failureClass"] == "validation"
+    events = [event["event"] for event in detail["timeline"]]
+    assert events == ["submitted", "attempt 1 started", "attempt 1 failed", "failed"]
+
+    token = csrf_token(client)
+    headers = {**OPERATOR, "X-CSRF-Token": token}
+    preview = client.get(
+        f"{PREFIX}/api/actions/requeue-class?failure_class=validation", headers=OPERATOR
+    ).get_json()
+    assert preview["count"] == 3
+    one = client.post(f"{PREFIX}/actions/requeue/{failed[0]}", json={}, headers=headers)
+    assert one.status_code == 200, one.get_json()
+    (new,) = one.get_json()["created"]
+    again = client.post(f"{PREFIX}/actions/requeue/{failed[0]}", json={}, headers=headers)
+    assert again.status_code == 409  # superseded by the one just queued
+    rest = client.post(
+        f"{PREFIX}/actions/requeue-class", json={"failureClass": "validation"}, headers=headers
+    ).get_json()
+    assert rest["touched"] == failed[1:] and len(rest["created"]) == 2
+    canceled = client.post(f"{PREFIX}/actions/cancel/{waiting}", json={}, headers=headers)
+    assert canceled.status_code == 200
+    finished = client.post(f"{PREFIX}/actions/cancel/{done[0]}", json={}, headers=headers)
+    assert finished.status_code == 409
+    run_jobs(console)
+    detail = client.get(f"{PREFIX}/api/regenerations/{new}", headers=OPERATOR).get_json()
+    assert detail["regeneration"]["status"] == "succeeded"
+    timeline = client.get(f"{PREFIX}/api/regenerations/{failed[0]}", headers=OPERATOR)
+    assert "operator olivia: requeue" in [e["event"] for e in timeline.get_json()["timeline"]]
+
+
+def insert_rows(app: Flask, count: int, **values: Any) -> list[str]:
+    start = utcnow() - timedelta(days=3)
+    rows = [
+        {
+            "id": new_id(),
+            "plan_id": new_id(),
+            "user_id": f"user{i % 7}",
+            "kind": "regeneration",
+            "status": "succeeded",
+            "overrides": {},
+            "tier": "free",
+            "priority": 1,
+            "queue": "plan_regen_low",
+            "attempts": 1,
+            "error_history": [],
+            # Pairs of rows share a creation time: the cursor must tell them apart by id.
+            "created_at": start + timedelta(seconds=i // 2),
+            "updated_at": start,
+            **values,
+        }
+        for i in range(count)
+    ]
+    with app.app_context():
+        db.session.execute(insert(Regeneration), rows)
+        db.session.commit()
+    return [row["id"] for row in rows]
+
+
+def test_keyset_pages_list_every_row_once_newest_first(console: Flask) -> None:
+    ids = insert_rows(console, 123)
+    insert_rows(console, 5, user_id="someone-else")
+    client = console.test_client()
+    seen: list[dict[str, Any]] = []
+    url = f"{PREFIX}/api/regenerations?user_id=user3"
+    pages = 0
+    while url:
+        page = client.get(url, headers=OPERATOR).get_json()
+        seen += page["items"]
+        pages += 1
+        url = (
+            f"{PREFIX}/api/regenerations?user_id=user3&after={page['next']}" if page["next"] else ""
+        )
+    wanted = [i for n, i in enumerate(ids) if n % 7 == 3]
+    assert sorted(item["generationId"] for item in seen) == sorted(wanted)
+    stamps = [(item["createdAt"], item["generationId"]) for item in seen]
+    assert stamps == sorted(stamps, reverse=True)
+    everything = 0
+    url = f"{PREFIX}/api/regenerations"
+    while url:
+        page = client.get(url, headers=OPERATOR).get_json()
+        everything += len(page["items"])
+        url = f"{PREFIX}/api/regenerations?after={page['next']}" if page["next"] else ""
+    print(f"user3: {len(seen)} rows in {pages} page(s); all: {everything} rows")
+    assert everything == 128
+    bad = client.get(f"{PREFIX}/api/regenerations?after=nonsense", headers=OPERATOR)
+    assert bad.status_code == 400 and bad.get_json()["code"] == "INVALID_FILTER"
+    bad = client.get(f"{PREFIX}/api/regenerations?status=sleeping", headers=OPERATOR)
+    assert bad.status_code == 400
+    html = client.get(f"{PREFIX}/regenerations?created_from=2001-02-30", headers=OPERATOR)
+    assert html.status_code == 400 and "YYYY-MM-DD" in html.get_data(as_text=True)
+
+
+def test_every_page_renders_for_an_operator(console: Flask, make_plan: Callable[..., str]) -> None:
+    client = console.test_client()
+    generation_id = regenerate(client, make_plan())["generationId"]
+    pages = ["/", "/regenerations", f"/regenerations/{generation_id}", "/actions"]
+    for path in [*pages, "/actions/requeue-class?failure_class=timeout", "/static/console.css"]:
+        answer = client.get(PREFIX + path, headers=OPERATOR)
+        assert answer.status_code == 200, path
+    missing = client.get(f"{PREFIX}/regenerations/{new_id()}", headers=OPERATOR)
+    assert missing.status_code == 404
+
+
+def test_init_db_adds_the_console_indexes_to_existing_tables(console: Flask) -> None:
+    with console.app_context():
+        engine = db.engine
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP INDEX ix_plan_regen_regenerations_created_id")
+        create_tables(engine, get_state().store)
+        names = {index["name"] for index in inspect(engine).get_indexes("plan_regen_regenerations")}
+    assert {
+        "ix_plan_regen_regenerations_created_id",
+        "ix_plan_regen_regenerations_status_created",
+        "ix_plan_regen_regenerations_class_created",
+        "ix_plan_regen_regenerations_finished",
+    } <= names
