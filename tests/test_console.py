@@ -247,3 +247,22 @@ def test_init_db_adds_the_console_indexes_to_existing_tables(console: Flask) -> 
         "ix_plan_regen_regenerations_class_created",
         "ix_plan_regen_regenerations_finished",
     } <= names
+
+
+def test_work_in_flight_shows_each_lease_age(console: Flask, redis_conn: Any) -> None:
+    started = utcnow() - timedelta(seconds=40)
+    leased, unleased = insert_rows(console, 2, status="processing", started_at=started)
+    with console.app_context():
+        state = get_state()
+        ttl = console.config["PLAN_REGEN_LEASE_TTL"]
+        redis_conn.set(
+            state.key("lease", leased), "1:test", px=ttl * 1000 - 4000
+        )  # renewed 4 s ago
+    overview = console.test_client().get(f"{PREFIX}/api/overview", headers=OPERATOR).get_json()
+    (low,) = [q for q in overview["queues"] if q["queue"] == "plan_regen_low"]
+    flying = {row["generationId"]: row for row in low["inFlight"]}
+    print({key: (row["runningSeconds"], row["leaseAgeSeconds"]) for key, row in flying.items()})
+    assert set(flying) == {leased, unleased}
+    assert 4 <= flying[leased]["leaseAgeSeconds"] < 10
+    assert flying[unleased]["leaseAgeSeconds"] is None
+    assert flying[leased]["runningSeconds"] >= 40

@@ -27,8 +27,38 @@ from ..documents import dump, error_schema, iso_utc
 from ..errors import ApiError
 from ..models import FailureClass, Status, as_utc, utcnow
 from ..state import get_state
-from . import actions, charts, queries
+from .actions import (
+    ActionResult,
+    recent,
+    record,
+    requeue_class_count,
+    set_switch,
+)
+from .actions import (
+    cancel_one as cancel_regeneration,
+)
+from .actions import (
+    requeue_class as requeue_failure_class,
+)
+from .actions import (
+    requeue_one as requeue_regeneration,
+)
+from .charts import hourly_outcomes
 from .guard import CSRF_FIELD, check_csrf, csrf_token, current_operator
+from .queries import (
+    BadFilter,
+    failed_by_class,
+    read_filters,
+    regeneration_detail,
+    regeneration_page,
+    timeline,
+)
+from .queries import (
+    kill_switch as switch_state,
+)
+from .queries import (
+    overview as overview_data,
+)
 from .schemas import (
     action_result_schema,
     actions_schema,
@@ -104,8 +134,8 @@ def _json(schema: Schema, data: Any) -> Response:
 
 @regen_admin_bp.get("/")
 def overview() -> str:
-    data = queries.overview(get_state())
-    chart = charts.hourly_outcomes(data["hours"])
+    data = overview_data(get_state())
+    chart = hourly_outcomes(data["hours"])
     return render_template(
         "plan_regen_console/overview.html", data=data, chart=chart, page="overview"
     )
@@ -113,16 +143,14 @@ def overview() -> str:
 
 @regen_admin_bp.get("/api/overview")
 def overview_json() -> Response:
-    return _json(overview_schema, queries.overview(get_state()))
+    return _json(overview_schema, overview_data(get_state()))
 
 
 def _page() -> dict[str, Any]:
     try:
-        filters = queries.read_filters(request.args)
-        rows, cursor = queries.regeneration_page(
-            get_state(), filters, request.args.get("after") or None
-        )
-    except queries.BadFilter as error:
+        filters = read_filters(request.args)
+        rows, cursor = regeneration_page(get_state(), filters, request.args.get("after") or None)
+    except BadFilter as error:
         raise ApiError(400, "INVALID_FILTER", str(error)) from None
     return {"items": rows, "next": cursor, "filters": filters.as_args()}
 
@@ -141,12 +169,12 @@ def regenerations_json() -> Response:
 
 def _detail(generation_id: str) -> dict[str, Any]:
     state = get_state()
-    row = queries.regeneration_detail(state, generation_id)
+    row = regeneration_detail(state, generation_id)
     if row is None:
         raise ApiError(404, "REGENERATION_NOT_FOUND", f"There is no regeneration {generation_id}.")
     return {
         "regeneration": row,
-        "timeline": queries.timeline(row, actions.recent(state, touching=generation_id)),
+        "timeline": timeline(row, recent(state, touching=generation_id)),
     }
 
 
@@ -168,9 +196,9 @@ def regeneration_json(generation_id: str) -> Response:
 def _actions_page() -> dict[str, Any]:
     state = get_state()
     return {
-        "switch": queries.kill_switch(state),
-        "failed_by_class": queries.failed_by_class(state),
-        "recent": actions.recent(state),
+        "switch": switch_state(state),
+        "failed_by_class": failed_by_class(state),
+        "recent": recent(state),
         "csrf_token": csrf_token(),
     }
 
@@ -211,7 +239,7 @@ def _preview() -> dict[str, Any]:
     failure_class = _failure_class()
     return {
         "failure_class": failure_class,
-        "count": actions.requeue_class_count(get_state(), failure_class),
+        "count": requeue_class_count(get_state(), failure_class),
         "csrf_token": csrf_token(),
     }
 
@@ -226,9 +254,9 @@ def requeue_class_preview_json() -> Response:
     return _json(requeue_preview_schema, _preview())
 
 
-def _done(result: actions.ActionResult, then: str) -> Response | BaseResponse:
+def _done(result: ActionResult, then: str) -> Response | BaseResponse:
     """Log the action; answer JSON to a JSON request, else send the browser to ``then``."""
-    actions.record(get_state(), current_operator(), result)
+    record(get_state(), current_operator(), result)
     if _wants_json():
         return _json(action_result_schema, result)
     return redirect(f"{then}?{_notice(result.message)}", code=303)
@@ -240,20 +268,20 @@ def _notice(message: str) -> str:
 
 @regen_admin_bp.post("/actions/requeue/<generation_id>")
 def requeue_one(generation_id: str) -> Response | BaseResponse:
-    result = actions.requeue_one(get_state(), generation_id)
+    result = requeue_regeneration(get_state(), generation_id)
     target = result.created[0] if result.created else generation_id
     return _done(result, url_for(".regeneration", generation_id=target))
 
 
 @regen_admin_bp.post("/actions/requeue-class")
 def requeue_class() -> Response | BaseResponse:
-    result = actions.requeue_class(get_state(), _failure_class())
+    result = requeue_failure_class(get_state(), _failure_class())
     return _done(result, url_for(".actions_page"))
 
 
 @regen_admin_bp.post("/actions/cancel/<generation_id>")
 def cancel_one(generation_id: str) -> Response | BaseResponse:
-    result = actions.cancel_one(get_state(), generation_id)
+    result = cancel_regeneration(get_state(), generation_id)
     return _done(result, url_for(".regeneration", generation_id=generation_id))
 
 
@@ -265,5 +293,5 @@ def kill_switch() -> Response | BaseResponse:
     )
     if wanted not in {"on", "off", "true", "false"}:
         raise ApiError(400, "INVALID_SWITCH", "enabled must be on or off.")
-    result = actions.set_switch(get_state(), current_operator(), wanted in {"on", "true"})
+    result = set_switch(get_state(), current_operator(), wanted in {"on", "true"})
     return _done(result, url_for(".actions_page"))
