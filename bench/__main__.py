@@ -17,12 +17,13 @@ from collections.abc import Sequence
 
 from bench.capacity import LAYOUTS, drain_layout, idle_layout_pss
 from bench.common import Servers
+from bench.console import SIZES, render_times
 from bench.report import Row, table, write_results
 from bench.route import APPS, measure_route, write_plans_file
 from bench.worker import SIDES, WORKER_CLASSES, drain, idle_pss
 
 COMMAND = "make bench"
-PARTS = ("route", "worker", "capacity")
+PARTS = ("route", "worker", "capacity", "console")
 DATABASES = ("sqlite", "postgres")
 
 
@@ -145,6 +146,8 @@ def main() -> int:
                     pss = idle_layout_pss(layout, workers_db) / 1024
                     values[f"capacity-pss-idle-{layout}"].append(pss)
                     log(f"capacity idle PSS {layout}: {pss:.1f} MiB")
+            if "console" in args.only:
+                measure_console(servers, args.databases, round_number, values)
     rows = build_rows(values)
     text = table(rows, args.rounds, COMMAND)
     print(text)
@@ -155,9 +158,28 @@ def main() -> int:
     return 0
 
 
+def measure_console(
+    servers: Servers, databases: Sequence[str], round_number: int, values: dict[str, list[float]]
+) -> None:
+    """Each console page's render time with 100,000 and with 1,000 regenerations."""
+    for name in databases:
+        for size in rotated(SIZES, round_number):
+            times = render_times(servers.databases[name], size)
+            for page, milliseconds in times.items():
+                values[f"console|{page}|{name}|{size}"].append(milliseconds)
+            shown = ", ".join(f"{page} {ms:.1f}" for page, ms in times.items())
+            log(f"console {name} {size:,} regenerations (ms): {shown}")
+        servers.databases[name].reset()
+
+
 def build_rows(values: dict[str, list[float]]) -> list[Row]:
     """The table's rows, for the measures that were taken."""
-    rows = [*route_rows(values), *worker_rows(values), *capacity_rows(values)]
+    rows = [
+        *route_rows(values),
+        *worker_rows(values),
+        *capacity_rows(values),
+        *console_rows(values),
+    ]
     return [row for row in rows if row.package and row.baseline]
 
 
@@ -294,6 +316,24 @@ def capacity_rows(values: dict[str, list[float]]) -> list[Row]:
             higher_is_better=False,
             limit=0.6,
         ),
+    ]
+
+
+def console_rows(values: dict[str, list[float]]) -> list[Row]:
+    large, small = SIZES
+    pages = dict.fromkeys(key.split("|")[1] for key in values if key.startswith("console|"))
+    return [
+        Row(
+            f"Console page: {page}, {name}, {large:,} regenerations vs {small:,}",
+            "ms",
+            values[f"console|{page}|{name}|{large}"],
+            values[f"console|{page}|{name}|{small}"],
+            "< 200 ms",
+            higher_is_better=False,
+            max_value=200,
+        )
+        for name in DATABASES
+        for page in pages
     ]
 
 

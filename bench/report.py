@@ -27,11 +27,15 @@ class Row:
     target: str = ""
     higher_is_better: bool = True
     limit: float | None = None
+    max_value: float | None = None
+    """A bound on the package's median itself (then the ratio is for information)."""
 
     def ratios(self) -> list[float]:
         return [p / b for p, b in zip(self.package, self.baseline, strict=True) if b]
 
     def verdict(self) -> str:
+        if self.max_value is not None:
+            return "met" if median_range(self.package)[0] <= self.max_value else "**missed**"
         if self.limit is None:
             return ""
         ratio = median_range(self.ratios())[0]

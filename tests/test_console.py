@@ -117,7 +117,7 @@ def test_the_json_documents_show_what_happened(
     waiting = regenerate(client, make_plan())["generationId"]
 
     overview = client.get(f"{PREFIX}/api/overview", headers=OPERATOR).get_json()
-    assert overview["statuses"] == {"succeeded": 2, "failed": 3, "pending": 1}
+    assert overview["statuses"] == {"pending": 1, "processing": 0}
     current = overview["hours"][-1]
     assert (current["succeeded"], current["failed"]) == (2, {"validation": 3})
     assert sum(hour["succeeded"] for hour in overview["hours"]) == 2
@@ -266,3 +266,26 @@ def test_work_in_flight_shows_each_lease_age(console: Flask, redis_conn: Any) ->
     assert 4 <= flying[leased]["leaseAgeSeconds"] < 10
     assert flying[unleased]["leaseAgeSeconds"] is None
     assert flying[leased]["runningSeconds"] >= 40
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_the_hourly_counts_are_per_utc_hour_on_both_databases(
+    request: pytest.FixtureRequest, database: str
+) -> None:
+    app = with_console(request.getfixturevalue("app" if database == "sqlite" else "pg_app"))
+    now = utcnow()
+    ago = {hours: now - timedelta(hours=hours) for hours in (0, 2, 30)}
+    insert_rows(app, 3, finished_at=ago[0])
+    insert_rows(app, 2, finished_at=ago[2], status="failed", failure_class="timeout")
+    insert_rows(app, 1, finished_at=ago[2], status="canceled")
+    insert_rows(app, 4, finished_at=ago[30])  # older than the chart
+    hours = app.test_client().get(f"{PREFIX}/api/overview", headers=OPERATOR).get_json()["hours"]
+    charted = {
+        hour["hour"]: (hour["succeeded"], hour["failed"], hour["canceled"])
+        for hour in hours
+        if hour["succeeded"] or hour["failed"] or hour["canceled"]
+    }
+    stamp = {key: value.strftime("%Y-%m-%dT%H:00:00Z") for key, value in ago.items()}
+    print(database, charted)
+    assert charted == {stamp[0]: (3, {}, 0), stamp[2]: (0, {"timeout": 2}, 1)}

@@ -55,8 +55,11 @@ def _serializer() -> URLSafeTimedSerializer:
 
 
 def csrf_token() -> str:
-    """A token for the current operator's forms (the same one for the whole request)."""
+    """A token for the current operator's forms (the same one for the whole request);
+    ``""`` without a ``SECRET_KEY`` (every POST is refused then)."""
     token: str | None = g.get("plan_regen_csrf")
+    if not current_app.secret_key:
+        return ""
     if token is None:
         token = g.plan_regen_csrf = str(_serializer().dumps(current_operator()))
     return token
@@ -64,11 +67,12 @@ def csrf_token() -> str:
 
 def check_csrf() -> None:
     """Refuse (403 ``CSRF_FAILED``) a POST without a valid token of this operator."""
+    serializer = _serializer()
     sent = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
     if not sent:
         raise ApiError(403, "CSRF_FAILED", "The form's CSRF token is missing.")
     try:
-        signed_for = _serializer().loads(sent, max_age=TOKEN_MAX_AGE)
+        signed_for = serializer.loads(sent, max_age=TOKEN_MAX_AGE)
     except BadSignature:
         raise ApiError(
             403, "CSRF_FAILED", "The form's CSRF token is invalid or expired; reload the page."

@@ -16,11 +16,21 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import func, select, tuple_
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import selectinload
+from sqlalchemy.sql.functions import FunctionElement
 
-from .. import admin, leases, queue
+from .. import leases, queue
 from ..config import rq_queue_names
-from ..models import FailureClass, Regeneration, Status, as_utc, utcnow
+from ..models import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    FailureClass,
+    Regeneration,
+    Status,
+    as_utc,
+    utcnow,
+)
 from ..state import RegenState
 from ..switch import switched_off_by_operator
 
@@ -54,11 +64,23 @@ def overview(state: RegenState) -> dict[str, Any]:
         "generated_at": now,
         "queues": queues,
         "workers": queue.worker_details(state.redis, names),
-        "statuses": admin.status_counts(state),
+        "statuses": _active_counts(state),
         "last_hour": _last_hour(state, now),
         "hours": _hours(state, now),
         "switch": kill_switch(state),
     }
+
+
+def _active_counts(state: RegenState) -> dict[str, int]:
+    """Pending and processing regenerations (an index range each, whatever the history)."""
+    rows = state.db.session.execute(
+        select(Regeneration.status, func.count())
+        .where(Regeneration.status.in_(ACTIVE_STATUSES))
+        .group_by(Regeneration.status)
+    )
+    counts = {str(status): 0 for status in ACTIVE_STATUSES}
+    counts.update({str(status): int(count) for status, count in rows})
+    return counts
 
 
 def _in_flight(state: RegenState, now: datetime) -> list[dict[str, Any]]:
@@ -136,20 +158,42 @@ def _last_hour(state: RegenState, now: datetime) -> list[dict[str, Any]]:
     ]
 
 
+class utc_hour(FunctionElement[Any]):
+    """The UTC hour a timestamp falls in, computed by the database (one row per hour
+    and series leaves it, not one per regeneration)."""
+
+    inherit_cache = True
+    name = "utc_hour"
+
+
+@compiles(utc_hour)
+def _utc_hour_sqlite(element: utc_hour, compiler: Any, **kw: Any) -> str:
+    # SQLite keeps UTC timestamps as text: "2026-12-06 21:00".
+    return f"strftime('%Y-%m-%d %H:00', {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(utc_hour, "postgresql")
+def _utc_hour_postgresql(element: utc_hour, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return f"to_char(date_trunc('hour', {column} AT TIME ZONE 'UTC'), 'YYYY-MM-DD HH24:00')"
+
+
 def _hours(state: RegenState, now: datetime) -> list[dict[str, Any]]:
     """The last 24 hours (the current one last): succeeded, and failed by class."""
     first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=HOURS_CHARTED - 1)
+    bucket = utc_hour(Regeneration.finished_at)
     rows = state.db.session.execute(
-        select(Regeneration.finished_at, Regeneration.status, Regeneration.failure_class).where(
-            Regeneration.finished_at >= first
-        )
+        select(bucket, Regeneration.status, Regeneration.failure_class, func.count())
+        .where(Regeneration.finished_at >= first)
+        .group_by(bucket, Regeneration.status, Regeneration.failure_class)
     ).all()
     counts: list[Counter[str]] = [Counter() for _ in range(HOURS_CHARTED)]
-    for row in rows:
-        index = int((as_utc(row.finished_at) - first).total_seconds() // 3600)
-        if 0 <= index < HOURS_CHARTED:
-            series = row.failure_class or FailureClass.INTERNAL
-            counts[index][series if row.status == Status.FAILED else row.status] += 1
+    for stamp, status, failure_class, count in rows:
+        started = datetime.strptime(stamp, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+        index = int((started - first).total_seconds() // 3600)
+        if 0 <= index < HOURS_CHARTED and status in TERMINAL_STATUSES:
+            series = failure_class or FailureClass.INTERNAL
+            counts[index][series if status == Status.FAILED else status] += count
     return [
         {
             "hour": first + timedelta(hours=index),
