@@ -56,6 +56,9 @@ def test_the_metadata_names_license_classifiers_and_version(dist: Path) -> None:
         metadata = email.message_from_bytes(wheel.read(f"{NAME}.dist-info/METADATA"))
     assert f"{NAME}.dist-info/licenses/LICENSE" in names
     assert "flask_plan_regen/py.typed" in names
+    console = "flask_plan_regen/console/"
+    assert {f"{console}templates/plan_regen_console/overview.html", f"{console}static/console.css",
+            f"{console}static/console.js"} <= names  # fmt: skip
     assert not any(name.startswith(("tests/", "examples/")) for name in names)
     assert metadata["License-Expression"] == "MIT"
     classifiers = metadata.get_all("Classifier") or []
