@@ -8,8 +8,9 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from . import lifecycle, queue
 from .config import job_timeout, rq_queue_names
@@ -60,16 +61,29 @@ def requeue_candidates(
     A failure that a later regeneration of the same plan superseded (including
     one made by an earlier run of this command) is left alone.
     """
+    query = select(Regeneration).where(_is_candidate(failure_class, plan_id))
+    return list(state.db.session.scalars(query.order_by(Regeneration.created_at)))
+
+
+def count_requeue_candidates(state: RegenState, failure_class: FailureClass | None) -> int:
+    """How many :func:`requeue_candidates` would list (one COUNT, no rows loaded)."""
+    query = select(func.count()).select_from(Regeneration).where(_is_candidate(failure_class))
+    return int(state.db.session.scalar(query) or 0)
+
+
+def _is_candidate(
+    failure_class: FailureClass | None, plan_id: str | None = None
+) -> ColumnElement[bool]:
     newer = aliased(Regeneration, name="newer")
     later = select(newer.id).where(
         newer.plan_id == Regeneration.plan_id, newer.created_at > Regeneration.created_at
     )
-    query = select(Regeneration).where(Regeneration.status == Status.FAILED, ~later.exists())
+    conditions = [Regeneration.status == Status.FAILED, ~later.exists()]
     if failure_class is not None:
-        query = query.where(Regeneration.failure_class == failure_class)
+        conditions.append(Regeneration.failure_class == failure_class)
     if plan_id is not None:
-        query = query.where(Regeneration.plan_id == plan_id)
-    return list(state.db.session.scalars(query.order_by(Regeneration.created_at)))
+        conditions.append(Regeneration.plan_id == plan_id)
+    return and_(*conditions)
 
 
 @dataclasses.dataclass

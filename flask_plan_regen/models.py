@@ -198,11 +198,18 @@ class Regeneration(Base):
         Index("ix_plan_regen_regenerations_plan_created", "plan_id", "created_at"),
         Index("ix_plan_regen_regenerations_status", "status"),
         # The operator console (flask_plan_regen.console): keyset pages newest first,
-        # unfiltered, by status and by failure class; the last hour and day by finish time.
+        # unfiltered, by status and by failure class (only failed rows have one), failures
+        # counted per class; the last hour and day by finish time (covering the counts).
         Index("ix_plan_regen_regenerations_created_id", "created_at", "id"),
         Index("ix_plan_regen_regenerations_status_created", "status", "created_at", "id"),
-        Index("ix_plan_regen_regenerations_class_created", "failure_class", "created_at", "id"),
-        Index("ix_plan_regen_regenerations_finished", "finished_at"),
+        Index(
+            "ix_plan_regen_regenerations_class_status_created",
+            "failure_class",
+            "status",
+            "created_at",
+            "id",
+        ),
+        Index("ix_plan_regen_regenerations_finished", "finished_at", "status", "failure_class"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)

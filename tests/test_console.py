@@ -244,7 +244,7 @@ def test_init_db_adds_the_console_indexes_to_existing_tables(console: Flask) -> 
     assert {
         "ix_plan_regen_regenerations_created_id",
         "ix_plan_regen_regenerations_status_created",
-        "ix_plan_regen_regenerations_class_created",
+        "ix_plan_regen_regenerations_class_status_created",
         "ix_plan_regen_regenerations_finished",
     } <= names
 

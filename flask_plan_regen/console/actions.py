@@ -112,7 +112,7 @@ def requeue_one(state: RegenState, generation_id: str) -> ActionResult:
 
 def requeue_class_count(state: RegenState, failure_class: FailureClass) -> int:
     """How many regenerations :func:`requeue_class` would requeue now."""
-    return len(admin.requeue_candidates(state, failure_class))
+    return admin.count_requeue_candidates(state, failure_class)
 
 
 def requeue_class(state: RegenState, failure_class: FailureClass) -> ActionResult:

@@ -278,7 +278,12 @@ def regeneration_page(
     if filters.status:
         query = query.where(Regeneration.status == filters.status)
     if filters.failure_class:
-        query = query.where(Regeneration.failure_class == filters.failure_class)
+        # Only failed regenerations have a class: saying so lets the class index serve the
+        # order too.
+        query = query.where(
+            Regeneration.failure_class == filters.failure_class,
+            Regeneration.status == Status.FAILED,
+        )
     if filters.user_id:
         query = query.where(Regeneration.user_id == filters.user_id)
     if filters.plan_id:
@@ -318,7 +323,7 @@ def failed_by_class(state: RegenState) -> dict[str, int]:
     """Failed regenerations per failure class (requeue candidates are among them)."""
     rows = state.db.session.execute(
         select(Regeneration.failure_class, func.count())
-        .where(Regeneration.status == Status.FAILED)
+        .where(Regeneration.failure_class.is_not(None), Regeneration.status == Status.FAILED)
         .group_by(Regeneration.failure_class)
     )
     return {str(name): int(count) for name, count in rows if name is not None}
