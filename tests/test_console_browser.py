@@ -7,6 +7,7 @@ the test's tmp dir; the chart must show the regenerations the test made.
 from __future__ import annotations
 
 import base64
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,11 @@ def chart_counts(driver: WebDriver) -> Counter[str]:
     return counts
 
 
+def high_queue_waiting(driver: WebDriver) -> str:
+    row = driver.find_element(By.CSS_SELECTOR, '#queues tr[data-queue="plan_regen_high"]')
+    return str(row.find_element(By.CSS_SELECTOR, ".waiting").text)
+
+
 def click(driver: WebDriver, element_id: str) -> None:
     driver.find_element(By.ID, element_id).click()
 
@@ -90,7 +96,6 @@ def test_the_console_shows_and_fixes_what_happened(
     succeeded = [regenerate(client, make_plan())["generationId"] for _ in range(2)]
     wait_for_status(console, succeeded)
     waiting_plan = make_plan(topic=f"{URGENT}: incident response")
-    waiting = regenerate(client, waiting_plan)["generationId"]
 
     wait = WebDriverWait(browser, 60)
     with serve(console) as base_url:
@@ -100,11 +105,19 @@ def test_the_console_shows_and_fixes_what_happened(
         browser.get_log("browser")  # the 403s just seen (page, CSS, script): expected
         browser.add_cookie({"name": "operator", "value": "olivia"})
 
-        # Overview: queues, workers, the last hour, the chart of what the test made.
+        # Overview: queues, workers, the last hour, the chart of what the test made. With
+        # "live" ticked it shows a regeneration queued after it loaded, without a reload.
         browser.get(admin + "/")
         assert text_of(browser, "operator") == "olivia"
-        high = browser.find_element(By.CSS_SELECTOR, '#queues tr[data-queue="plan_regen_high"]')
-        assert high.find_element(By.CSS_SELECTOR, ".waiting").text == "1"
+        assert high_queue_waiting(browser) == "0"
+        click(browser, "live")
+        waiting = regenerate(client, waiting_plan)["generationId"]
+        started = time.monotonic()
+        wait.until(lambda d: high_queue_waiting(d) == "1")
+        print(f"live refresh showed the new job after {time.monotonic() - started:.1f} s")
+        click(browser, "live")  # off again: nothing below is replaced while it is read
+        browser.refresh()
+        assert not browser.find_element(By.ID, "live").is_selected()
         assert "plan_regen_low" in text_of(browser, "workers")
         assert chart_counts(browser) == {"succeeded": 2, "validation": 3}
         ended = browser.find_element(By.CSS_SELECTOR, "#last-hour .ended").text
