@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import ALICE, NO_LIMITS, build_app, regenerate, run_jobs
+from conftest import ALICE, NO_LIMITS, build_app, lose_the_queue, regenerate, run_jobs
 from console_support import CONSOLE_CONFIG, OPERATOR, PREFIX, csrf_token, with_console
 from flask import Flask
 from sqlalchemy import insert, inspect
@@ -289,3 +289,23 @@ def test_the_hourly_counts_are_per_utc_hour_on_both_databases(
     stamp = {key: value.strftime("%Y-%m-%dT%H:00:00Z") for key, value in ago.items()}
     print(database, charted)
     assert charted == {stamp[0]: (3, {}, 0), stamp[2]: (0, {"timeout": 2}, 1)}
+
+
+def test_with_redis_down_the_overview_shows_the_database_and_actions_answer_503(
+    console: Flask, make_plan: Callable[..., str]
+) -> None:
+    client = console.test_client()
+    generation_id = regenerate(client, make_plan())["generationId"]
+    token = csrf_token(client)
+    lose_the_queue(console)
+    page = client.get(f"{PREFIX}/", headers=OPERATOR)
+    assert page.status_code == 200
+    assert "Redis is unavailable" in page.get_data(as_text=True)
+    overview = client.get(f"{PREFIX}/api/overview", headers=OPERATOR).get_json()
+    assert overview["statuses"]["pending"] == 1 and overview["queues"] == []
+    print(overview["redisError"])
+    headers = {**OPERATOR, "X-CSRF-Token": token}
+    switch = client.post(f"{PREFIX}/actions/switch", json={"enabled": False}, headers=headers)
+    assert switch.status_code == 503 and switch.get_json()["code"] == "REDIS_UNAVAILABLE"
+    detail = client.get(f"{PREFIX}/regenerations/{generation_id}", headers=OPERATOR)
+    assert detail.status_code == 200

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from flask import current_app
+from redis.exceptions import RedisError
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import selectinload
@@ -57,13 +58,20 @@ def overview(state: RegenState) -> dict[str, Any]:
     now = utcnow()
     names = rq_queue_names(current_app.config)
     in_flight = _in_flight(state, now)
-    queues = queue.queue_details(state.redis, names)
+    # With Redis down the database's half is shown, and why the other half is missing.
+    redis_error = None
+    try:
+        queues = queue.queue_details(state.redis, names)
+        workers = queue.worker_details(state.redis, names)
+    except RedisError as error:
+        queues, workers, redis_error = [], [], f"Redis is unavailable: {error}"
     for entry in queues:
         entry["in_flight"] = [row for row in in_flight if row["queue"] == entry["queue"]]
     return {
         "generated_at": now,
+        "redis_error": redis_error,
         "queues": queues,
-        "workers": queue.worker_details(state.redis, names),
+        "workers": workers,
         "statuses": _active_counts(state),
         "last_hour": _last_hour(state, now),
         "hours": _hours(state, now),
@@ -97,7 +105,10 @@ def _in_flight(state: RegenState, now: datetime) -> list[dict[str, Any]]:
         .order_by(Regeneration.started_at)
         .limit(IN_FLIGHT_SHOWN)
     ).all()
-    ages = leases.lease_ages(state, [row.id for row in rows])
+    try:
+        ages = leases.lease_ages(state, [row.id for row in rows])
+    except RedisError:
+        ages = {}
     return [
         {
             "generation_id": row.id,
@@ -109,7 +120,7 @@ def _in_flight(state: RegenState, now: datetime) -> list[dict[str, Any]]:
             "running_seconds": (now - as_utc(row.started_at)).total_seconds()
             if row.started_at
             else None,
-            "lease_age_seconds": ages[row.id],
+            "lease_age_seconds": ages.get(row.id),
         }
         for row in rows
     ]

@@ -68,6 +68,11 @@ class SwitchSchema(ResponseSchema):
 
 class OverviewSchema(ResponseSchema):
     generated_at = UtcDateTime(data_key="generatedAt")
+    redis_error = fields.String(
+        data_key="redisError",
+        allow_none=True,
+        metadata={"description": "Set while Redis is unavailable: queues and workers are empty."},
+    )
     queues = fields.List(fields.Nested(QueueSchema))
     workers = fields.List(fields.Nested(WorkerSchema))
     statuses = fields.Dict(keys=fields.String(), values=fields.Integer())

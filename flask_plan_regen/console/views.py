@@ -21,8 +21,10 @@ from flask import (
     url_for,
 )
 from marshmallow import Schema
+from redis.exceptions import RedisError
 from werkzeug.wrappers import Response as BaseResponse
 
+from ..database import UNAVAILABLE_ERRORS, database_unavailable
 from ..documents import dump, error_schema, iso_utc
 from ..errors import ApiError
 from ..models import FailureClass, Status, as_utc, utcnow
@@ -98,6 +100,23 @@ def _api_error(error: ApiError) -> tuple[Response | str, int]:
     if _wants_json():
         return _json(error_schema, error), error.status
     return render_template("plan_regen_console/error.html", error=error, page="error"), error.status
+
+
+@regen_admin_bp.errorhandler(RedisError)
+def _redis_unavailable(error: RedisError) -> tuple[Response | str, int]:
+    return _api_error(
+        ApiError(503, "REDIS_UNAVAILABLE", "Redis is unavailable; nothing was changed.")
+    )
+
+
+def _database_unavailable(error: Exception) -> tuple[Response | str, int]:
+    state = get_state()
+    state.database_outage.failed(error, state.db.engines.values())
+    return _api_error(database_unavailable())
+
+
+for _error_class in UNAVAILABLE_ERRORS:
+    regen_admin_bp.register_error_handler(_error_class, _database_unavailable)
 
 
 @regen_admin_bp.context_processor
