@@ -24,7 +24,7 @@ from flask_plan_regen.models import FailureClass, GenerationAttempt, Regeneratio
 OPERATOR = {"X-Operator": "bench"}
 PREFIX = "/admin/plan-regen"
 SIZES = (100_000, 1_000)
-RENDERS = 15  # per page and database; the median is reported
+RENDERS = 9  # per page, database and round; the median is reported
 CLASSES = [str(name) for name in FailureClass]
 
 
@@ -145,21 +145,29 @@ def pages(app: Flask, picked: dict[str, str]) -> dict[str, str]:
     }
 
 
-def render_times(database: Database, count: int) -> dict[str, float]:
-    """Median milliseconds per page, with ``count`` regenerations in ``database``."""
+def render_times(database: Database, count: int, rounds: int) -> list[dict[str, float]]:
+    """Per round, the median milliseconds per page with ``count`` regenerations in
+    ``database``; the pages take turns within a round."""
     picked = fill(database, count)
     app = console_app(database)
-    times: dict[str, float] = {}
+    results = []
     with app.app_context():
-        for name, path in pages(app, picked).items():
-            client = app.test_client()
-            samples = []
-            for _ in range(RENDERS + 2):  # the first two warm the caches and the pool
-                started = time.perf_counter()
-                answer = client.get(PREFIX + path, headers=OPERATOR)
-                samples.append((time.perf_counter() - started) * 1000)
-                if answer.status_code != 200:
-                    raise SystemExit(f"{name} on {database.name}: {answer.status_code}")
-            times[name] = statistics.median(samples[2:])
+        urls = pages(app, picked)
+        client = app.test_client()
+        for path in urls.values():  # warm the caches, the pool and the templates
+            for _ in range(2):
+                client.get(PREFIX + path, headers=OPERATOR)
+        for _ in range(rounds):
+            times: dict[str, float] = {}
+            for name, path in urls.items():
+                samples = []
+                for _ in range(RENDERS):
+                    started = time.perf_counter()
+                    answer = client.get(PREFIX + path, headers=OPERATOR)
+                    samples.append((time.perf_counter() - started) * 1000)
+                    if answer.status_code != 200:
+                        raise SystemExit(f"{name} on {database.name}: {answer.status_code}")
+                times[name] = statistics.median(samples)
+            results.append(times)
         db.engine.dispose()
-    return times
+    return results

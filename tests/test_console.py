@@ -219,6 +219,11 @@ def test_keyset_pages_list_every_row_once_newest_first(console: Flask) -> None:
     assert bad.status_code == 400 and bad.get_json()["code"] == "INVALID_FILTER"
     bad = client.get(f"{PREFIX}/api/regenerations?status=sleeping", headers=OPERATOR)
     assert bad.status_code == 400
+    bad = client.get(f"{PREFIX}/api/regenerations?user_id=a%00b", headers=OPERATOR)
+    assert bad.status_code == 400
+    for generation_id in ("a%00b", "x" * 40):
+        missing = client.get(f"{PREFIX}/api/regenerations/{generation_id}", headers=OPERATOR)
+        assert missing.status_code == 404, generation_id
     html = client.get(f"{PREFIX}/regenerations?created_from=2001-02-30", headers=OPERATOR)
     assert html.status_code == 400 and "YYYY-MM-DD" in html.get_data(as_text=True)
 

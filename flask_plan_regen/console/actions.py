@@ -19,7 +19,8 @@ from redis.exceptions import RedisError
 
 from .. import admin, lifecycle, switch
 from ..errors import ApiError
-from ..models import FailureClass, Regeneration, as_utc, utcnow
+from ..identity import findable_id
+from ..models import ID_LENGTH, FailureClass, Regeneration, as_utc, utcnow
 from ..state import RegenState
 
 logger = logging.getLogger("flask_plan_regen.console")
@@ -87,15 +88,24 @@ def recent(state: RegenState, touching: str | None = None) -> list[dict[str, Any
     return entries
 
 
+def _row(state: RegenState, generation_id: str) -> Regeneration:
+    row = (
+        state.db.session.get(Regeneration, generation_id)
+        if findable_id(generation_id, ID_LENGTH)
+        else None
+    )
+    if row is None:
+        raise _not_found(generation_id)
+    return row
+
+
 def _not_found(generation_id: str) -> ApiError:
     return ApiError(404, "REGENERATION_NOT_FOUND", f"There is no regeneration {generation_id}.")
 
 
-def requeue_one(state: RegenState, generation_id: str) -> ActionResult:
+def requeue_failed(state: RegenState, generation_id: str) -> ActionResult:
     """Queue a new regeneration like a failed one that is still its plan's latest."""
-    row = state.db.session.get(Regeneration, generation_id)
-    if row is None:
-        raise _not_found(generation_id)
+    row = _row(state, generation_id)
     candidates = {
         candidate.id: candidate
         for candidate in admin.requeue_candidates(state, None, plan_id=row.plan_id)
@@ -115,7 +125,7 @@ def requeue_class_count(state: RegenState, failure_class: FailureClass) -> int:
     return admin.count_requeue_candidates(state, failure_class)
 
 
-def requeue_class(state: RegenState, failure_class: FailureClass) -> ActionResult:
+def requeue_failure_class(state: RegenState, failure_class: FailureClass) -> ActionResult:
     failed = admin.requeue_candidates(state, failure_class)
     return _requeue(state, f"requeue class {failure_class}", failed)
 
@@ -134,10 +144,8 @@ def _requeue(state: RegenState, action: str, failed: list[Regeneration]) -> Acti
     return result
 
 
-def cancel_one(state: RegenState, generation_id: str) -> ActionResult:
-    row = state.db.session.get(Regeneration, generation_id)
-    if row is None:
-        raise _not_found(generation_id)
+def cancel_regeneration(state: RegenState, generation_id: str) -> ActionResult:
+    row = _row(state, generation_id)
     lifecycle.cancel(state, row)
     return ActionResult("cancel", f"canceled regeneration {generation_id}", [generation_id])
 

@@ -23,9 +23,13 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from .. import leases, queue
 from ..config import rq_queue_names
+from ..identity import findable_id
 from ..models import (
     ACTIVE_STATUSES,
+    ID_LENGTH,
+    PLAN_ID_LENGTH,
     TERMINAL_STATUSES,
+    USER_ID_LENGTH,
     FailureClass,
     Regeneration,
     Status,
@@ -47,13 +51,13 @@ class Switch:
     switched_off_by: str | None
 
 
-def kill_switch(state: RegenState) -> Switch:
+def switch_state(state: RegenState) -> Switch:
     config_enabled = bool(current_app.config["PLAN_REGEN_ENABLED"])
     by = switched_off_by_operator(state)
     return Switch(config_enabled and by is None, config_enabled, by)
 
 
-def overview(state: RegenState) -> dict[str, Any]:
+def overview_data(state: RegenState) -> dict[str, Any]:
     """The Overview page: queues, work in flight, workers, the last hour and the last day."""
     now = utcnow()
     names = rq_queue_names(current_app.config)
@@ -75,7 +79,7 @@ def overview(state: RegenState) -> dict[str, Any]:
         "statuses": _active_counts(state),
         "last_hour": _last_hour(state, now),
         "hours": _hours(state, now),
-        "switch": kill_switch(state),
+        "switch": switch_state(state),
     }
 
 
@@ -253,11 +257,17 @@ def read_filters(args: Any) -> Filters:
         except ValueError:
             raise BadFilter(f"{name} must be a date, YYYY-MM-DD") from None
 
+    def identifier(name: str, length: int) -> str | None:
+        value = args.get(name) or None
+        if value is not None and not findable_id(value, length):
+            raise BadFilter(f"{name} is longer than {length} characters or not storable text")
+        return value
+
     return Filters(
         status=choice("status", [str(s) for s in Status]),
         failure_class=choice("failure_class", [str(c) for c in FailureClass]),
-        user_id=args.get("user_id") or None,
-        plan_id=args.get("plan_id") or None,
+        user_id=identifier("user_id", USER_ID_LENGTH),
+        plan_id=identifier("plan_id", PLAN_ID_LENGTH),
         created_from=day("created_from"),
         created_to=day("created_to"),
     )
@@ -323,6 +333,8 @@ def regeneration_page(
 
 
 def regeneration_detail(state: RegenState, generation_id: str) -> Regeneration | None:
+    if not findable_id(generation_id, ID_LENGTH):
+        return None
     return state.db.session.scalar(
         select(Regeneration)
         .where(Regeneration.id == generation_id)

@@ -31,35 +31,25 @@ from ..models import FailureClass, Status, as_utc, utcnow
 from ..state import get_state
 from .actions import (
     ActionResult,
+    cancel_regeneration,
     recent,
     record,
     requeue_class_count,
+    requeue_failed,
+    requeue_failure_class,
     set_switch,
-)
-from .actions import (
-    cancel_one as cancel_regeneration,
-)
-from .actions import (
-    requeue_class as requeue_failure_class,
-)
-from .actions import (
-    requeue_one as requeue_regeneration,
 )
 from .charts import hourly_outcomes
 from .guard import CSRF_FIELD, check_csrf, csrf_token, current_operator
 from .queries import (
     BadFilter,
     failed_by_class,
+    overview_data,
     read_filters,
     regeneration_detail,
     regeneration_page,
+    switch_state,
     timeline,
-)
-from .queries import (
-    kill_switch as switch_state,
-)
-from .queries import (
-    overview as overview_data,
 )
 from .schemas import (
     action_result_schema,
@@ -287,7 +277,7 @@ def _notice(message: str) -> str:
 
 @regen_admin_bp.post("/actions/requeue/<generation_id>")
 def requeue_one(generation_id: str) -> Response | BaseResponse:
-    result = requeue_regeneration(get_state(), generation_id)
+    result = requeue_failed(get_state(), generation_id)
     target = result.created[0] if result.created else generation_id
     return _done(result, url_for(".regeneration", generation_id=target))
 
