@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from conftest import ALICE, NO_LIMITS, build_app, lose_the_queue, regenerate, run_jobs
 from console_support import CONSOLE_CONFIG, OPERATOR, PREFIX, csrf_token, with_console
-from flask import Flask
+from flask import Flask, request
+from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import insert, inspect
 
 from examples.host_app import db
-from flask_plan_regen import Regeneration, get_state
+from flask_plan_regen import PlanRegen, Regeneration, get_state
 from flask_plan_regen.models import new_id, utcnow
 from flask_plan_regen.store import create_tables
 
@@ -314,3 +315,22 @@ def test_with_redis_down_the_overview_shows_the_database_and_actions_answer_503(
     assert switch.status_code == 503 and switch.get_json()["code"] == "REDIS_UNAVAILABLE"
     detail = client.get(f"{PREFIX}/regenerations/{generation_id}", headers=OPERATOR)
     assert detail.status_code == 200
+
+
+def test_the_decorator_registers_the_operator_hook(
+    sqlite_uri: str, redis_url: str, redis_conn: Any
+) -> None:
+    app = Flask("host")
+    app.config.update(SQLALCHEMY_DATABASE_URI=sqlite_uri, PLAN_REGEN_REDIS_URL=redis_url)
+    regen = PlanRegen(app, db=SQLAlchemy(app))
+
+    @regen.operator_required
+    def staff_only() -> str | None:
+        return "sam" if request.headers.get("X-Staff") == "yes" else None
+
+    PlanRegen.create_all(app)
+    with_console(app)
+    client = app.test_client()
+    assert client.get(f"{PREFIX}/api/actions").status_code == 403
+    answer = client.get(f"{PREFIX}/", headers={"X-Staff": "yes"})
+    assert answer.status_code == 200 and ">sam<" in answer.get_data(as_text=True)
