@@ -57,7 +57,7 @@ dist: venv
 	$(BIN)/python -m build --outdir dist .
 	$(BIN)/twine check --strict dist/*
 
-# Benchmarks (about 11 minutes); rewrites the results table in docs/performance.md.
+# Benchmarks (about 14 minutes); rewrites the results table in docs/performance.md.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
