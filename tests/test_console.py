@@ -93,6 +93,10 @@ def test_a_post_without_a_valid_csrf_token_is_refused(
     token = csrf_token(client)
     switched = client.post(switch, data={"enabled": "off", "csrf_token": token}, headers=OPERATOR)
     assert switched.status_code == 303
+    shown = client.get(switched.headers["Location"], headers=OPERATOR).get_data(as_text=True)
+    assert "new regenerations are refused (503) until switched on" in shown
+    crafted = client.get(f"{PREFIX}/actions?notice=Everything+was+requeued", headers=OPERATOR)
+    assert "Everything was requeued" not in crafted.get_data(as_text=True)
     refused = client.post(f"/api/v1/plans/{make_plan()}/regenerate", json={}, headers=ALICE)
     assert refused.status_code == 503 and refused.get_json()["code"] == "REGENERATION_DISABLED"
     on = client.post(switch, json={"enabled": True}, headers={**OPERATOR, "X-CSRF-Token": token})

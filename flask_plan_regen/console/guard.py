@@ -44,14 +44,14 @@ def current_operator() -> str:
     return operator
 
 
-def _serializer() -> URLSafeTimedSerializer:
+def _serializer(salt: str = _SALT) -> URLSafeTimedSerializer:
     if not current_app.secret_key:
         raise ApiError(
             403,
             "CSRF_UNAVAILABLE",
             "The console's forms need the app's SECRET_KEY to sign their CSRF tokens.",
         )
-    return URLSafeTimedSerializer(current_app.secret_key, salt=_SALT)
+    return URLSafeTimedSerializer(current_app.secret_key, salt=salt)
 
 
 def csrf_token() -> str:
@@ -79,3 +79,24 @@ def check_csrf() -> None:
         ) from None
     if not hmac.compare_digest(str(signed_for), current_operator()):
         raise ApiError(403, "CSRF_FAILED", "The form's CSRF token is another operator's.")
+
+
+_NOTICE_SALT = "flask-plan-regen-console-notice"
+NOTICE_MAX_AGE = 300
+
+
+def signed_notice(message: str) -> str:
+    """``message`` for the page an action redirects to, signed: a crafted link cannot make
+    the console claim an action it did not take."""
+    return str(_serializer(_NOTICE_SALT).dumps(message))
+
+
+def read_notice() -> str | None:
+    """The signed ``?notice=`` of the request, if it is one this app signed lately."""
+    token = request.args.get("notice")
+    if not token or not current_app.secret_key:
+        return None
+    try:
+        return str(_serializer(_NOTICE_SALT).loads(token, max_age=NOTICE_MAX_AGE))
+    except BadSignature:
+        return None

@@ -40,7 +40,14 @@ from .actions import (
     set_switch,
 )
 from .charts import hourly_outcomes
-from .guard import CSRF_FIELD, check_csrf, csrf_token, current_operator
+from .guard import (
+    CSRF_FIELD,
+    check_csrf,
+    csrf_token,
+    current_operator,
+    read_notice,
+    signed_notice,
+)
 from .queries import (
     BadFilter,
     failed_by_class,
@@ -193,7 +200,7 @@ def regeneration(generation_id: str) -> str:
         "plan_regen_console/regeneration.html",
         data=_detail(generation_id),
         page="regenerations",
-        notice=request.args.get("notice"),
+        notice=read_notice(),
     )
 
 
@@ -218,7 +225,7 @@ def actions_page() -> str:
         "plan_regen_console/actions.html",
         data=_actions_page(),
         page="actions",
-        notice=request.args.get("notice"),
+        notice=read_notice(),
     )
 
 
@@ -272,7 +279,7 @@ def _done(result: ActionResult, then: str) -> Response | BaseResponse:
 
 
 def _notice(message: str) -> str:
-    return urlencode({"notice": message})
+    return urlencode({"notice": signed_notice(message)})
 
 
 @regen_admin_bp.post("/actions/requeue/<generation_id>")
