@@ -5,12 +5,21 @@ The browser drives the same pages in test_console_browser.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import ALICE, NO_LIMITS, build_app, lose_the_queue, regenerate, run_jobs
+from conftest import (
+    ALICE,
+    NO_LIMITS,
+    build_app,
+    lose_the_queue,
+    regenerate,
+    run_jobs,
+    wait_until,
+)
 from console_support import CONSOLE_CONFIG, OPERATOR, PREFIX, csrf_token, with_console
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
@@ -20,6 +29,7 @@ from examples.host_app import db
 from flask_plan_regen import PlanRegen, Regeneration, get_state
 from flask_plan_regen.models import new_id, utcnow
 from flask_plan_regen.store import create_tables
+from flask_plan_regen.switch import RECHECK_SECONDS
 
 
 @pytest.fixture
@@ -338,3 +348,28 @@ def test_the_decorator_registers_the_operator_hook(
     assert client.get(f"{PREFIX}/api/actions").status_code == 403
     answer = client.get(f"{PREFIX}/", headers={"X-Staff": "yes"})
     assert answer.status_code == 200 and ">sam<" in answer.get_data(as_text=True)
+
+
+def test_the_switch_reaches_every_web_process_within_a_second(
+    console: Flask, make_plan: Callable[..., str], sqlite_uri: str, redis_url: str
+) -> None:
+    other = build_app(sqlite_uri, redis_url, **NO_LIMITS).test_client()  # another process
+
+    def answer() -> int:
+        url = f"/api/v1/plans/{make_plan()}/regenerate"
+        return other.post(url, json={}, headers=ALICE).status_code
+
+    assert answer() == 202  # it has now read the switch (on)
+    client = console.test_client()
+    headers = {**OPERATOR, "X-CSRF-Token": csrf_token(client)}
+    switched = time.monotonic()
+    client.post(f"{PREFIX}/actions/switch", json={"enabled": False}, headers=headers)
+    wait_until(lambda: answer() == 503, timeout=10, what="the other process refusing")
+    off = time.monotonic() - switched
+    client.post(f"{PREFIX}/actions/switch", json={"enabled": True}, headers=headers)
+    switched = time.monotonic()
+    wait_until(lambda: answer() == 202, timeout=10, what="the other process accepting")
+    on = time.monotonic() - switched
+    print(f"seen by the other process after {off:.2f} s (off) and {on:.2f} s (on)")
+    # RECHECK_SECONDS, plus room for a loaded machine's requests.
+    assert off < RECHECK_SECONDS + 2 and on < RECHECK_SECONDS + 2
