@@ -22,9 +22,9 @@ from .state import RegenState
 
 logger = logging.getLogger("flask_plan_regen.switch")
 
-RECHECK_SECONDS = 1.0
-"""How long a process trusts the switch it read: a request does not pay a Redis round trip
-for it more than once a second per process."""
+RECHECK_SECONDS = 5.0
+"""How long a process trusts the switch it read: requests pay a Redis round trip for it
+at most once per this many seconds per process."""
 
 # Per Redis client (so per app), per key: until when the value read is trusted, and it.
 _seen: weakref.WeakKeyDictionary[Redis, dict[str, tuple[float, str | None]]] = (
