@@ -65,6 +65,11 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_RATE_LIMIT": "10/hour",
     "PLAN_REGEN_TIER_RATE_LIMITS": {},
     "PLAN_REGEN_MONTHLY_QUOTAS": {"free": 5, "starter": 10, "pro": 50},
+    # Spend (docs/billing.md, "What a regeneration costs"): USD per million tokens per model,
+    # and USD budgets per tier and for the whole app per calendar month (decimal strings).
+    "PLAN_REGEN_PRICES": {},
+    "PLAN_REGEN_MONTHLY_BUDGETS": {},
+    "PLAN_REGEN_GLOBAL_MONTHLY_BUDGET": "unlimited",
     # Tiers from Stripe (docs/billing.md); off while PLAN_REGEN_STRIPE_API_KEY is None.
     "PLAN_REGEN_STRIPE_API_KEY": None,
     "PLAN_REGEN_STRIPE_API_BASE": None,

@@ -37,6 +37,7 @@ from .logs import context_of
 from .metrics import count_enqueue
 from .models import (
     ACTIVE_STATUSES,
+    ChargedTo,
     FailureClass,
     GenerationAttempt,
     Regeneration,
@@ -45,7 +46,7 @@ from .models import (
     new_id,
     utcnow,
 )
-from .quota import current_period, give_back, record_charged, refund, refund_failed
+from .quota import QUOTA_USED_UP, charge_retry, current_period, give_back, record_charged, settle
 from .retries import retry_delay, should_retry
 from .state import RegenState
 
@@ -70,6 +71,8 @@ _NEW_ROW: dict[str, Any] = {
     "result": None,
     "started_at": None,
     "finished_at": None,
+    "quota_units": 1,
+    "reserved_usd": None,
 }
 
 
@@ -118,6 +121,8 @@ def submit(
         "priority": priority,
         "queue": queue_name,
         "quota_period": current_period(now) if charge_quota else None,
+        # Without the user's quota it is an operator's re-run: spend charged to the operator.
+        "charged_to": ChargedTo.USER if charge_quota else ChargedTo.OPERATOR,
         "created_at": now,
         "updated_at": now,
     }
@@ -285,6 +290,8 @@ def finish(
         return False
     save_content()
     _record(state, attempt)
+    if regeneration.quota_units > 1:  # a retry took more: keep one per billed attempt
+        settle(state, regeneration, None)
     session.commit()
     progress.publish(state, generation_id, Status.SUCCEEDED)
     signals.send(signals.regeneration_succeeded, session, generation_id)
@@ -302,12 +309,18 @@ def fail(
     Returns the seconds to wait before the retry; ``error`` when the
     regeneration failed for good with it; ``None`` when this attempt no longer
     held the row.
-    A regeneration that fails for good gets its quota back when the failure
-    is ours (quota.REFUNDED_FAILURES). The old content stays either way.
+    Quota follows the money: a retry after a billed answer takes one more unit
+    of quota, or is not made when none is left (the regeneration fails with the
+    quota's message); one that fails for good keeps a unit per billed attempt
+    (quota.settle). The old content stays either way.
     """
     config = current_app.config
     generation_id, number = regeneration.id, regeneration.attempts
     retry = should_retry(error, number, config)
+    if retry and attempt is not None and attempt.billed and not charge_retry(state, regeneration):
+        # The provider billed this answer and the user has no quota for another billed one.
+        retry = False
+        error = type(error)(str(error), public_message=QUOTA_USED_UP, usage=error.usage)
     logger.warning(
         "regeneration %s attempt %s failed (%s, %s): %s",
         generation_id,
@@ -342,7 +355,7 @@ def fail(
     if attempt is not None:
         _record(state, attempt)
     if not retry:
-        refund_failed(state, regeneration, error.failure_class)
+        settle(state, regeneration, error.failure_class)
     session.commit()
     progress.publish(state, generation_id, outcome["status"])
     if retry:
@@ -469,8 +482,9 @@ def plan_deleted(
     """``processing`` -> ``canceled``: the plan was deleted while it was being regenerated.
 
     Nothing is left to regenerate, and neither the user nor the provider
-    failed, so the quota is given back. ``attempt`` is the provider call made
-    before the plan was found gone (``None`` if none was made). ``False`` when
+    failed, so the quota is given back, unless the provider billed an attempt.
+    ``attempt`` is the provider call made before the plan was found gone (``None``
+    if none was made). ``False`` when
     this attempt no longer held the row.
     """
     session = state.db.session
@@ -484,7 +498,7 @@ def plan_deleted(
     if attempt is not None:
         attempt.outcome, attempt.error = Status.CANCELED, PLAN_DELETED
         _record(state, attempt)
-    refund(state, regeneration)
+    settle(state, regeneration, "")  # refunded unless the provider billed an attempt
     session.commit()
     logger.info("regeneration %s canceled: its plan was deleted", generation_id)
     progress.publish(state, generation_id, Status.CANCELED)
