@@ -165,12 +165,12 @@ def settle(state: RegenState, regeneration: Regeneration, failure_class: str | N
 
 
 def charge_retry(state: RegenState, regeneration: Regeneration) -> bool:
-    """Before a retry: one more unit of quota when every unit held paid for a billed answer,
-    so a user's billed attempts never exceed the quota (not committed). ``False`` when
-    none is left: the retry must not be made."""
+    """Before a retry after a billed attempt (not yet recorded): one more unit of quota
+    when every unit held paid for a billed answer, so a user's billed attempts never
+    exceed the quota (not committed). ``False`` when none is left: no retry."""
     if regeneration.quota_period is None:
         return True  # refunded already, or an operator's re-run: no user quota involved
-    if billed_attempts(state, regeneration.id) < regeneration.quota_units:
+    if billed_attempts(state, regeneration.id) + 1 < regeneration.quota_units:
         return True
     session = state.db.session
     limit = monthly_limit(regeneration.tier, current_app.config)
