@@ -70,6 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_PRICES": {},
     "PLAN_REGEN_MONTHLY_BUDGETS": {},
     "PLAN_REGEN_GLOBAL_MONTHLY_BUDGET": "unlimited",
+    # Seconds a job waits before it checks again whether the global budget pause is over.
+    "PLAN_REGEN_BUDGET_RECHECK": 30,
     # Tiers from Stripe (docs/billing.md); off while PLAN_REGEN_STRIPE_API_KEY is None.
     "PLAN_REGEN_STRIPE_API_KEY": None,
     "PLAN_REGEN_STRIPE_API_BASE": None,
@@ -219,6 +221,7 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_stripe(config)
     _check_provider(config)
     _check_int(config, "PLAN_REGEN_MAX_ATTEMPTS", minimum=1, maximum=10)
+    _check_int(config, "PLAN_REGEN_BUDGET_RECHECK", minimum=1, maximum=3600)
     _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_BASE", minimum=0)
     _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_CAP", minimum=0)
     _check_int(config, "PLAN_REGEN_IDEMPOTENCY_TTL", minimum=1)

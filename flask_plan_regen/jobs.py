@@ -22,7 +22,7 @@ from .errors import GenerationError, InternalFailure, ProviderError, ProviderTim
 from .identity import load_plan
 from .leases import held_lease
 from .logs import log_context
-from .metrics import observe_attempt
+from .metrics import count_budget_paused, observe_attempt
 from .models import GenerationAttempt, Regeneration, Status, storable_text, utcnow
 from .output import parse_output
 from .pacing import fit_to_schedule
@@ -85,7 +85,11 @@ def run_regeneration(generation_id: str) -> Any:
 
 
 def execute(state: RegenState, generation_id: str) -> Any:
-    """Claim and run one attempt; ``None`` if there is nothing to run."""
+    """Claim and run one attempt; ``None`` if there is nothing to run. While the app's
+    monthly budget is spent, the job is put off (scheduled again) without claiming."""
+    if spend.calls_paused(state):
+        count_budget_paused("worker")
+        return queue.put_off(int(current_app.config["PLAN_REGEN_BUDGET_RECHECK"]))
     regeneration = lifecycle.claim(state, generation_id)
     if regeneration is None:
         logger.info("regeneration %s has no attempt to run here", generation_id)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -26,10 +27,13 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
 
 
 class Status(enum.StrEnum):
@@ -72,9 +76,41 @@ RETRYABLE_FAILURES: frozenset[FailureClass] = frozenset(
 ID_LENGTH = 36  # uuid4 text: plans of the built-in store, regenerations (generationId)
 PLAN_ID_LENGTH = 64  # any store's plan id, as regenerations keep it
 USER_ID_LENGTH = 255
-# US dollars as exact decimals: 10 places keep the cost of a single cached token
-# (USD 0.075 per million is 7.5e-8) exact.
-MONEY = Numeric(20, 10)
+
+
+class Money(TypeDecorator[Decimal]):
+    """US dollars as exact decimals of 10 places (the cost of one cached token at USD
+    0.075 per million, 7.5e-8, stays exact).
+
+    ``NUMERIC(20, 10)`` where the database has exact decimals (PostgreSQL); on SQLite,
+    whose NUMERIC is a float, a whole number of 1e-10 dollars in an INTEGER, so sums
+    and comparisons made in SQL stay exact there too.
+    """
+
+    impl = Numeric(20, 10)
+    cache_ok = True
+    SCALE = Decimal("1e10")
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(20, 10, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        amount = Decimal(value).quantize(Decimal("1e-10"))
+        return int(amount * self.SCALE) if dialect.name == "sqlite" else amount
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return (Decimal(int(value)) / self.SCALE).quantize(Decimal("1e-10"))
+        return Decimal(value).quantize(Decimal("1e-10"))
+
+
+MONEY = Money()
 
 
 class ChargedTo(enum.StrEnum):

@@ -19,10 +19,23 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
-from .errors import ConfigurationError, GenerationError, ReportedUsage
-from .providers import GenerationResult
+from flask import current_app
+from flask_sqlalchemy.session import Session
+from sqlalchemy import BindParameter, Table, bindparam, case, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import scoped_session
+
+from .documents import iso_utc, usd
+from .errors import ApiError, ConfigurationError, GenerationError, ReportedUsage
+from .metrics import count_budget_paused
+from .models import MONEY, ChargedTo, GenerationAttempt, Regeneration, Spend, as_utc
+from .providers import GenerationRequest, GenerationResult
+from .quota import current_period, period_resets_at
+from .state import RegenState
+from .types import PlanInput
 
 logger = logging.getLogger("flask_plan_regen.spend")
 
@@ -215,3 +228,222 @@ def check_config(config: Mapping[str, Any]) -> None:
                 f"PLAN_REGEN_MONTHLY_BUDGETS[{tier!r}] needs the price of the tier's model "
                 f"{model!r} in PLAN_REGEN_PRICES: a reservation is its worst-case cost."
             )
+
+
+# --- Budgets: the ledger -------------------------------------------------------------
+
+GLOBAL_SCOPE = "all"
+# Tokens a chat request adds around its messages' text (roles, separators): generous.
+MESSAGE_OVERHEAD_TOKENS = 32
+_SPEND = cast(Table, Spend.__table__)
+_paused_logged = False
+
+
+def user_scope(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def monthly_budget(config: Mapping[str, Any], tier: str) -> Decimal | None:
+    """The tier's USD budget per calendar month; ``None`` for unlimited."""
+    return parse_budget(config["PLAN_REGEN_MONTHLY_BUDGETS"].get(tier, UNLIMITED))
+
+
+def global_budget(config: Mapping[str, Any]) -> Decimal | None:
+    return parse_budget(config["PLAN_REGEN_GLOBAL_MONTHLY_BUDGET"])
+
+
+def prompt_token_bound(plan: PlanInput, tier: str) -> int:
+    """At most how many tokens the prompt of ``plan`` can be: its UTF-8 bytes (a token
+    covers at least one byte), plus the messages' overhead."""
+    system, user = GenerationRequest(plan=plan, tier=tier, generation_id="", attempt=1).prompt()
+    return len(system.encode()) + len(user.encode()) + MESSAGE_OVERHEAD_TOKENS
+
+
+def reservation(config: Mapping[str, Any], tier: str, prompt_tokens: int) -> Decimal | None:
+    """The worst case a regeneration of ``tier`` can cost, when the tier has a budget:
+    every attempt with the whole prompt in and the whole output cap out, at the price of
+    the tier's model (init_app checked there is one)."""
+    if monthly_budget(config, tier) is None:
+        return None
+    prices = prices_for(config, tier_model(config, tier))
+    assert prices is not None, "check_config requires a price for a budgeted tier's model"
+    return worst_case(
+        prices,
+        attempts=int(config["PLAN_REGEN_MAX_ATTEMPTS"]),
+        output_tokens=int(config["PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS"]),
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def reserve(state: RegenState, values: Mapping[str, Any]) -> None:
+    """Reserve a new regeneration's worst case (``values["reserved_usd"]``) against its
+    user's monthly budget, in the caller's transaction; 429 ``BUDGET_EXCEEDED`` (the
+    caller rolls back) when the budget cannot cover it next to what is spent and
+    reserved. One conditional UPDATE: concurrent submits cannot overrun the budget."""
+    amount = values["reserved_usd"]
+    if amount is None:
+        return
+    budget = monthly_budget(current_app.config, values["tier"])
+    assert budget is not None
+    session = state.db.session
+    period = current_period(values["created_at"])
+    scope = user_scope(values["user_id"])
+    _ensure_rows(session, [scope], period)
+    reserved = session.execute(
+        update(_SPEND)
+        .where(
+            _SPEND.c.scope == scope,
+            _SPEND.c.period == period,
+            _SPEND.c.spent_usd + _SPEND.c.reserved_usd + _money_param("amount") <= budget,
+        )
+        .values(reserved_usd=_SPEND.c.reserved_usd + _money_param("amount"))
+        .returning(_SPEND.c.scope),
+        {"amount": amount},
+    ).first()
+    if reserved is None:
+        raise ApiError(
+            429,
+            "BUDGET_EXCEEDED",
+            f"The monthly spend budget of the {values['tier']} tier (USD {usd(budget)}) "
+            "cannot cover another regeneration this month.",
+            details={
+                "budgetUsd": usd(budget),
+                "neededUsd": usd(amount),
+                "resetsAt": iso_utc(period_resets_at(period)),
+            },
+        )
+
+
+def ensure_not_paused(state: RegenState) -> None:
+    """503 ``BUDGET_PAUSED`` once this month's spend reached the global budget."""
+    if calls_paused(state):
+        count_budget_paused("submit")
+        raise ApiError(
+            503,
+            "BUDGET_PAUSED",
+            "Regenerations are paused: this month's spending limit has been reached. "
+            "Try again later.",
+            details={"resetsAt": iso_utc(period_resets_at(current_period()))},
+        )
+
+
+def calls_paused(state: RegenState) -> bool:
+    """Whether this month's spend reached ``PLAN_REGEN_GLOBAL_MONTHLY_BUDGET``: then no
+    provider call is made (jobs wait, pending) and submits answer 503. Logs once per
+    process each time a pause starts."""
+    global _paused_logged
+    budget = global_budget(current_app.config)
+    if budget is None:
+        return False
+    spent = state.db.session.scalar(
+        select(_SPEND.c.spent_usd).where(
+            _SPEND.c.scope == GLOBAL_SCOPE, _SPEND.c.period == current_period()
+        )
+    )
+    paused = spent is not None and spent >= budget
+    if paused and not _paused_logged:
+        logger.warning(
+            "the global monthly budget (USD %s) is reached (spent USD %s): provider calls "
+            "are paused and submits answer 503 until the month ends or the budget is raised",
+            usd(budget),
+            usd(spent),
+        )
+    _paused_logged = paused
+    return paused
+
+
+def charge(state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt) -> None:
+    """Add a recorded attempt's cost to the month's ledger (the app's, and its user's when
+    charged to the user), taking it out of the regeneration's reservation first; in the
+    caller's transaction. A billed call of unknown cost is charged its worst case."""
+    cost = attempt.cost_usd
+    if cost is None and attempt.billed:
+        cost = _worst_call(current_app.config, regeneration.tier, attempt.prompt_tokens)
+    if not cost:
+        return
+    session = state.db.session
+    period = current_period()
+    scopes = [GLOBAL_SCOPE]
+    if regeneration.charged_to == ChargedTo.USER:
+        scopes.append(user_scope(regeneration.user_id))
+    _ensure_rows(session, scopes, period)
+    session.execute(
+        update(_SPEND)
+        .where(_SPEND.c.scope.in_(scopes), _SPEND.c.period == period)
+        .values(spent_usd=_SPEND.c.spent_usd + _money_param("cost")),
+        {"cost": cost},
+    )
+    held = regeneration.reserved_usd or Decimal(0)
+    used = min(cost, held)
+    if used > 0:
+        _take_from_reservation(state, regeneration, used)
+
+
+def release(state: RegenState, regeneration: Regeneration) -> None:
+    """Give back what is left of a regeneration's reservation as it ends (not committed)."""
+    left = regeneration.reserved_usd
+    if not left:
+        return
+    _take_from_reservation(state, regeneration, left)
+
+
+def _take_from_reservation(state: RegenState, regeneration: Regeneration, amount: Decimal) -> None:
+    session = state.db.session
+    session.execute(
+        update(Regeneration)
+        .where(Regeneration.id == regeneration.id)
+        .values(reserved_usd=Regeneration.reserved_usd - _money_param("amount"))
+        .execution_options(synchronize_session=False),
+        {"amount": amount},
+    )
+    session.execute(
+        update(_SPEND)
+        .where(
+            _SPEND.c.scope == user_scope(regeneration.user_id),
+            _SPEND.c.period == current_period(as_utc(regeneration.created_at)),
+        )
+        .values(
+            reserved_usd=case(
+                (
+                    _SPEND.c.reserved_usd > _money_param("amount"),
+                    _SPEND.c.reserved_usd - _money_param("amount"),
+                ),
+                else_=Decimal(0),
+            )
+        ),
+        {"amount": amount},
+    )
+    regeneration.reserved_usd = (regeneration.reserved_usd or Decimal(0)) - amount
+
+
+def _worst_call(config: Mapping[str, Any], tier: str, prompt_tokens: int | None) -> Decimal | None:
+    prices = prices_for(config, tier_model(config, tier))
+    if prices is None:
+        return None
+    return worst_case(
+        prices,
+        attempts=1,
+        output_tokens=int(config["PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS"]),
+        prompt_tokens=prompt_tokens or 0,
+    )
+
+
+def _money_param(name: str) -> BindParameter[Decimal]:
+    return bindparam(name, type_=MONEY)
+
+
+def _ensure_rows(session: scoped_session[Session], scopes: list[str], period: str) -> None:
+    """Insert the month's ledger rows that do not exist yet (race-free)."""
+    dialect = session.get_bind().dialect.name
+    rows = [{"scope": scope, "period": period} for scope in scopes]
+    if dialect in ("postgresql", "sqlite"):
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(_SPEND).values(spent_usd=Decimal(0), reserved_usd=Decimal(0))
+        session.execute(statement.on_conflict_do_nothing(), rows)
+        return
+    for row in rows:  # other databases: a savepoint absorbs a concurrent insert
+        try:
+            with session.begin_nested():
+                session.add(Spend(**row, spent_usd=Decimal(0), reserved_usd=Decimal(0)))
+        except IntegrityError:
+            pass
