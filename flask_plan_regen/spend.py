@@ -15,6 +15,7 @@ UPDATEs, so concurrent submits can never take more than the budget.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from typing import Any, cast
 
 from flask import current_app
 from flask_sqlalchemy.session import Session
+from redis.exceptions import RedisError
 from sqlalchemy import BindParameter, Table, bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -84,17 +86,13 @@ def parse_prices(value: Any) -> Prices:
         if key not in value:
             amounts[key] = None
             continue
-        # Strings (or ints) only: a float such as 0.1 is not the price that was meant.
-        if isinstance(value[key], float) or money(value[key]) is None:
+        # A float is read through its shortest text (0.15 -> "0.15"), which is what was
+        # written (in Python or in a FLASK_PLAN_REGEN_* variable, which Flask reads as JSON).
+        if money(value[key]) is None:
             raise ValueError(f"{key!r} must be a decimal string such as '0.15'")
-        amounts[key] = Decimal(str(value[key]).strip())
+        amounts[key] = money(value[key])
     assert amounts["input"] is not None and amounts["output"] is not None
     return Prices(amounts["input"], amounts["output"], amounts["cached_input"])
-
-
-def price_table(config: Mapping[str, Any]) -> dict[str, Prices]:
-    """``PLAN_REGEN_PRICES``, parsed (checked at init_app)."""
-    return {model: parse_prices(prices) for model, prices in config["PLAN_REGEN_PRICES"].items()}
 
 
 def prices_for(config: Mapping[str, Any], *models: str | None) -> Prices | None:
@@ -186,7 +184,7 @@ def parse_budget(value: Any) -> Decimal | None:
     """A monthly budget: ``"unlimited"`` -> ``None``, else a decimal string of USD."""
     if value == UNLIMITED or value is None:
         return None
-    amount = money(value) if not isinstance(value, float) else None
+    amount = money(value)
     if amount is None:
         raise ValueError(f"a decimal string of USD such as '25.00', or {UNLIMITED!r}")
     return amount
@@ -236,7 +234,8 @@ GLOBAL_SCOPE = "all"
 # Tokens a chat request adds around its messages' text (roles, separators): generous.
 MESSAGE_OVERHEAD_TOKENS = 32
 _SPEND = cast(Table, Spend.__table__)
-_paused_logged = False
+# How long the "pause logged" mark lives: a pause still on after it is logged again.
+PAUSE_KEY_TTL = 24 * 3600
 
 
 def user_scope(user_id: str) -> str:
@@ -329,27 +328,41 @@ def ensure_not_paused(state: RegenState) -> None:
 
 def calls_paused(state: RegenState) -> bool:
     """Whether this month's spend reached ``PLAN_REGEN_GLOBAL_MONTHLY_BUDGET``: then no
-    provider call is made (jobs wait, pending) and submits answer 503. Logs once per
-    process each time a pause starts."""
-    global _paused_logged
+    provider call is made (jobs wait, pending) and submits answer 503. The first process
+    to see a pause start logs it, once for the whole app (a key in Redis says so)."""
     budget = global_budget(current_app.config)
     if budget is None:
         return False
+    period = current_period()
     spent = state.db.session.scalar(
-        select(_SPEND.c.spent_usd).where(
-            _SPEND.c.scope == GLOBAL_SCOPE, _SPEND.c.period == current_period()
-        )
+        select(_SPEND.c.spent_usd).where(_SPEND.c.scope == GLOBAL_SCOPE, _SPEND.c.period == period)
     )
     paused = spent is not None and spent >= budget
-    if paused and not _paused_logged:
+    if paused and _first_to_see_the_pause(state, period):
         logger.warning(
             "the global monthly budget (USD %s) is reached (spent USD %s): provider calls "
             "are paused and submits answer 503 until the month ends or the budget is raised",
             usd(budget),
             usd(spent),
         )
-    _paused_logged = paused
+    elif not paused:
+        _forget_the_pause(state, period)
     return paused
+
+
+def _forget_the_pause(state: RegenState, period: str) -> None:
+    """The pause is over (the budget was raised): the next one is logged again."""
+    with contextlib.suppress(RedisError):
+        state.redis.delete(state.key("budget-paused", period))
+
+
+def _first_to_see_the_pause(state: RegenState, period: str) -> bool:
+    try:
+        return bool(
+            state.redis.set(state.key("budget-paused", period), 1, nx=True, ex=PAUSE_KEY_TTL)
+        )
+    except RedisError:
+        return True  # better a line too many than a pause nobody hears of
 
 
 def charge(state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt) -> None:

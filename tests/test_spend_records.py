@@ -115,6 +115,8 @@ def test_without_a_price_the_cost_is_unknown_not_zero(
 def test_the_cost_function_is_exact() -> None:
     prices = parse_prices({"input": "0.15", "output": "0.60", "cached_input": "0.075"})
     assert prices == Prices(Decimal("0.15"), Decimal("0.60"), Decimal("0.075"))
+    # A float (Flask reads FLASK_PLAN_REGEN_* variables as JSON) is the number written.
+    assert parse_prices({"input": 0.15, "output": 0.6}).input == Decimal("0.15")
     one_cached_token = call_cost(prices, prompt_tokens=1, completion_tokens=0, cached_tokens=1)
     assert one_cached_token == Decimal("0.000000075")
     million = call_cost(prices, prompt_tokens=10**6, completion_tokens=10**6)
@@ -133,7 +135,7 @@ def test_the_cost_function_is_exact() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("PLAN_REGEN_PRICES", {"m": {"input": 0.15, "output": "0.6"}}),  # a float
+        ("PLAN_REGEN_PRICES", {"m": {"input": -0.15, "output": "0.6"}}),
         ("PLAN_REGEN_PRICES", {"m": {"input": "0.15"}}),
         ("PLAN_REGEN_PRICES", {"m": {"input": "x", "output": "1"}}),
         ("PLAN_REGEN_PRICES", {"m": {"input": "1", "output": "1", "extra": "1"}}),
