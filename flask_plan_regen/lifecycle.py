@@ -20,6 +20,7 @@ plan's content is only replaced in the commit that marks an attempt
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable
@@ -132,11 +133,7 @@ def submit(
         "charged_to": ChargedTo.USER if charge_quota else ChargedTo.OPERATOR,
         "created_at": now,
         "updated_at": now,
-        "reserved_usd": spend.reservation(
-            config, tier, spend.prompt_token_bound(plan, tier) if plan is not None else 0
-        )
-        if charge_quota
-        else None,
+        "reserved_usd": spend.reservation(config, tier, plan) if charge_quota else None,
     }
     # A Core INSERT of all the values, not the ORM unit of work: the row's values are
     # all known here, and the shorter the write transaction, the less SQLite's single
@@ -339,7 +336,8 @@ def fail(
     if retry and attempt is not None and attempt.billed and not charge_retry(state, regeneration):
         # The provider billed this answer and the user has no quota for another billed one.
         retry = False
-        error = type(error)(str(error), public_message=QUOTA_USED_UP, usage=error.usage)
+        error = copy.copy(error)  # a host's subclass may take other arguments
+        error.public_message = QUOTA_USED_UP
     logger.warning(
         "regeneration %s attempt %s failed (%s, %s): %s",
         generation_id,
