@@ -302,6 +302,7 @@ def finish(
         finished_at=utcnow(),
     ):  # fmt: skip
         session.rollback()
+        _record_lost_attempt(state, regeneration, attempt)
         return False
     save_content()
     _record(state, regeneration, attempt)
@@ -368,6 +369,8 @@ def fail(
     session = state.db.session
     if not _change_attempt(state, generation_id, number, error_history=history, **outcome):
         session.rollback()
+        if attempt is not None:
+            _record_lost_attempt(state, regeneration, attempt)
         return None
     if attempt is not None:
         _record(state, regeneration, attempt)
@@ -427,6 +430,31 @@ def _record(state: RegenState, regeneration: Regeneration, attempt: GenerationAt
     }
     state.db.session.execute(insert(_ATTEMPTS), values)
     spend.charge(state, regeneration, attempt)
+
+
+def _record_lost_attempt(
+    state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt
+) -> None:
+    """Record a billed attempt whose row was taken from it meanwhile (canceled), so that a
+    paid call is never unrecorded; unless a takeover already recorded that attempt."""
+    if not attempt.billed:
+        return
+    session = state.db.session
+    recorded = session.scalar(
+        select(GenerationAttempt.id).where(
+            GenerationAttempt.regeneration_id == regeneration.id,
+            GenerationAttempt.number == attempt.number,
+        )
+    )
+    if recorded is not None:
+        session.rollback()
+        return
+    attempt.outcome = Status.CANCELED
+    try:
+        _record(state, regeneration, attempt)
+        session.commit()
+    except IntegrityError:  # recorded by a takeover in the meantime
+        session.rollback()
 
 
 def release(state: RegenState, generation_id: str, why: str, *, requeue: bool) -> Status | None:
