@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import (
     ALICE,
+    BOB,
     plan_factory,
     regenerate,
     run_jobs,
@@ -30,7 +31,7 @@ from sqlalchemy import func, select
 from examples.host_app import db
 from flask_plan_regen import Regeneration, get_state
 from flask_plan_regen.config import DEFAULTS
-from flask_plan_regen.models import GenerationAttempt, Spend
+from flask_plan_regen.models import GenerationAttempt, Plan, Spend
 from flask_plan_regen.quota import current_period
 from flask_plan_regen.spend import GLOBAL_SCOPE, reservation, user_scope
 from flask_plan_regen.types import PlanInput
@@ -217,3 +218,21 @@ def test_the_global_budget_pauses_calls_and_submits_then_resumes(
     start({**paused_config, "PLAN_REGEN_GLOBAL_MONTHLY_BUDGET": "unlimited"})
     assert wait_for_status(app, waiting, timeout=60) == dict.fromkeys(waiting, "succeeded")
     assert len(openai_server.requests) == 4
+
+
+def test_a_first_generation_reserves_too_and_a_refusal_creates_nothing(
+    app: Flask, app_config: dict[str, Any]
+) -> None:
+    client = app.test_client()
+    body = {"topic": TOPIC}
+    accepted = client.post("/api/v1/plans", json=body, headers=ALICE)
+    assert accepted.status_code == 202, accepted.get_json()
+    assert ledger(app, user_scope("alice"))[1] == one_reservation(app_config)
+
+    app.config["PLAN_REGEN_MONTHLY_BUDGETS"] = {"free": "0.000001"}  # below one reservation
+    refused = client.post("/api/v1/plans", json={"topic": "Another"}, headers=BOB)
+    print(f"\n{refused.status_code} {refused.get_json()}")
+    assert (refused.status_code, refused.get_json()["code"]) == (429, "BUDGET_EXCEEDED")
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Plan)) == 1
+        assert db.session.get(Spend, (user_scope("bob"), current_period())) is None
