@@ -73,6 +73,7 @@ KINDS: dict[str, tuple[str | None, int | None, int | None, int | None, Decimal |
     "filtered": ("refused", 123, 456, None, expected_cost(123, 456), True),
     "rule_break": ("validation", 123, 456, None, expected_cost(123, 456), True),
     "prose": ("provider_error", 123, 456, None, expected_cost(123, 456), True),
+    "malformed": ("provider_error", 123, 456, None, expected_cost(123, 456), True),
     "status_500": ("provider_error", None, None, None, None, False),
 }
 
