@@ -374,7 +374,8 @@ def _first_to_see_the_pause(state: RegenState, period: str) -> bool:
 def charge(state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt) -> None:
     """Add a recorded attempt's cost to the month's ledger (the app's, and its user's when
     charged to the user), taking it out of the regeneration's reservation first; in the
-    caller's transaction. A billed call of unknown cost is charged its worst case."""
+    caller's transaction. A billed call of unknown cost is charged the whole output cap
+    (and the prompt tokens it reported) at the model's price: never 0."""
     cost = attempt.cost_usd
     if cost is None and attempt.billed:
         cost = _worst_call(current_app.config, regeneration.tier, attempt.prompt_tokens)
