@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from flask import Flask, request
 from sqlalchemy import delete, insert
@@ -19,7 +21,9 @@ from sqlalchemy import delete, insert
 from bench.common import Database
 from examples.host_app import create_app, db
 from flask_plan_regen.console import regen_admin_bp
-from flask_plan_regen.models import FailureClass, GenerationAttempt, Regeneration, Status
+from flask_plan_regen.models import FailureClass, GenerationAttempt, Regeneration, Spend, Status
+from flask_plan_regen.quota import current_period
+from flask_plan_regen.spend import GLOBAL_SCOPE, user_scope
 
 OPERATOR = {"X-Operator": "bench"}
 PREFIX = "/admin/plan-regen"
@@ -99,6 +103,8 @@ def fill(database: Database, count: int) -> dict[str, str]:
                     "prompt_hash": "0" * 64,
                     "adjustments": {},
                     "created_at": finished,
+                    "cost_usd": Decimal("0.0016350"),
+                    "billed": True,
                 }
             )
     with database.app().app_context():
@@ -108,6 +114,18 @@ def fill(database: Database, count: int) -> dict[str, str]:
             db.session.execute(insert(Regeneration), rows[start : start + 10_000])
         for start in range(0, len(attempts), 10_000):
             db.session.execute(insert(GenerationAttempt), attempts[start : start + 10_000])
+        # The month's ledger: a row per user who spent, and the app's.
+        period = current_period(now)
+        spent: defaultdict[str, Decimal] = defaultdict(Decimal)
+        for attempt, row in zip(attempts, (r for r in rows if r["finished_at"]), strict=True):
+            if attempt["created_at"].strftime("%Y-%m") == period:
+                spent[user_scope(row["user_id"])] += attempt["cost_usd"]
+                spent[GLOBAL_SCOPE] += attempt["cost_usd"]
+        db.session.execute(delete(Spend))
+        db.session.execute(
+            insert(Spend),
+            [{"scope": scope, "period": period, "spent_usd": usd} for scope, usd in spent.items()],
+        )
         db.session.commit()
         # As autovacuum (PostgreSQL) or a periodic ANALYZE would have by now: planner
         # statistics, and a visibility map for index-only scans.
@@ -142,6 +160,8 @@ def pages(app: Flask, picked: dict[str, str]) -> dict[str, str]:
         "regeneration detail": f"/regenerations/{picked['middle']}",
         "actions": "/actions",
         "requeue confirmation (count)": "/actions/requeue-class?failure_class=timeout",
+        "spend": "/spend",
+        "spend JSON": "/api/spend",
     }
 
 

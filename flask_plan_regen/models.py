@@ -303,7 +303,11 @@ class GenerationAttempt(Base):
     """One provider call made for a regeneration."""
 
     __tablename__ = "plan_regen_attempts"
-    __table_args__ = (UniqueConstraint("regeneration_id", "number"),)
+    __table_args__ = (
+        UniqueConstraint("regeneration_id", "number"),
+        # The console's spend per hour (flask_plan_regen.console), covering its sum.
+        Index("ix_plan_regen_attempts_created_cost", "created_at", "cost_usd"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     regeneration_id: Mapped[str] = mapped_column(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from conftest import (
     NO_LIMITS,
     build_app,
     lose_the_queue,
+    plan_factory,
     regenerate,
     run_jobs,
     wait_until,
@@ -23,11 +25,13 @@ from conftest import (
 from console_support import CONSOLE_CONFIG, OPERATOR, PREFIX, csrf_token, with_console
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import insert, inspect
+from sqlalchemy import insert, inspect, select
 
 from examples.host_app import db
-from flask_plan_regen import PlanRegen, Regeneration, get_state, switch
+from flask_plan_regen import GenerationAttempt, PlanRegen, Regeneration, get_state, switch
+from flask_plan_regen.cost_report import cost_report
 from flask_plan_regen.models import new_id, utcnow
+from flask_plan_regen.quota import current_period
 from flask_plan_regen.store import create_tables
 
 
@@ -377,3 +381,76 @@ def test_the_switch_reaches_every_web_process_within_its_recheck_time(
     print(f"seen by the other process after {off:.2f} s (off) and {on:.2f} s (on)")
     # The recheck time, plus room for a loaded machine's requests.
     assert off < 1.0 + 2 and on < 1.0 + 2
+
+
+# The built-in provider's model, and the tier's model a budget reserves for.
+PRICES = {
+    model: {"input": "1.5", "output": "6"} for model in ("builtin-deterministic-1", "gpt-4o-mini")
+}
+
+
+def test_the_spend_page_sums_what_the_attempts_cost(
+    sqlite_uri: str, redis_url: str, redis_conn: Any, app_config: dict[str, Any]
+) -> None:
+    config = {
+        **app_config,
+        "PLAN_REGEN_PRICES": PRICES,
+        "PLAN_REGEN_MONTHLY_BUDGETS": {"free": "1"},
+    }
+    console = with_console(build_app(sqlite_uri, redis_url, **config))
+    make_plan = plan_factory(console)
+    client = console.test_client()
+    for owner, headers in (("alice", ALICE), ("alice", ALICE), ("bob", {"X-User-Id": "bob"})):
+        regenerate(client, make_plan(owner), headers=headers)
+    run_jobs(console)
+    with console.app_context():
+        costs = {
+            user: sum(
+                db.session.scalars(
+                    select(GenerationAttempt.cost_usd)
+                    .join(Regeneration)
+                    .where(Regeneration.user_id == user)
+                )
+            )
+            for user in ("alice", "bob")
+        }
+    total = costs["alice"] + costs["bob"]
+    assert total > 0
+    spend = client.get(f"{PREFIX}/api/spend", headers=OPERATOR).get_json()
+    print(f"costs {costs}; spend page {spend['byModel']}")
+    (model,) = spend["byModel"]
+    assert (model["key"], Decimal(model["costUsd"]), model["attempts"]) == (
+        "builtin-deterministic-1",
+        total,
+        3,
+    )
+    assert Decimal(spend["spentUsd"]) == total
+    assert [(u["userId"], Decimal(u["spentUsd"])) for u in spend["topUsers"]] == [
+        ("alice", costs["alice"]),
+        ("bob", costs["bob"]),
+    ]
+    assert spend["topUsers"][0]["budgetUsd"] == "1"
+    assert spend["topUsers"][0]["usedShare"] == pytest.approx(float(costs["alice"]))
+    hours = client.get(f"{PREFIX}/api/overview", headers=OPERATOR).get_json()["spendHours"]
+    assert sum(Decimal(hour["costUsd"]) for hour in hours) == total
+    page = client.get(f"{PREFIX}/spend", headers=OPERATOR).get_data(as_text=True)
+    assert f"${total.normalize():f}" in page
+    # One pass grouped by model and tier gives the sums of `flask plan-regen costs` by each.
+    (pro,) = insert_rows(console, 1, tier="pro", created_at=utcnow())
+    with console.app_context():
+        other = {"regeneration_id": pro, "outcome": "failed", "duration_ms": 5, "provider": "x",
+                 "prompt_hash": ""}  # fmt: skip
+        db.session.execute(
+            insert(GenerationAttempt),
+            [
+                {**other, "number": 1, "model": "other-model", "cost_usd": Decimal("0.5")},
+                {**other, "number": 2, "model": None, "billed": True, "completion_tokens": 9},
+            ],
+        )
+        db.session.commit()
+    spend = client.get(f"{PREFIX}/api/spend", headers=OPERATOR).get_json()
+    assert len(spend["byModel"]) == 3 and len(spend["byTier"]) == 2
+    with console.app_context():
+        for by in ("model", "tier"):
+            report = cost_report(get_state(), current_period(), by=by)
+            assert spend[f"by{by.title()}"] == [row.document() for row in report]

@@ -7,9 +7,11 @@ the test's tmp dir; the chart must show the regenerations the test made.
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,15 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 from servers import WorkerProcs
+from sqlalchemy import select
 from test_demo_page import browser, chromium  # noqa: F401 (fixtures)
 
+from examples.host_app import db
+from flask_plan_regen import GenerationAttempt
+
 URGENT = "urgent"
+# The built-in provider's model priced, so that the workers record what each attempt cost.
+PRICES = json.dumps({"builtin-deterministic-1": {"input": "1.5", "output": "6"}})
 
 
 @pytest.fixture
@@ -84,11 +92,11 @@ def test_the_console_shows_and_fixes_what_happened(
     # Three regenerations fail validation (a burst worker forced to fail), two succeed.
     failed = [regenerate(client, make_plan())["generationId"] for _ in range(3)]
     failing = worker_env(sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_FAILURE="validation",
-                         PLAN_REGEN_MAX_ATTEMPTS="1")  # fmt: skip
+                         PLAN_REGEN_MAX_ATTEMPTS="1", PLAN_REGEN_PRICES=PRICES)  # fmt: skip
     burst = worker_procs.spawn(["flask", "plan-regen", "worker", "--burst"], failing)
     assert burst.wait(timeout=120) == 0, worker_procs.log_tail(burst)
     assert set(wait_for_status(console, failed).values()) == {"failed"}
-    env = worker_env(sqlite_uri, redis_url, PLAN_REGEN_MAX_ATTEMPTS="1")
+    env = worker_env(sqlite_uri, redis_url, PLAN_REGEN_MAX_ATTEMPTS="1", PLAN_REGEN_PRICES=PRICES)
     serving = worker_procs.spawn(
         ["flask", "plan-regen", "worker", "plan_regen_default", "plan_regen_low"], env
     )
@@ -202,5 +210,18 @@ def test_the_console_shows_and_fixes_what_happened(
         browser.get(admin + "/")
         wait.until(lambda d: chart_counts(d) == {"succeeded": 6, "validation": 3})
         shoot(browser, tmp_path / "console-overview-after.png")
+
+        # Spend: what the workers recorded, per hour on the Overview and by model this month.
+        with console.app_context():
+            costs = db.session.scalars(select(GenerationAttempt.cost_usd)).all()
+        total = sum(cost for cost in costs if cost is not None)
+        assert total > 0
+        charted = browser.find_elements(By.CSS_SELECTOR, "#spend-chart rect")
+        assert sum(Decimal(str(rect.get_attribute("data-count"))) for rect in charted) == total
+        browser.get(admin + "/spend")
+        cell = browser.find_element(By.CSS_SELECTOR, "#by-model tr[data-key] .cost")
+        assert Decimal(cell.text.removeprefix("$")) == total
+        print(f"spend shown: {cell.text} for {len(costs)} attempts")
+        shoot(browser, tmp_path / "console-spend.png")
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []

@@ -7,8 +7,11 @@ a ``<title>`` tooltip, so the chart can be read by people, tests and scrapers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+from ..documents import usd
 from ..models import FailureClass
 
 WIDTH = 720
@@ -17,6 +20,7 @@ AXIS = 30  # room under the bars for the hour labels, left of them for the scale
 
 SERIES_COLOURS: dict[str, str] = {
     "succeeded": "#2f9e44",
+    "spend": "#1971c2",
     FailureClass.VALIDATION: "#e8590c",
     FailureClass.CAPPED: "#a61e4d",
     FailureClass.PROVIDER_ERROR: "#c92a2a",
@@ -38,39 +42,69 @@ class Segment:
     colour: str
     series: str
     hour: str
-    count: int
+    count: str
+    """The value as shown: a count, or an amount."""
 
 
 @dataclasses.dataclass
 class Chart:
     width: int
     height: int
-    top: int
+    top: str
     segments: list[Segment]
     labels: list[tuple[float, str]]
     legend: list[tuple[str, str]]
 
 
+Column = tuple[datetime, list[tuple[str, float, str]]]
+"""An hour and its stacked values, bottom first: (series, value, value as shown)."""
+
+
 def hourly_outcomes(hours: list[dict[str, Any]]) -> Chart:
     """Stacked bars per hour: succeeded at the bottom, then each failure class."""
-    totals = [hour["succeeded"] + sum(hour["failed"].values()) for hour in hours]
-    top = max([*totals, 1])
+    return stacked_bars(
+        [
+            (
+                hour["hour"],
+                [
+                    (name, count, str(count))
+                    for name, count in [("succeeded", hour["succeeded"]), *hour["failed"].items()]
+                ],
+            )
+            for hour in hours
+        ],
+        str,
+    )
+
+
+def hourly_cost(hours: list[dict[str, Any]]) -> Chart:
+    """A bar per hour: what its attempts cost."""
+    return stacked_bars(
+        [
+            (hour["hour"], [("spend", float(hour["cost_usd"]), usd(hour["cost_usd"]) or "0")])
+            for hour in hours
+        ],
+        lambda top: f"${top:.4g}",
+    )
+
+
+def stacked_bars(columns: list[Column], scale: Callable[[Any], str]) -> Chart:
+    totals = [sum(value for _, value, _ in series) for _, series in columns]
+    top: float = max([*totals, 0]) or 1
     plot_height = HEIGHT - AXIS
-    slot = (WIDTH - AXIS) / max(len(hours), 1)
+    slot = (WIDTH - AXIS) / max(len(columns), 1)
     segments: list[Segment] = []
     labels: list[tuple[float, str]] = []
     seen: list[str] = []
-    for index, hour in enumerate(hours):
+    for index, (hour, series) in enumerate(columns):
         x = AXIS + index * slot
-        label = hour["hour"].strftime("%H:00")
         if index % 3 == 0:
-            labels.append((x + slot / 2, label))
-        base = plot_height
-        series = [("succeeded", hour["succeeded"]), *sorted(hour["failed"].items())]
-        for name, count in series:
-            if not count:
+            labels.append((x + slot / 2, hour.strftime("%H:00")))
+        base: float = plot_height
+        for name, value, shown in series:
+            if not value:
                 continue
-            height = plot_height * count / top
+            height = plot_height * value / top
             base -= height
             segments.append(
                 Segment(
@@ -80,11 +114,11 @@ def hourly_outcomes(hours: list[dict[str, Any]]) -> Chart:
                     height=round(height, 1),
                     colour=SERIES_COLOURS.get(name, "#868e96"),
                     series=str(name),
-                    hour=hour["hour"].strftime("%Y-%m-%dT%H:00Z"),
-                    count=count,
+                    hour=hour.strftime("%Y-%m-%dT%H:00Z"),
+                    count=shown,
                 )
             )
             if name not in seen:
                 seen.append(str(name))
     legend = [(name, SERIES_COLOURS.get(name, "#868e96")) for name in seen]
-    return Chart(WIDTH, HEIGHT, top, segments, labels, legend)
+    return Chart(WIDTH, HEIGHT, scale(top), segments, labels, legend)

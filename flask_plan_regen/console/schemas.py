@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from marshmallow import fields
 
-from ..documents import RegenerationSchema, RegenerationSummarySchema, ResponseSchema, UtcDateTime
+from ..documents import (
+    Money,
+    RegenerationSchema,
+    RegenerationSummarySchema,
+    ResponseSchema,
+    UtcDateTime,
+)
 
 
 class InFlightSchema(ResponseSchema):
@@ -78,6 +84,11 @@ class OverviewSchema(ResponseSchema):
     statuses = fields.Dict(keys=fields.String(), values=fields.Integer())
     last_hour = fields.List(fields.Nested(PrioritySchema), data_key="lastHour")
     hours = fields.List(fields.Nested(HourSchema))
+    spend_hours = fields.List(
+        fields.Nested(lambda: HourSpendSchema()),
+        data_key="spendHours",
+        metadata={"description": "What each of the last 24 hours' attempts cost."},
+    )
     switch = fields.Nested(SwitchSchema)
 
 
@@ -138,3 +149,51 @@ regeneration_detail_schema = RegenerationDetailSchema()
 actions_schema = ActionsSchema()
 action_result_schema = ActionResultSchema()
 requeue_preview_schema = RequeuePreviewSchema()
+
+
+class CostRowSchema(ResponseSchema):
+    key = fields.String(metadata={"description": "The model, tier or user."})
+    attempts = fields.Integer()
+    billed = fields.Integer()
+    prompt_tokens = fields.Integer(data_key="promptTokens")
+    completion_tokens = fields.Integer(data_key="completionTokens")
+    cached_tokens = fields.Integer(data_key="cachedTokens")
+    cost_usd = Money(data_key="costUsd")
+    unknown_cost = fields.Integer(
+        data_key="unknownCostAttempts", metadata={"description": "Billed, cost unknown."}
+    )
+
+
+class UserSpendSchema(ResponseSchema):
+    user_id = fields.String(data_key="userId")
+    tier = fields.String(allow_none=True)
+    spent_usd = Money(data_key="spentUsd")
+    reserved_usd = Money(data_key="reservedUsd")
+    budget_usd = Money(data_key="budgetUsd", allow_none=True)
+    used_share = fields.Float(
+        data_key="usedShare", allow_none=True, metadata={"description": "(spent+reserved)/budget"}
+    )
+
+
+class SpendSchema(ResponseSchema):
+    period = fields.String()
+    resets_at = UtcDateTime(data_key="resetsAt")
+    spent_usd = Money(
+        data_key="spentUsd", metadata={"description": "The app's ledger (operator re-runs too)."}
+    )
+    budget_usd = Money(data_key="budgetUsd", allow_none=True)
+    used_share = fields.Float(data_key="usedShare", allow_none=True)
+    by_model = fields.List(fields.Nested(CostRowSchema), data_key="byModel")
+    by_tier = fields.List(fields.Nested(CostRowSchema), data_key="byTier")
+    top_users = fields.List(fields.Nested(UserSpendSchema), data_key="topUsers")
+    tier_budgets = fields.Dict(
+        keys=fields.String(), values=Money(allow_none=True), data_key="tierBudgets"
+    )
+
+
+class HourSpendSchema(ResponseSchema):
+    hour = UtcDateTime()
+    cost_usd = Money(data_key="costUsd")
+
+
+spend_schema = SpendSchema()

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..database import UNAVAILABLE_ERRORS, database_unavailable
-from ..documents import dump, error_schema, iso_utc
+from ..documents import dump, error_schema, iso_utc, usd
 from ..errors import ApiError
 from ..models import FailureClass, Status, as_utc, utcnow
 from ..state import get_state
@@ -39,7 +39,7 @@ from .actions import (
     requeue_failure_class,
     set_switch,
 )
-from .charts import hourly_outcomes
+from .charts import hourly_cost, hourly_outcomes
 from .guard import (
     CSRF_FIELD,
     check_csrf,
@@ -65,7 +65,9 @@ from .schemas import (
     regeneration_detail_schema,
     regeneration_list_schema,
     requeue_preview_schema,
+    spend_schema,
 )
+from .spending import hourly_spend, spend_data
 
 regen_admin_bp = Blueprint(
     "plan_regen_admin",
@@ -125,6 +127,7 @@ def _helpers() -> dict[str, Any]:
         "ago": _ago,
         "seconds": _seconds,
         "iso": iso_utc,
+        "usd": usd,
         "statuses": [str(status) for status in Status],
         "failure_classes": [str(name) for name in FailureClass],
     }
@@ -148,18 +151,40 @@ def _json(schema: Schema, data: Any) -> Response:
     return jsonify(dump(schema, data))
 
 
+def _overview() -> dict[str, Any]:
+    state = get_state()
+    data = overview_data(state)
+    data["spend_hours"] = hourly_spend(state, data["hours"][0]["hour"])
+    return data
+
+
 @regen_admin_bp.get("/")
 def overview() -> str:
-    data = overview_data(get_state())
-    chart = hourly_outcomes(data["hours"])
+    data = _overview()
     return render_template(
-        "plan_regen_console/overview.html", data=data, chart=chart, page="overview"
+        "plan_regen_console/overview.html",
+        data=data,
+        chart=hourly_outcomes(data["hours"]),
+        spend_chart=hourly_cost(data["spend_hours"]),
+        page="overview",
     )
 
 
 @regen_admin_bp.get("/api/overview")
 def overview_json() -> Response:
-    return _json(overview_schema, overview_data(get_state()))
+    return _json(overview_schema, _overview())
+
+
+@regen_admin_bp.get("/spend")
+def spend() -> str:
+    return render_template(
+        "plan_regen_console/spend.html", data=spend_data(get_state()), page="spend"
+    )
+
+
+@regen_admin_bp.get("/api/spend")
+def spend_json() -> Response:
+    return _json(spend_schema, spend_data(get_state()))
 
 
 def _page() -> dict[str, Any]:
