@@ -187,6 +187,9 @@ def make_a_02_database(database_url: str) -> None:
             connection.execute(text("CREATE TABLE note (id INTEGER NOT NULL PRIMARY KEY, "
                                     "text VARCHAR(200) NOT NULL)"))  # fmt: skip
             connection.execute(text("DROP TABLE plan_regen_spend"))
+            # The console's index on a spend column is newer than 0.2 too (SQLite cannot
+            # drop an indexed column).
+            connection.execute(text("DROP INDEX ix_plan_regen_attempts_created_cost"))
             for table, columns in SPEND_COLUMNS.items():
                 for column in columns:
                     connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
