@@ -28,6 +28,10 @@ from .redact import masked_url
 from .redis_client import is_in_process
 from .state import get_state
 from .store import create_tables
+from .threaded_worker import ThreadedWorker
+
+DEFAULT_WORKER = "flask_plan_regen.recovery.RecoveringWorker"
+THREADED_WORKER = "flask_plan_regen.threaded_worker.ThreadedWorker"
 
 plan_regen_cli = AppGroup("plan-regen", help="Plan regeneration: tables, workers, queues.")
 
@@ -58,7 +62,7 @@ def init_db() -> None:
 )
 @click.option(
     "--worker-class",
-    default="flask_plan_regen.recovery.RecoveringWorker",
+    default=DEFAULT_WORKER,
     show_default=True,
     help="RQ worker class (import path). The default outlives Redis outages and recovers "
     "the attempts of killed workers (docs/operations.md).",
@@ -70,6 +74,13 @@ def init_db() -> None:
     show_default=True,
     help="Run this many workers from one process, forked after the app is loaded "
     "(docs/operations.md). A worker that exits is replaced, except with --burst.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run up to N jobs at once in threads of each worker process "
+    f"({THREADED_WORKER}; docs/operations.md, 'Threads or processes').",
 )
 @click.option("--name", default=None, help="Worker name (default: RQ's); with --workers, a prefix.")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
@@ -107,6 +118,7 @@ def worker(
     with_scheduler: bool,
     worker_class: str,
     workers: int,
+    threads: int | None,
     name: str | None,
     max_jobs: int | None,
     logging_level: str,
@@ -132,14 +144,22 @@ def worker(
     # No socket timeout here: RQ blocks on Redis while it waits for jobs.
     connection = Redis.from_url(app.config["PLAN_REGEN_REDIS_URL"])
     names = list(queues) or rq_queue_names(app.config)
-    worker_cls = import_string(worker_class)
+    worker_cls = import_string(
+        THREADED_WORKER if threads and worker_class == DEFAULT_WORKER else worker_class
+    )
+    if threads is not None:
+        if not issubclass(worker_cls, ThreadedWorker):
+            raise click.UsageError(f"--threads needs {THREADED_WORKER} (or a subclass).")
+        rq_options["threads"] = threads
     if log_format == "json":
         install_json_logging(logging_level.upper())
     else:
         logging.basicConfig(level=logging_level.upper())
     if metrics_port is not None:
         serve_worker_metrics(app, worker_cls, metrics_host, metrics_port)
-    click.echo(f"{_workers_label(workers)} on queues {', '.join(names)} (in priority order)")
+    click.echo(
+        f"{_workers_label(workers, threads)} on queues {', '.join(names)} (in priority order)"
+    )
     options: dict[str, Any] = {
         "name": name,
         # RQ's own defaults for the options not given.
@@ -173,8 +193,9 @@ def refuse_in_process_redis(app: Flask) -> None:
         )
 
 
-def _workers_label(workers: int) -> str:
-    return "Worker" if workers == 1 else f"{workers} workers"
+def _workers_label(workers: int, threads: int | None) -> str:
+    label = "Worker" if workers == 1 else f"{workers} workers"
+    return f"{label} ({threads} threads each)" if threads else label
 
 
 def serve_worker_metrics(app: Flask, worker_cls: type, host: str, port: int) -> None:

@@ -58,6 +58,11 @@ DEFAULTS: dict[str, Any] = {
     # third of the TTL; workers sweep for lapsed leases and lost jobs every interval.
     "PLAN_REGEN_LEASE_TTL": 15,
     "PLAN_REGEN_SWEEP_INTERVAL": 10,
+    # Threaded workers (flask_plan_regen.threaded_worker): jobs run at once per process
+    # (`rq worker -w`; `flask plan-regen worker --threads N` overrides it), and the
+    # seconds a first SIGTERM gives running jobs before they go to other workers.
+    "PLAN_REGEN_WORKER_THREADS": 10,
+    "PLAN_REGEN_SHUTDOWN_GRACE": 25,
     "PLAN_REGEN_PAGE_SIZE": 20,
     "PLAN_REGEN_BUILTIN_DELAY": 0.0,
     "PLAN_REGEN_BUILTIN_FAILURE": None,
@@ -149,6 +154,8 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_queues(config)
     _check_int(config, "PLAN_REGEN_LEASE_TTL", minimum=3, maximum=3600)
     _check_int(config, "PLAN_REGEN_SWEEP_INTERVAL", minimum=1, maximum=3600)
+    _check_int(config, "PLAN_REGEN_WORKER_THREADS", minimum=1, maximum=10_000)
+    _check_number(config, "PLAN_REGEN_SHUTDOWN_GRACE", minimum=0)
     tiers = config["PLAN_REGEN_TIER_PRIORITY"]
     _check(
         isinstance(tiers, Mapping)

@@ -100,6 +100,9 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
     if plan is None:
         lifecycle.plan_deleted(state, regeneration, None)
         return None
+    # No database connection is held while the model writes: a threaded worker runs
+    # many attempts on one pool (docs/operations.md, "Threads or processes").
+    state.db.session.close()
     overrides = overrides_schema.load(regeneration.overrides)
     request = GenerationRequest(
         plan=plan.with_overrides(overrides),

@@ -222,7 +222,9 @@ def run_queued(redis: Redis, names: Iterable[str]) -> int:
 
 def is_forking(worker_class: type) -> bool:
     """Whether the worker class runs each job in a forked work horse."""
-    return not issubclass(worker_class, SimpleWorker)
+    return not issubclass(worker_class, SimpleWorker) and getattr(
+        worker_class, "forks_work_horses", True
+    )
 
 
 def start_worker(

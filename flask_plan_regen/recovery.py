@@ -123,7 +123,8 @@ class RecoveringWorker(queue.ResilientWorker):
         super().__init__(*args, **kwargs)
 
     def maintain(self) -> None:
-        with _worker_state() as state:
+        # A worker that runs its jobs in threads shares its pool with them: kept.
+        with _worker_state(dispose_pool=queue.is_forking(type(self))) as state:
             sweep(state)
 
     def horse_killed(self, job_id: str, why: str) -> None:

@@ -16,7 +16,7 @@ behaviour scripted for its plan's topic (``server.script("Rust", "status_500",
 * ``status_<code>``   an error answer with that status and an OpenAI-style message (a 401
   echoes the key it was given, as some servers do); ``status_429@30`` adds
   ``Retry-After: 30``
-* ``slow``            a good answer, but only after ``server.slow_seconds``
+* ``slow``            a good answer, but only after ``server.slow_seconds`` (``slow@4``: 4 s)
 * ``malformed``       content that is not JSON
 * ``bad_usage``       a good plan, but token counts no column can keep and a model name
   with a NUL and 300 characters
@@ -172,8 +172,8 @@ class FakeOpenAI:
                 elif behaviour == "sse":
                     self._stream(model, json.dumps(GOOD_PLAN))
                 else:
-                    if behaviour == "slow":
-                        time.sleep(fake.slow_seconds)
+                    if behaviour == "slow":  # "slow@4": 4 s instead of server.slow_seconds
+                        time.sleep(float(argument or fake.slow_seconds))
                     self._send(200, answer(model, behaviour))
 
             def _stream(self, model: str, content: str) -> None:
