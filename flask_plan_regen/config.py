@@ -86,6 +86,14 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_PROVIDER_MODEL": "gpt-4o-mini",
     "PLAN_REGEN_PROVIDER_TIER_MODELS": {},
     "PLAN_REGEN_PROVIDER_TIMEOUT": 120.0,
+    # Streamed calls (docs/providers.md): the overall limit above is extended once by
+    # this when the first module has arrived; a call also fails as "timeout" when its
+    # first chunk takes longer than this, or when it is silent this long between chunks.
+    "PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION": 60.0,
+    "PLAN_REGEN_PROVIDER_FIRST_TOKEN_TIMEOUT": 60.0,
+    "PLAN_REGEN_PROVIDER_IDLE_TIMEOUT": 30.0,
+    # Ask servers to stream (falls back to the plain call, per server, when one cannot).
+    "PLAN_REGEN_PROVIDER_STREAM": True,
     # "json_schema" (structured outputs) or "json_object" (JSON mode) for servers without it.
     "PLAN_REGEN_PROVIDER_RESPONSE_FORMAT": "json_schema",
     # The output cap of one call, and the request field that carries it.
@@ -197,7 +205,17 @@ def validate(config: Mapping[str, Any]) -> None:
         )
     _check_int(config, "PLAN_REGEN_MAX_BODY_BYTES", minimum=1)
     _check_number(config, "PLAN_REGEN_PROVIDER_TIMEOUT", minimum=0.1)
-    provider_timeout = config["PLAN_REGEN_PROVIDER_TIMEOUT"]
+    for key in ("PLAN_REGEN_PROVIDER_FIRST_TOKEN_TIMEOUT", "PLAN_REGEN_PROVIDER_IDLE_TIMEOUT"):
+        _check_number(config, key, minimum=0.1)
+    _check_number(config, "PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION", minimum=0)
+    _check(
+        isinstance(config["PLAN_REGEN_PROVIDER_STREAM"], bool),
+        "PLAN_REGEN_PROVIDER_STREAM",
+        "True or False",
+        config,
+    )
+    # The longest a provider call may run: RQ's job timeout must stay above it.
+    provider_timeout = longest_call(config)
     _check(
         config["PLAN_REGEN_JOB_TIMEOUT"] is None
         or (
@@ -205,7 +223,8 @@ def validate(config: Mapping[str, Any]) -> None:
             and config["PLAN_REGEN_JOB_TIMEOUT"] > provider_timeout
         ),
         "PLAN_REGEN_JOB_TIMEOUT",
-        f"None (derived) or an integer above PLAN_REGEN_PROVIDER_TIMEOUT ({provider_timeout})",
+        "None (derived) or an integer above PLAN_REGEN_PROVIDER_TIMEOUT + "
+        f"PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION ({provider_timeout})",
         config,
     )
     _check_int(config, "PLAN_REGEN_RESULT_TTL", minimum=0)
@@ -272,11 +291,21 @@ def rq_queue_names(config: Mapping[str, Any]) -> list[str]:
 
 
 def job_timeout(config: Mapping[str, Any]) -> int:
-    """RQ's job timeout: ``PLAN_REGEN_JOB_TIMEOUT``, else the provider timeout + a margin."""
+    """RQ's job timeout: ``PLAN_REGEN_JOB_TIMEOUT``, else the longest call + a margin."""
     configured = config["PLAN_REGEN_JOB_TIMEOUT"]
     if configured is not None:
         return int(configured)
-    return math.ceil(float(config["PLAN_REGEN_PROVIDER_TIMEOUT"])) + JOB_TIMEOUT_MARGIN
+    return math.ceil(longest_call(config)) + JOB_TIMEOUT_MARGIN
+
+
+def longest_call(config: Mapping[str, Any]) -> float:
+    """The longest a provider call may run: the overall limit and its one extension.
+
+    The first-token and idle limits end a call sooner, never later, so they add nothing.
+    """
+    return float(config["PLAN_REGEN_PROVIDER_TIMEOUT"]) + float(
+        config["PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION"]
+    )
 
 
 def _is_http_url(value: Any) -> bool:

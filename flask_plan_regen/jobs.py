@@ -17,6 +17,7 @@ from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
 
 from . import lifecycle, queue
+from .checkpoints import Checkpoints, GenerationCanceled
 from .database import UNAVAILABLE_ERRORS
 from .errors import GenerationError, InternalFailure, ProviderError, ProviderTimeout
 from .identity import load_plan
@@ -109,6 +110,7 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
         tier=regeneration.tier,
         generation_id=regeneration.id,
         attempt=regeneration.attempts,
+        checkpoints=Checkpoints.for_attempt(state, regeneration.id, current_app.config),
     )
     started = time.monotonic()
     result: GenerationResult | None = None
@@ -122,6 +124,13 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
         result = state.provider.generate(request)
         modules, adjustments = parse_output(result.content)
         modules, schedule = fit_to_schedule(request.plan, modules, utcnow().date())
+    except GenerationCanceled:
+        logger.info("regeneration %s: canceled during its provider call", regeneration.id)
+        record = attempt_row(
+            state, regeneration, request, started, result or _spent(state, request)
+        )
+        lifecycle.canceled_attempt(state, record)
+        return None
     except GenerationError as error:
         return _failed(state, regeneration, request, started, result, error)
     except queue.JobTimeout:
@@ -183,8 +192,29 @@ def _failed(
     result: GenerationResult | None,
     error: GenerationError,
 ) -> Any:
-    record = attempt_row(state, regeneration, request, started, result, error=error)
+    spent = result or _spent(state, request)
+    record = attempt_row(state, regeneration, request, started, spent, error=error)
     return _after_failure(lifecycle.fail(state, regeneration, record, error))
+
+
+def _spent(state: RegenState, request: GenerationRequest) -> GenerationResult | None:
+    """What a call that ended without a result used, as its provider reported it so far.
+
+    A stream cut before its usage chunk counts one output token per chunk received.
+    """
+    spent = request.checkpoints.spent
+    completion_tokens = spent.completion_tokens
+    if completion_tokens is None and spent.chunks:
+        completion_tokens = spent.chunks
+    if spent.model is None and completion_tokens is None and spent.prompt_tokens is None:
+        return None
+    return GenerationResult(
+        content="",
+        provider=state.provider.name,
+        model=spent.model,
+        prompt_tokens=spent.prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
 
 
 def _after_failure(outcome: int | GenerationError | None) -> Any:

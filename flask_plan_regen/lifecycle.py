@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Table, Update, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import leases, progress, queue, signals
+from . import checkpoints, leases, progress, queue, signals
 from .errors import ApiError, GenerationError, ProviderError, queue_unavailable
 from .logs import context_of
 from .metrics import count_enqueue
@@ -455,9 +455,24 @@ def cancel(state: RegenState, regeneration: Regeneration) -> Regeneration:
             details={"generationId": regeneration.id, "status": regeneration.status},
         )
     progress.publish(state, regeneration.id, Status.CANCELED)
-    queue.stop_job(state.redis, regeneration.id)
+    checkpoints.request_cancel(state, regeneration.id, current_app.config)
+    # A running attempt of an interruptible provider stops itself at its next checkpoint
+    # and records what its call cost (canceled_attempt); killing it would lose that.
+    interruptible = bool(getattr(state.provider, "interruptible", False))
+    queue.stop_job(state.redis, regeneration.id, kill_running=not interruptible)
     signals.send(signals.regeneration_canceled, session, regeneration.id)
     return regeneration
+
+
+def canceled_attempt(state: RegenState, attempt: GenerationAttempt) -> None:
+    """Record the attempt that stopped because its regeneration was canceled meanwhile.
+
+    The row is already ``canceled`` (by :func:`cancel`); the attempt's row keeps
+    the tokens its provider call used up to then.
+    """
+    attempt.outcome, attempt.error = Status.CANCELED, "Canceled during the provider call."
+    _record(state, attempt)
+    state.db.session.commit()
 
 
 PLAN_DELETED = "The plan was deleted during its regeneration."

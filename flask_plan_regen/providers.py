@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from flask import current_app
 
+from .checkpoints import Checkpoints
 from .errors import ProviderError, ProviderRateLimited, ProviderTimeout
 from .output import MAX_MODULES, MAX_TASKS, MODULE_MINUTES, TASK_MINUTES
 from .types import PlanInput
@@ -45,6 +46,9 @@ class GenerationRequest:
     tier: str
     generation_id: str
     attempt: int
+    checkpoints: Checkpoints = dataclasses.field(default_factory=Checkpoints, compare=False)
+    """The attempt's cancel and time-limit control: a provider that streams checks it
+    between chunks (checkpoints.py); the default one never interrupts."""
 
     def prompt(self) -> tuple[str, str]:
         """The (system, user) messages describing the plan to generate.

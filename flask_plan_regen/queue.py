@@ -126,12 +126,14 @@ def delete_job(redis: Redis, job_id: str) -> None:
         Job.fetch(job_id, connection=redis, serializer=SERIALIZER).delete()
 
 
-def stop_job(redis: Redis, job_id: str) -> None:
-    """Stop the job if a worker runs it, else take it off its queue; best effort."""
+def stop_job(redis: Redis, job_id: str, *, kill_running: bool = True) -> None:
+    """Stop the job if a worker runs it (unless not ``kill_running``: it stops itself),
+    else take it off its queue; best effort."""
     try:
         job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
         if job.get_status() == JobStatus.STARTED:
-            send_stop_job_command(redis, job_id, serializer=SERIALIZER)
+            if kill_running:
+                send_stop_job_command(redis, job_id, serializer=SERIALIZER)
         else:
             job.cancel()
     except (NoSuchJobError, InvalidJobOperation):
