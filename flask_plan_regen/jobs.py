@@ -27,6 +27,7 @@ from .metrics import observe_attempt
 from .models import GenerationAttempt, Regeneration, Status, storable_text, utcnow
 from .output import parse_output
 from .pacing import fit_to_schedule
+from .previews import ModulePreviews
 from .providers import GenerationRequest, GenerationResult
 from .schemas import overrides_schema
 from .state import RegenState, get_state
@@ -105,12 +106,14 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
     # many attempts on one pool (docs/operations.md, "Threads or processes").
     state.db.session.close()
     overrides = overrides_schema.load(regeneration.overrides)
+    checkpoints = Checkpoints.for_attempt(state, regeneration.id, current_app.config)
     request = GenerationRequest(
         plan=plan.with_overrides(overrides),
         tier=regeneration.tier,
         generation_id=regeneration.id,
         attempt=regeneration.attempts,
-        checkpoints=Checkpoints.for_attempt(state, regeneration.id, current_app.config),
+        checkpoints=checkpoints,
+        module_ready=ModulePreviews(state, regeneration, checkpoints, current_app.config),
     )
     started = time.monotonic()
     result: GenerationResult | None = None

@@ -36,6 +36,7 @@ from .errors import (
 )
 from .output import plan_json_schema
 from .providers import GenerationRequest, GenerationResult
+from .streaming_call import create
 
 logger = logging.getLogger("flask_plan_regen.openai_provider")
 
@@ -69,6 +70,8 @@ class OpenAIProvider:
     """
 
     name = "openai"
+    interruptible = True
+    """Streamed calls stop at ``request.checkpoints`` (streaming_call.py)."""
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         config = current_app.config
@@ -96,7 +99,7 @@ class OpenAIProvider:
             ) from error
         with client:
             try:
-                completion = _complete(client, config, model, messages)
+                completion = _complete(client, config, model, messages, request)
             except openai.OpenAIError as error:
                 raise _failure(error, model, client.api_key) from error
         return _result(completion, model, config, client.api_key)
@@ -107,6 +110,7 @@ def _complete(
     config: Mapping[str, Any],
     model: str,
     messages: list[ChatCompletionMessageParam],
+    request: GenerationRequest,
 ) -> Any:
     """One chat completion; in JSON mode again, once, if the server refuses json_schema."""
     server = (str(client.base_url), model)
@@ -116,7 +120,12 @@ def _complete(
     )
     try:
         return _create(
-            client, config, model, messages, STRUCTURED_OUTPUT if structured else JSON_MODE
+            client,
+            config,
+            model,
+            messages,
+            STRUCTURED_OUTPUT if structured else JSON_MODE,
+            request,
         )
     except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
         if not structured or not _refuses_json_schema(error):
@@ -130,7 +139,7 @@ def _complete(
             server[0],
             _server_message(error, client.api_key),
         )
-    return _create(client, config, model, messages, JSON_MODE)
+    return _create(client, config, model, messages, JSON_MODE, request)
 
 
 def _create(
@@ -139,10 +148,14 @@ def _create(
     model: str,
     messages: list[ChatCompletionMessageParam],
     response_format: ResponseFormat,
+    request: GenerationRequest,
 ) -> Any:
     cap = int(config["PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS"])
     cap_field = config["PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM"]
-    return client.chat.completions.create(
+    return create(
+        client,
+        request,
+        stream=bool(config["PLAN_REGEN_PROVIDER_STREAM"]),
         model=model,
         messages=messages,
         response_format=response_format,

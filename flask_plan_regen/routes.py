@@ -11,7 +11,7 @@ from marshmallow import Schema, ValidationError
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from . import documents, lifecycle
+from . import documents, lifecycle, previews
 from .bodies import read_body, require_json_content_type
 from .database import UNAVAILABLE_ERRORS, database_unavailable
 from .errors import ApiError
@@ -283,6 +283,8 @@ def regeneration_status(plan_id: str, generation_id: str) -> Response:
     """One regeneration with its attempts."""
     state = get_state()
     regeneration = owned_regeneration(state, plan_id, generation_id)
+    # Not a column: the preview lives in Redis (previews.py); the document reads it from here.
+    regeneration.modules_ready = previews.modules_ready(state, regeneration)  # type: ignore[attr-defined]
     return jsonify(documents.dump(documents.regeneration_schema, regeneration))
 
 
