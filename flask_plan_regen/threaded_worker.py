@@ -78,6 +78,7 @@ class NoDeathPenalty(BaseDeathPenalty):
 @dataclasses.dataclass
 class _Running:
     job: Job
+    queue: Queue
     execution: Execution
     started: float
 
@@ -100,6 +101,7 @@ class ThreadedWorker(RecoveringWorker):
             get_state().dispose_engines_after_fork()
         self._running: dict[str, _Running] = {}  # by execution id
         self._given_up: set[str] = set()  # execution ids whose outcome RQ no longer hears of
+        self._local = threading.local()  # in a job's thread: its execution id
         self._changed = threading.Condition()
         self._dequeuing = False
         self._monitor_stop = threading.Event()
@@ -134,7 +136,7 @@ class ThreadedWorker(RecoveringWorker):
             target=self._perform, args=(job, queue, execution), name=f"job-{job.id}", daemon=True
         )
         with self._changed:
-            self._running[execution.id] = _Running(job, execution, time.monotonic())
+            self._running[execution.id] = _Running(job, queue, execution, time.monotonic())
         thread.start()
         self._start_monitor()
         while True:
@@ -151,6 +153,7 @@ class ThreadedWorker(RecoveringWorker):
 
     def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
         """One job, in its thread: RQ's ``perform_job`` records its outcome or its failure."""
+        self._local.execution_id = execution.id
         try:
             self.perform_job(job, queue, execution)
         except Exception:  # RQ could not record the outcome (Redis down); the row has it
@@ -167,13 +170,19 @@ class ThreadedWorker(RecoveringWorker):
 
     # -- RQ's bookkeeping of jobs this worker gave up on -----------------------------
 
-    def _gave_up_on(self, execution: Execution | None) -> bool:
-        return execution is not None and execution.id in self._given_up
+    def _given_up_here(self) -> bool:
+        """Whether this thread runs a job given up on: RQ's record of it is settled, and
+        its job id may already be another delivery's."""
+        return getattr(self._local, "execution_id", None) in self._given_up
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        if not self._given_up_here():
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
 
     def handle_job_success(
         self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution
     ) -> None:
-        if not self._gave_up_on(execution):
+        if not self._given_up_here():
             super().handle_job_success(job, queue, started_job_registry, execution)
 
     def handle_job_failure(
@@ -184,7 +193,7 @@ class ThreadedWorker(RecoveringWorker):
         exc_string: str = "",
         execution: Execution | None = None,
     ) -> None:
-        if not self._gave_up_on(execution):
+        if not self._given_up_here():
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def handle_job_retry(
@@ -195,7 +204,7 @@ class ThreadedWorker(RecoveringWorker):
         started_job_registry: Any,
         execution: Execution,
     ) -> None:
-        if not self._gave_up_on(execution):
+        if not self._given_up_here():
             super().handle_job_retry(job, queue, retry, started_job_registry, execution)
 
     # -- heartbeats and hung jobs (monitor thread) -----------------------------------
@@ -238,6 +247,17 @@ class ThreadedWorker(RecoveringWorker):
                     self._given_up.add(entry.execution.id)
                     self._running.pop(entry.execution.id, None)
                     self._changed.notify_all()
+                try:  # failed in RQ's registries now, as RQ fails a work horse it kills
+                    self.handle_job_failure(
+                        entry.job,
+                        entry.queue,
+                        exc_string="Its thread outlived the job timeout; given up on.",
+                        execution=entry.execution,
+                    )
+                except RedisError as error:
+                    self.log.warning(
+                        "Worker %s: job %s not failed: %s", self.name, entry.job.id, error
+                    )
 
     # -- state and commands ----------------------------------------------------------
 

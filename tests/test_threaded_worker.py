@@ -19,7 +19,7 @@ from servers import WorkerProcs
 from sqlalchemy import create_engine, text
 
 from examples.host_app import db
-from flask_plan_regen import Regeneration
+from flask_plan_regen import Regeneration, get_state, queue
 from flask_plan_regen.models import GenerationAttempt
 
 pytestmark = pytest.mark.slow
@@ -165,14 +165,14 @@ def test_cancel_stops_one_job_of_twenty(
     assert status_of(client, plan_id, canceled_id)["status"] == "canceled"
 
 
-def test_a_job_past_its_time_limit_fails_alone(
+def test_a_job_past_its_time_limit_or_crashing_fails_alone(
     pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs, openai_server: Any
 ) -> None:
     openai_server.script("Stuck 0", "slow@60")
     queued = queue_regenerations(pg_app, 1, topic="Stuck")
     queued |= queue_regenerations(pg_app, 19, topic="Steady")
     started = time.monotonic()
-    start_threaded(
+    worker = start_threaded(
         worker_procs, postgres_url, redis_url, 4,
         PLAN_REGEN_PROVIDER=f'"{OPENAI}"',
         PLAN_REGEN_PROVIDER_BASE_URL=f'"{openai_server.base_url}"',
@@ -182,6 +182,11 @@ def test_a_job_past_its_time_limit_fails_alone(
     )  # fmt: skip
     stuck = next(iter(queued))
     steady = [gid for gid in queued if gid != stuck]
+    with pg_app.app_context():  # a job that raises (no such regeneration) among them
+        redis = get_state().redis
+        crash = queue.rq_queue(redis, "plan_regen_high").enqueue_call(
+            queue.JOB_FUNCTION, args=("no-such-regeneration",), job_id="no-such-regeneration"
+        )
     wait_for(pg_app, steady, ended, 60, "the 19 steady regenerations ended")
     steady_done = time.monotonic() - started
     still_stuck = rows(pg_app, [stuck])[stuck].status
@@ -195,6 +200,8 @@ def test_a_job_past_its_time_limit_fails_alone(
     print(f"\n4 threads, 1 stuck call: 19 others ended {steady_done:.1f} s after start while it "
           f"was {still_stuck}; it failed after {duration_ms / 1000:.1f} s: {error}")  # fmt: skip
     assert all(done[gid].status == "succeeded" for gid in steady)
+    assert crash.get_status() == "failed"
+    assert worker.poll() is None  # the crash and the hang took nothing else down
     assert (done[stuck].status, done[stuck].failure_class) == ("failed", "timeout")
     assert duration_ms < 20_000
 
