@@ -182,6 +182,8 @@ def measure_threads(
         drained = drain_threads_layout(layout, database, jobs[layout])
         log(f"threads {layout}: {drained}")
         values[f"threads-jobs-{layout}"].append(drained.jobs_per_s)
+        if layout == "threads":
+            values["threads-sustained"].append(drained.sustained_jobs_per_s)
         values[f"threads-per-process-{layout}"].append(drained.jobs_per_s / PROCESSES[layout])
         values[f"threads-pss-{layout}"].append(drained.peak_pss_kib / 1024)
         values[f"threads-per-gib-{layout}"].append(in_flight_per_gib(layout, drained.peak_pss_kib))
@@ -343,12 +345,18 @@ def threads_rows(values: dict[str, list[float]]) -> list[Row]:
     threads = f"`--threads {THREADS}`"
     return [
         Row(
-            f"Threads, {DELAY} s provider: one process {threads} vs the ideal {THREADS}/{DELAY} s",
+            f"Threads, {DELAY} s provider: {threads} sustained vs the ideal {THREADS}/{DELAY} s",
             "jobs/s",
-            values["threads-jobs-threads"],
+            values["threads-sustained"],
             values["threads-ideal"],
             ">= 0.95x",
             limit=0.95,
+        ),
+        Row(
+            f"Threads, {DELAY} s provider: {threads} whole drain (ramp and tail) vs the ideal",
+            "jobs/s",
+            values["threads-jobs-threads"],
+            values["threads-ideal"],
         ),
         Row(
             f"Threads: peak PSS of {threads} while draining vs 150 MiB",

@@ -8,7 +8,11 @@ queue on PostgreSQL:
 * ``pool``: ``flask plan-regen worker --workers 8`` (a forked work horse per job).
 
 Both without RQ's scheduler, stopped once drained. Throughput is read from the jobs as
-in bench/worker.py; PSS is the peak over every process of a layout, sampled every 0.5 s;
+in bench/worker.py (first start to last end), and for ``threads`` also as sustained: the
+jobs that ended between the end of the first wave (two provider delays after the first
+start: the first hundred have ended and their slots been refilled) and the last job's
+start (then the queue is empty, and the worker can no longer be full), over that
+window's length. PSS is the peak over every process of a layout, sampled every 0.5 s;
 the database connections the worker holds are sampled from ``pg_stat_activity`` (by the
 ``application_name`` its database URL sets) every 0.1 s: "in use" is every one not
 ``idle`` (running a statement, or inside a transaction).
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from rq.serializers import JSONSerializer
 from sqlalchemy import create_engine, text
 
 from bench.common import Database
-from bench.worker import fill_package_queue, run_workers
+from bench.worker import fill_package_queue, job_times, run_workers
 
 DELAY = 5
 THREADS = 100
@@ -38,13 +44,15 @@ IN_FLIGHT = {"threads": THREADS, "pool": POOL_WORKERS}
 @dataclass
 class ThreadsResult:
     jobs_per_s: float
+    sustained_jobs_per_s: float
     peak_pss_kib: int
     peak_connections_in_use: int
     peak_connections_open: int
 
     def __str__(self) -> str:
         return (
-            f"{self.jobs_per_s:.1f} jobs/s, peak PSS {self.peak_pss_kib / 1024:.0f} MiB, "
+            f"{self.jobs_per_s:.1f} jobs/s ({self.sustained_jobs_per_s:.1f} sustained), "
+            f"peak PSS {self.peak_pss_kib / 1024:.0f} MiB, "
             f"DB connections in use {self.peak_connections_in_use} "
             f"(open {self.peak_connections_open})"
         )
@@ -78,7 +86,22 @@ def drain_threads_layout(layout: str, database: Database, jobs: int) -> ThreadsR
         )
     finally:
         sampler.stop()
-    return ThreadsResult(drained.jobs_per_s, drained.peak_pss_kib, sampler.in_use, sampler.opened)
+    return ThreadsResult(
+        drained.jobs_per_s,
+        sustained_rate(job_times(database, queue_names, JSONSerializer)),
+        drained.peak_pss_kib,
+        sampler.in_use,
+        sampler.opened,
+    )
+
+
+def sustained_rate(times: list[tuple[datetime, datetime]]) -> float:
+    """Jobs per second that ended between the first wave's end and the last start."""
+    first = min(start for start, _ in times)
+    window_start = first + timedelta(seconds=2 * DELAY)
+    window_end = max(start for start, _ in times)
+    ended = sum(window_start <= end <= window_end for _, end in times)
+    return ended / (window_end - window_start).total_seconds()
 
 
 def in_flight_per_gib(layout: str, peak_pss_kib: int) -> float:

@@ -51,6 +51,7 @@ from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import BaseDeathPenalty
+from rq.utils import now
 from rq.worker import WorkerStatus
 
 from . import lifecycle
@@ -264,8 +265,21 @@ class ThreadedWorker(RecoveringWorker):
     def set_state(self, state: str, pipeline: Any = None) -> None:
         # RQ marks a worker idle before each dequeue; with jobs running it is busy.
         if state == WorkerStatus.IDLE and self._running:
+            if self.get_state() == WorkerStatus.BUSY and pipeline is None:
+                return  # written already: a Redis round trip less per job
             state = WorkerStatus.BUSY
         super().set_state(state, pipeline)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        # RQ beats before and after every dequeue (three round trips each): while jobs run,
+        # the monitor thread keeps the worker alive, and one beat a second is plenty.
+        if timeout is None and pipeline is None and self._running and self._beat_recently():
+            return
+        super().heartbeat(timeout, pipeline)
+
+    def _beat_recently(self) -> bool:
+        last = self.last_heartbeat
+        return last is not None and (now() - last).total_seconds() < 1
 
     def kill_horse(self, sig: Any = None) -> None:
         """No work horse: a thread is stopped by its regeneration's cancel (checkpoints.py)."""
