@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 OPENAI = "flask_plan_regen.openai_provider:OpenAIProvider"
 APPLICATION_NAME = "plan-regen-threaded-worker"
+QUEUES = ["plan_regen_high", "plan_regen_default", "plan_regen_low"]
 
 
 @pytest.fixture
@@ -268,6 +269,29 @@ def test_a_second_sigterm_leaves_running_attempts_to_recovery(
     assert all((row.status, row.attempts) == ("processing", 1) for row in after.values())
 
 
+def test_plain_rq_worker_runs_the_threaded_class(
+    pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
+) -> None:
+    queued = queue_regenerations(pg_app, 6)
+    started = time.monotonic()
+    worker = worker_procs.spawn(
+        ["rq", "worker", "--burst", "-w", "flask_plan_regen.threaded_worker.ThreadedWorker",
+         "-S", "rq.serializers.JSONSerializer", "--url", redis_url,
+         "plan_regen_high", "plan_regen_default", "plan_regen_low"],
+        worker_env(
+            worker_url(postgres_url), redis_url,
+            PLAN_REGEN_BUILTIN_DELAY="3", PLAN_REGEN_WORKER_THREADS="6",
+        ),
+    )  # fmt: skip
+    assert worker.wait(timeout=60) == 0, worker_procs.log_tail(worker)
+    took = time.monotonic() - started
+    done = rows(pg_app, queued)
+    print(f"\nrq worker --burst -w ThreadedWorker, 6 threads: 6 jobs of 3 s done in {took:.1f} s")
+    assert all(row.status == "succeeded" for row in done.values())
+    started_at = [row.started_at for row in done.values()]
+    assert (max(started_at) - min(started_at)).total_seconds() < 3  # at once, not in turn
+
+
 def test_twenty_waiting_jobs_hold_no_database_connection(
     pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
 ) -> None:
@@ -292,10 +316,22 @@ def test_twenty_waiting_jobs_hold_no_database_connection(
             time.sleep(0.2)
     observer.dispose()
     still_running = sum(row.status == "processing" for row in rows(pg_app, queued).values())
+    with pg_app.app_context():  # what `rq info` and `flask plan-regen info` read
+        redis = get_state().redis
+        running_in_rq = sum(q["started"] for q in queue.queue_stats(redis, QUEUES))
+        (worker_state,) = queue.worker_states(redis, QUEUES)
     done = wait_for(pg_app, queued, ended, 60, "every regeneration ended")
+    with pg_app.app_context():
+        stats = queue.queue_stats(get_state().redis, QUEUES)
+    finished = sum(
+        len(queue.rq_queue(get_state(pg_app).redis, q).finished_job_registry) for q in QUEUES
+    )
     print(f"\n20 jobs waiting on the model: worker connections in use max {max(in_use)}, "
-          f"open max {max(opened)} (pool 5 + overflow 10)")  # fmt: skip
+          f"open max {max(opened)} (pool 5 + overflow 10); RQ: {running_in_rq} started, "
+          f"worker {worker_state['state']}, then {finished} finished")  # fmt: skip
     assert still_running == 20
+    assert (running_in_rq, worker_state["state"]) == (20, "busy")
+    assert (sum(q["started"] for q in stats), finished) == (0, 20)
     assert max(in_use) <= 1  # at most a sweep's read, never one per waiting job
     assert max(opened) <= 15
     assert all(row.status == "succeeded" for row in done.values())
