@@ -61,6 +61,24 @@ def queue_regenerations(pg_app: Flask, count: int, topic: str = "Topic") -> dict
     return queued
 
 
+def jobs_in_flight(
+    pg_app: Flask,
+    worker_procs: WorkerProcs,
+    postgres_url: str,
+    redis_url: str,
+    count: int,
+    delay: str,
+) -> tuple[dict[str, str], subprocess.Popen[bytes]]:
+    """``count`` regenerations running in one worker of ``count`` threads, the built-in
+    provider taking ``delay`` seconds; (generation id -> plan id, the worker)."""
+    queued = queue_regenerations(pg_app, count)
+    worker = start_threaded(
+        worker_procs, postgres_url, redis_url, count, PLAN_REGEN_BUILTIN_DELAY=delay
+    )
+    wait_for(pg_app, queued, lambda r: r.status == "processing", 60, f"{count} attempts running")
+    return queued, worker
+
+
 def rows(pg_app: Flask, ids: Any) -> dict[str, Regeneration]:
     with pg_app.app_context():
         found = {
@@ -100,11 +118,7 @@ def ended(row: Regeneration) -> bool:
 def test_killed_threaded_worker_hands_every_attempt_over_within_60s(
     pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
 ) -> None:
-    queued = queue_regenerations(pg_app, 20)
-    first = start_threaded(
-        worker_procs, postgres_url, redis_url, 20, PLAN_REGEN_BUILTIN_DELAY="120"
-    )
-    wait_for(pg_app, queued, lambda r: r.status == "processing", 60, "20 attempts running")
+    queued, first = jobs_in_flight(pg_app, worker_procs, postgres_url, redis_url, 20, "120")
     # Idle, and nobody runs `sweep`: the takeover is up to the workers (two processes of
     # ten threads, from one command).
     takeover = worker_procs.spawn(
@@ -133,9 +147,7 @@ def test_killed_threaded_worker_hands_every_attempt_over_within_60s(
 def test_cancel_stops_one_job_of_twenty(
     pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
 ) -> None:
-    queued = queue_regenerations(pg_app, 20)
-    start_threaded(worker_procs, postgres_url, redis_url, 20, PLAN_REGEN_BUILTIN_DELAY="15")
-    wait_for(pg_app, queued, lambda r: r.status == "processing", 60, "20 attempts running")
+    queued, _ = jobs_in_flight(pg_app, worker_procs, postgres_url, redis_url, 20, "15")
     canceled_id, plan_id = next(iter(queued.items()))
     client = pg_app.test_client()
     response = client.post(
@@ -250,11 +262,7 @@ def test_sigterm_lets_running_jobs_finish_then_releases_the_rest(
 def test_a_second_sigterm_leaves_running_attempts_to_recovery(
     pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
 ) -> None:
-    queued = queue_regenerations(pg_app, 5)
-    worker = start_threaded(
-        worker_procs, postgres_url, redis_url, 5, PLAN_REGEN_BUILTIN_DELAY="120"
-    )
-    wait_for(pg_app, queued, lambda r: r.status == "processing", 60, "5 attempts running")
+    queued, worker = jobs_in_flight(pg_app, worker_procs, postgres_url, redis_url, 5, "120")
     os.kill(worker.pid, signal.SIGTERM)
     worker_procs.wait_for_log(worker, "warm shutdown")
     time.sleep(1.1)  # RQ ignores a second signal within a second of the first
@@ -295,9 +303,7 @@ def test_plain_rq_worker_runs_the_threaded_class(
 def test_twenty_waiting_jobs_hold_no_database_connection(
     pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
 ) -> None:
-    queued = queue_regenerations(pg_app, 20)
-    start_threaded(worker_procs, postgres_url, redis_url, 20, PLAN_REGEN_BUILTIN_DELAY="10")
-    wait_for(pg_app, queued, lambda r: r.status == "processing", 60, "20 attempts running")
+    queued, _ = jobs_in_flight(pg_app, worker_procs, postgres_url, redis_url, 20, "10")
     observer = create_engine(postgres_url)
     in_use: list[int] = []
     opened: list[int] = []
