@@ -8,11 +8,13 @@ queue on PostgreSQL:
 * ``pool``: ``flask plan-regen worker --workers 8`` (a forked work horse per job).
 
 Both without RQ's scheduler, stopped once drained. Throughput is read from the jobs as
-in bench/worker.py (first start to last end), and for ``threads`` also as sustained: the
-jobs that ended between the end of the first wave (two provider delays after the first
-start: the first hundred have ended and their slots been refilled) and the last job's
-start (then the queue is empty, and the worker can no longer be full), over that
-window's length. PSS is the peak over every process of a layout, sampled every 0.5 s;
+in bench/worker.py (first start to last end), and also as sustained,
+without the ramp-up (the first hundred starting) and the tail (the last hundred ending
+one by one): each of the hundred slots runs its jobs one after the other, so from the
+hundred first ends to the hundred last ends the worker got through ``jobs - 100`` jobs;
+sustained = ``(jobs - 100) / (mean of the last 100 ends - mean of the first 100 ends)``,
+exactly 100 / 5 s for a worker that never lets a slot wait. PSS is the peak over every
+process of a layout, sampled every 0.5 s;
 the database connections the worker holds are sampled from ``pg_stat_activity`` (by the
 ``application_name`` its database URL sets) every 0.1 s: "in use" is every one not
 ``idle`` (running a statement, or inside a transaction).
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from rq.serializers import JSONSerializer
 from sqlalchemy import create_engine, text
@@ -88,20 +90,19 @@ def drain_threads_layout(layout: str, database: Database, jobs: int) -> ThreadsR
         sampler.stop()
     return ThreadsResult(
         drained.jobs_per_s,
-        sustained_rate(job_times(database, queue_names, JSONSerializer)),
+        sustained_rate(job_times(database, queue_names, JSONSerializer), IN_FLIGHT[layout]),
         drained.peak_pss_kib,
         sampler.in_use,
         sampler.opened,
     )
 
 
-def sustained_rate(times: list[tuple[datetime, datetime]]) -> float:
-    """Jobs per second that ended between the first wave's end and the last start."""
-    first = min(start for start, _ in times)
-    window_start = first + timedelta(seconds=2 * DELAY)
-    window_end = max(start for start, _ in times)
-    ended = sum(window_start <= end <= window_end for _, end in times)
-    return ended / (window_end - window_start).total_seconds()
+def sustained_rate(times: list[tuple[datetime, datetime]], slots: int) -> float:
+    """Jobs per second from the first ``slots`` ends to the last ``slots`` ends (see above)."""
+    ends = sorted(end for _, end in times)
+    first, last = ends[:slots], ends[-slots:]
+    spread = sum((b - a).total_seconds() for a, b in zip(first, last, strict=True)) / slots
+    return (len(ends) - slots) / spread
 
 
 def in_flight_per_gib(layout: str, peak_pss_kib: int) -> float:
