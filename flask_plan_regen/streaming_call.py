@@ -57,7 +57,7 @@ def create(
     content_type = raw.headers.get("content-type", "")
     if not content_type.startswith("text/event-stream"):
         _remember(server, f"it answered {content_type or 'without a content type'}")
-        completion = raw.parse()  # the answer as the plain call reads it
+        completion = _plain_answer(raw.http_response)
         _note_usage(checkpoints, completion)
         checkpoints.check()
         return completion
@@ -69,6 +69,17 @@ def _plain(client: openai.OpenAI, checkpoints: Checkpoints, params: dict[str, An
     _note_usage(checkpoints, completion)
     checkpoints.check()  # canceled meanwhile: recorded as such, with the call's tokens
     return completion
+
+
+def _plain_answer(response: httpx2.Response) -> Any:
+    """A plain answer as the SDK's plain call reads it: leniently into a ``ChatCompletion``
+    when it is JSON, else its text (which the provider then explains)."""
+    response.read()  # asked as a stream: the body is not read yet
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text
+    return ChatCompletion.construct(**data) if isinstance(data, dict) else response.text
 
 
 def _remember(server: tuple[str, str], why: str) -> None:
