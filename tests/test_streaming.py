@@ -238,3 +238,29 @@ def test_a_plain_answer_to_a_streamed_request_is_used_as_it_is(
     assert (document["status"], document["attempts"]) == ("succeeded", 1)
     assert len(openai_server.requests) == 1  # no second, paid, call
     assert (document["attemptLog"][0]["completionTokens"]) == 456
+
+
+def test_a_last_event_id_that_is_no_module_of_ours_is_400(
+    app: Flask, openai_server: FakeOpenAI, make_plan: Callable[..., str]
+) -> None:
+    client = app.test_client()
+    plan_id = make_plan()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    run_jobs(app)
+    url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/events"
+    answers = {
+        last: client.get(url, headers={**ALICE, "Last-Event-ID": last}).status_code
+        for last in ("3.1", "3.12", "3.13", "4.1", "3.0", "3.x", "6.1", "3.", "3.1.1")
+    }
+    print(answers)
+    assert answers == {
+        "3.1": 200,  # the states after attempt 1's first module: its end
+        "3.12": 200,
+        "3.13": 400,  # more modules than a plan may have
+        "4.1": 400,  # modules only follow a processing state
+        "3.0": 400,
+        "3.x": 400,
+        "6.1": 400,  # after the current state
+        "3.": 400,
+        "3.1.1": 400,
+    }
