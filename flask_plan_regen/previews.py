@@ -84,7 +84,8 @@ class ModulePreviews:
         self.attempt = regeneration.attempts
         self.checkpoints = checkpoints
         self.ttl = job_timeout(config)
-        self._forget()
+        if self.attempt > 1:
+            self._forget()
 
     def __call__(self, index: int, module: Any) -> None:
         """Check module ``index`` (0-based) as it arrives, store and announce it."""

@@ -264,3 +264,28 @@ def test_a_last_event_id_that_is_no_module_of_ours_is_400(
         "3.": 400,
         "3.1.1": 400,
     }
+
+
+def test_a_retried_attempt_writes_its_modules_again_under_its_own_ids(
+    app: Flask, openai_server: FakeOpenAI, make_plan: Callable[..., str]
+) -> None:
+    app.config.update(
+        PLAN_REGEN_MAX_ATTEMPTS=2,
+        PLAN_REGEN_RETRY_BACKOFF_BASE=0,
+        PLAN_REGEN_PROVIDER_IDLE_TIMEOUT=0.5,
+    )
+    openai_server.stall_after, openai_server.stall_seconds = 400, 2.0  # after 2 modules
+    openai_server.queue("stall", "long")
+    client = app.test_client()
+    plan_id = make_plan()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    run_jobs(app)
+    url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/events"
+    body = client.get(url, headers={**ALICE, "Last-Event-ID": "1"}).get_data(as_text=True)
+    ids = [line[4:] for line in body.splitlines() if line.startswith("id: ")]
+    print(f"ids after the pending state: {ids}")
+    # Attempt 1 timed out (its preview replaced by attempt 2's), attempt 2 wrote all six.
+    assert ids == ["3", "4", "6", "6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "8"]
+    document = status_of(client, plan_id, generation_id)
+    assert [a["failureClass"] for a in document["attemptLog"]] == ["timeout", None]
+    assert document["attemptLog"][0]["completionTokens"] == 400
