@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 from typing import Any
 
-import httpx2
 import openai
 from openai import Stream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -71,7 +71,7 @@ def _plain(client: openai.OpenAI, checkpoints: Checkpoints, params: dict[str, An
     return completion
 
 
-def _plain_answer(response: httpx2.Response) -> Any:
+def _plain_answer(response: Any) -> Any:
     """A plain answer as the SDK's plain call reads it: leniently into a ``ChatCompletion``
     when it is JSON, else its text (which the provider then explains)."""
     response.read()  # asked as a stream: the body is not read yet
@@ -115,7 +115,7 @@ def _assemble(
     usage: Any = None
     try:
         with checkpoints.watching(close=lambda: _cut(stream)):
-            for chunk in stream:
+            for chunk in _chunks(stream, model):
                 first = first or chunk
                 choice = chunk.choices[0] if chunk.choices else None
                 delta = choice.delta if choice else None
@@ -134,8 +134,6 @@ def _assemble(
                         request.module_ready(index, module)
                 if choice is not None and choice.finish_reason:
                     finish_reason = choice.finish_reason
-    except httpx2.TransportError as error:  # the connection broke; the server's words are gone
-        raise ProviderError(f"{model}: the stream broke: {type(error).__name__}") from error
     finally:
         stream.close()
     if finish_reason in (None, "stop"):
@@ -159,6 +157,21 @@ def _assemble(
         ],
         usage=usage,
     )
+
+
+def _chunks(stream: Stream[ChatCompletionChunk], model: str) -> Iterator[ChatCompletionChunk]:
+    """The stream's chunks; a connection that breaks mid-answer is a ``provider_error``."""
+    chunks = iter(stream)
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except openai.OpenAIError:  # an error event in the stream: classed by the provider
+            raise
+        except Exception as error:  # the HTTP library's own (its name depends on the SDK)
+            raise ProviderError(f"{model}: the stream broke: {type(error).__name__}") from error
+        yield chunk
 
 
 def _cut(stream: Stream[ChatCompletionChunk]) -> None:
