@@ -9,10 +9,14 @@ A provider that streams uses it like this::
             checkpoints.chunk(tokens=1)              # raises once interrupted
             ...
             if a_module_completed:
-                checkpoints.module_arrived()         # extends the overall limit, once
+                request.module_ready(index, module)  # calls checkpoints.module_arrived()
     checkpoints.record_usage(model, prompt_tokens, completion_tokens)  # when the server says
 
-and a provider that waits (the built-in one) calls ``checkpoints.sleep(seconds)``.
+``module_arrived`` extends the overall limit, once; a provider that has no
+modules to show may call it itself. A provider that waits (the built-in one)
+calls ``checkpoints.sleep(seconds)``; one without a stream, ``check()`` now and
+then. Setting ``interruptible = True`` on the provider class tells a cancel to
+leave its running job to stop itself (lifecycle.cancel).
 The checks raise :class:`GenerationCanceled` (the job records the attempt as
 ``canceled``) or :class:`TimeLimitExceeded` (a ``timeout`` failure whose message
 names the limit): time to the first chunk, silence between chunks, and the

@@ -51,7 +51,8 @@ class ModuleStream:
         if start == -1:
             return []
         try:
-            document = jiter.from_json(text[start:].encode(), partial_mode="trailing-strings")
+            # As the SDK itself calls it: complete values, and a stub for the one being written.
+            document = jiter.from_json(text[start:].encode(), partial_mode=True)
         except ValueError:  # text after the object (a closing fence): finish() reads it
             return []
         modules = document.get("modules") if isinstance(document, dict) else None

@@ -32,6 +32,7 @@ COMPONENTS: dict[str, type[Schema]] = {
     "Regeneration": documents.RegenerationSchema,
     "RegenerationPage": documents.RegenerationPageSchema,
     "RegenerationEvent": documents.RegenerationEventSchema,
+    "ModuleEvent": documents.ModuleEventSchema,
     "TaskDocument": documents.TaskDocumentSchema,
     "ModuleDocument": documents.ModuleDocumentSchema,
     "PlanDocument": documents.PlanDocumentSchema,
@@ -107,8 +108,9 @@ ACCEPTED = {
 }
 
 # One event of an event stream, as OpenAPI 3.2 describes one (and schemathesis checks
-# every event against it): ``data`` is a RegenerationEvent in JSON.
-EVENT = {
+# every event against it): a state (unnamed, ``data`` a RegenerationEvent in JSON) or a
+# ``module`` event (``data`` a ModuleEvent).
+STATE_EVENT = {
     "type": "object",
     "required": ["id", "data"],
     "properties": {
@@ -121,6 +123,20 @@ EVENT = {
         },
     },
 }
+MODULE_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+[.][0-9]+$"},
+        "event": {"type": "string", "enum": ["module"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/ModuleEvent"},
+        },
+    },
+}
+EVENT = {"oneOf": [STATE_EVENT, MODULE_EVENT]}
 
 # (path below the prefix, method, operation), in the order the document lists them.
 OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
@@ -217,14 +233,16 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     "in": "header",
                     "required": False,
                     "description": "The id of the last event received: resume after it.",
-                    "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,9}([.][0-9]{1,2})?$"},
                 },
             ],
             "responses": {
                 200: {
                     "description": "An event stream: each event has an increasing `id` and "
-                    "`data` holding a RegenerationEvent as JSON; comment lines keep it open; "
-                    "the server closes it once the regeneration has ended.",
+                    "`data` holding a RegenerationEvent as JSON, or, for a `module` event "
+                    "(id `3n.k`), a ModuleEvent: a module the running attempt has written; "
+                    "comment lines keep it open; the server closes it once the "
+                    "regeneration has ended.",
                     "content": {MIMETYPE: {"schema": EVENT}},
                 },
                 204: {"description": "It has ended and Last-Event-ID was its last event."},

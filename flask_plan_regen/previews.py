@@ -27,7 +27,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from . import progress
+from . import documents, progress
 from .checkpoints import Checkpoints
 from .config import job_timeout
 from .models import Regeneration, Status
@@ -84,7 +84,8 @@ class ModulePreviews:
         self.attempt = regeneration.attempts
         self.checkpoints = checkpoints
         self.ttl = job_timeout(config)
-        self._forget()
+        if self.attempt > 1:
+            self._forget()
 
     def __call__(self, index: int, module: Any) -> None:
         """Check module ``index`` (0-based) as it arrives, store and announce it."""
@@ -117,6 +118,14 @@ class ModulePreviews:
             self.state.redis.delete(_key(self.state, self.generation_id))
         except RedisError as error:
             logger.warning("module previews of %s not cleared: %s", self.generation_id, error)
+
+
+def regeneration_document(state: RegenState, regeneration: Regeneration) -> dict[str, Any]:
+    """The regeneration's status document (``documents.RegenerationSchema``), with
+    ``modulesReady`` read from the preview: the status route and the signals send this."""
+    # Not a column: the schema reads it from the row object, where it is set for this dump.
+    regeneration.modules_ready = modules_ready(state, regeneration)  # type: ignore[attr-defined]
+    return documents.dump(documents.regeneration_schema, regeneration)
 
 
 def modules_ready(state: RegenState, regeneration: Regeneration) -> int | None:

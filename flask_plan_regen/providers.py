@@ -158,7 +158,9 @@ class BuiltinProvider:
             return self._result(json.dumps({"modules": []}), **usage)
         plan = self._plan(request.plan)
         # "Streamed": the delay spread over the modules, each shown once it is written.
-        for index, module in enumerate(plan["modules"]):
+        # Without a delay the plan is written at once: no preview to show, no Redis
+        # round trips spent on one.
+        for index, module in enumerate(plan["modules"] if delay else ()):
             request.checkpoints.sleep(delay / len(plan["modules"]))
             request.module_ready(index, module)
         document = json.dumps(plan)

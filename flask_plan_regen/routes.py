@@ -283,9 +283,7 @@ def regeneration_status(plan_id: str, generation_id: str) -> Response:
     """One regeneration with its attempts."""
     state = get_state()
     regeneration = owned_regeneration(state, plan_id, generation_id)
-    # Not a column: the preview lives in Redis (previews.py); the document reads it from here.
-    regeneration.modules_ready = previews.modules_ready(state, regeneration)  # type: ignore[attr-defined]
-    return jsonify(documents.dump(documents.regeneration_schema, regeneration))
+    return jsonify(previews.regeneration_document(state, regeneration))
 
 
 @regen_bp.get("/plans/<plan_id>/regenerations/<generation_id>/events")

@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 from typing import Any
 
-import httpx2
 import openai
 from openai import Stream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -57,7 +57,7 @@ def create(
     content_type = raw.headers.get("content-type", "")
     if not content_type.startswith("text/event-stream"):
         _remember(server, f"it answered {content_type or 'without a content type'}")
-        completion = raw.parse()  # the answer as the plain call reads it
+        completion = _plain_answer(raw.http_response)
         _note_usage(checkpoints, completion)
         checkpoints.check()
         return completion
@@ -69,6 +69,17 @@ def _plain(client: openai.OpenAI, checkpoints: Checkpoints, params: dict[str, An
     _note_usage(checkpoints, completion)
     checkpoints.check()  # canceled meanwhile: recorded as such, with the call's tokens
     return completion
+
+
+def _plain_answer(response: Any) -> Any:
+    """A plain answer as the SDK's plain call reads it: leniently into a ``ChatCompletion``
+    when it is JSON, else its text (which the provider then explains)."""
+    response.read()  # asked as a stream: the body is not read yet
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text
+    return ChatCompletion.construct(**data) if isinstance(data, dict) else response.text
 
 
 def _remember(server: tuple[str, str], why: str) -> None:
@@ -104,7 +115,7 @@ def _assemble(
     usage: Any = None
     try:
         with checkpoints.watching(close=lambda: _cut(stream)):
-            for chunk in stream:
+            for chunk in _chunks(stream, model):
                 first = first or chunk
                 choice = chunk.choices[0] if chunk.choices else None
                 delta = choice.delta if choice else None
@@ -123,8 +134,6 @@ def _assemble(
                         request.module_ready(index, module)
                 if choice is not None and choice.finish_reason:
                     finish_reason = choice.finish_reason
-    except httpx2.TransportError as error:  # the connection broke; the server's words are gone
-        raise ProviderError(f"{model}: the stream broke: {type(error).__name__}") from error
     finally:
         stream.close()
     if finish_reason in (None, "stop"):
@@ -148,6 +157,21 @@ def _assemble(
         ],
         usage=usage,
     )
+
+
+def _chunks(stream: Stream[ChatCompletionChunk], model: str) -> Iterator[ChatCompletionChunk]:
+    """The stream's chunks; a connection that breaks mid-answer is a ``provider_error``."""
+    chunks = iter(stream)
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except openai.OpenAIError:  # an error event in the stream: classed by the provider
+            raise
+        except Exception as error:  # the HTTP library's own (its name depends on the SDK)
+            raise ProviderError(f"{model}: the stream broke: {type(error).__name__}") from error
+        yield chunk
 
 
 def _cut(stream: Stream[ChatCompletionChunk]) -> None:

@@ -96,9 +96,10 @@ def parse_last_event_id(value: str | None, regeneration: Regeneration) -> Cursor
         and (
             not dot
             or (
-                module.isascii()
+                len(module) <= 2
+                and module.isascii()
                 and module.isdigit()
-                and 1 <= int(module[:3]) <= MAX_MODULES
+                and 1 <= int(module) <= MAX_MODULES
                 and int(state_id) % 3 == 0  # after an attempt's processing state
             )
         )
