@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -160,8 +161,12 @@ class BuiltinProvider:
         # "Streamed": the delay spread over the modules, each shown once it is written.
         # Without a delay the plan is written at once: no preview to show, no Redis
         # round trips spent on one.
+        # Paced from the start, so the whole answer takes the delay however long each
+        # module's handling took (under load it would otherwise add up).
+        started = time.monotonic()
         for index, module in enumerate(plan["modules"] if delay else ()):
-            request.checkpoints.sleep(delay / len(plan["modules"]))
+            due = started + delay * (index + 1) / len(plan["modules"])
+            request.checkpoints.sleep(max(due - time.monotonic(), 0.0))
             request.module_ready(index, module)
         document = json.dumps(plan)
         return self._result(document, completion_tokens=len(document.split()), **usage)
