@@ -107,35 +107,28 @@ ACCEPTED = {
     "content": _json("Accepted"),
 }
 
+
 # One event of an event stream, as OpenAPI 3.2 describes one (and schemathesis checks
 # every event against it): a state (unnamed, ``data`` a RegenerationEvent in JSON) or a
 # ``module`` event (``data`` a ModuleEvent).
-STATE_EVENT = {
-    "type": "object",
-    "required": ["id", "data"],
-    "properties": {
-        "id": {"type": "string", "pattern": "^[0-9]+$"},
-        "event": {"type": "string", "enum": ["message"]},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {"$ref": "#/components/schemas/RegenerationEvent"},
+def _event(id_pattern: str, name: str, data: str, *, named: bool) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["id", "event", "data"] if named else ["id", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": id_pattern},
+            "event": {"type": "string", "enum": [name]},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": f"#/components/schemas/{data}"},
+            },
         },
-    },
-}
-MODULE_EVENT = {
-    "type": "object",
-    "required": ["id", "event", "data"],
-    "properties": {
-        "id": {"type": "string", "pattern": "^[0-9]+[.][0-9]+$"},
-        "event": {"type": "string", "enum": ["module"]},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {"$ref": "#/components/schemas/ModuleEvent"},
-        },
-    },
-}
+    }
+
+
+STATE_EVENT = _event("^[0-9]+$", "message", "RegenerationEvent", named=False)
+MODULE_EVENT = _event("^[0-9]+[.][0-9]+$", "module", "ModuleEvent", named=True)
 EVENT = {"oneOf": [STATE_EVENT, MODULE_EVENT]}
 
 # (path below the prefix, method, operation), in the order the document lists them.
