@@ -53,14 +53,15 @@ ERROR_DESCRIPTIONS = {
     415: "The request's Content-Type is not application/json (UNSUPPORTED_MEDIA_TYPE); "
     "nothing was recorded.",
     422: "The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_REUSED).",
-    429: "Over the rate limit (RATE_LIMITED, with Retry-After) or the monthly quota "
-    "(QUOTA_EXCEEDED).",
+    429: "Over the rate limit (RATE_LIMITED, with Retry-After), the monthly quota "
+    "(QUOTA_EXCEEDED) or the monthly spend budget (BUDGET_EXCEEDED).",
     500: "A server misconfiguration, logged; nothing was queued: the auth hook returned an "
     "unusable user id (INVALID_USER_ID), or the tier resolver a tier "
     "PLAN_REGEN_TIER_PRIORITY does not know (UNKNOWN_TIER).",
     503: "Nothing was changed: the database (DATABASE_UNAVAILABLE, with Retry-After) or the "
-    "queue (QUEUE_UNAVAILABLE, with Retry-After) is unavailable, or regeneration is "
-    "switched off (REGENERATION_DISABLED).",
+    "queue (QUEUE_UNAVAILABLE, with Retry-After) is unavailable, regeneration is "
+    "switched off (REGENERATION_DISABLED), or this month's spend reached the app's budget "
+    "(BUDGET_PAUSED).",
 }
 
 RATE_LIMIT_HEADERS = {
@@ -107,35 +108,28 @@ ACCEPTED = {
     "content": _json("Accepted"),
 }
 
+
 # One event of an event stream, as OpenAPI 3.2 describes one (and schemathesis checks
 # every event against it): a state (unnamed, ``data`` a RegenerationEvent in JSON) or a
 # ``module`` event (``data`` a ModuleEvent).
-STATE_EVENT = {
-    "type": "object",
-    "required": ["id", "data"],
-    "properties": {
-        "id": {"type": "string", "pattern": "^[0-9]+$"},
-        "event": {"type": "string", "enum": ["message"]},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {"$ref": "#/components/schemas/RegenerationEvent"},
+def _event(id_pattern: str, name: str, data: str, *, named: bool) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["id", "event", "data"] if named else ["id", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": id_pattern},
+            "event": {"type": "string", "enum": [name]},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": f"#/components/schemas/{data}"},
+            },
         },
-    },
-}
-MODULE_EVENT = {
-    "type": "object",
-    "required": ["id", "event", "data"],
-    "properties": {
-        "id": {"type": "string", "pattern": "^[0-9]+[.][0-9]+$"},
-        "event": {"type": "string", "enum": ["module"]},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {"$ref": "#/components/schemas/ModuleEvent"},
-        },
-    },
-}
+    }
+
+
+STATE_EVENT = _event("^[0-9]+$", "message", "RegenerationEvent", named=False)
+MODULE_EVENT = _event("^[0-9]+[.][0-9]+$", "module", "ModuleEvent", named=True)
 EVENT = {"oneOf": [STATE_EVENT, MODULE_EVENT]}
 
 # (path below the prefix, method, operation), in the order the document lists them.

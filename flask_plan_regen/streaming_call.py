@@ -113,6 +113,7 @@ def _assemble(
     first: ChatCompletionChunk | None = None
     finish_reason: str | None = None
     usage: Any = None
+    ending: dict[str, Any] = {}
     try:
         with checkpoints.watching(close=lambda: _cut(stream)):
             for chunk in _chunks(stream, model):
@@ -134,6 +135,8 @@ def _assemble(
                         request.module_ready(index, module)
                 if choice is not None and choice.finish_reason:
                     finish_reason = choice.finish_reason
+                    # What a server adds to the ending choice (OpenRouter's upstream error).
+                    ending = dict(choice.model_extra or {})
     finally:
         stream.close()
     if finish_reason in (None, "stop"):
@@ -146,6 +149,7 @@ def _assemble(
         model=(first.model if first else None) or model,
         choices=[
             {
+                **ending,
                 "index": 0,
                 "finish_reason": finish_reason,
                 "message": {
