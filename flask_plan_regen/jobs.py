@@ -11,19 +11,32 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
 
-from . import lifecycle, queue
+from . import fallbacks, lifecycle, provider_limits, queue
 from .database import UNAVAILABLE_ERRORS
-from .errors import GenerationError, InternalFailure, ProviderError, ProviderTimeout
+from .errors import (
+    GenerationError,
+    InternalFailure,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from .identity import load_plan
 from .leases import held_lease
 from .logs import log_context
-from .metrics import observe_attempt
-from .models import GenerationAttempt, Regeneration, Status, storable_text, utcnow
+from .metrics import count_capacity_wait, observe_attempt
+from .models import (
+    TERMINAL_STATUSES,
+    GenerationAttempt,
+    Regeneration,
+    Status,
+    storable_text,
+    utcnow,
+)
 from .output import parse_output
 from .pacing import fit_to_schedule
 from .providers import GenerationRequest, GenerationResult
@@ -85,17 +98,90 @@ def run_regeneration(generation_id: str) -> Any:
 
 
 def execute(state: RegenState, generation_id: str) -> Any:
-    """Claim and run one attempt; ``None`` if there is nothing to run."""
+    """Route, claim and run one attempt; ``None`` if there is nothing to run.
+
+    Nothing is claimed before a provider entry has taken capacity for the call:
+    a job that finds none goes back to RQ's schedule (:func:`_route`), its row
+    ``pending`` and its attempts unspent. Eager apps call at once.
+    """
+    grant: fallbacks.Grant | None = None
+    if not current_app.config["PLAN_REGEN_EAGER"]:
+        routed = _route(state, generation_id)
+        if not isinstance(routed, fallbacks.Grant | None):
+            return routed
+        grant = routed
     regeneration = lifecycle.claim(state, generation_id)
     if regeneration is None:
+        if grant is not None:
+            fallbacks.release(state, grant)
         logger.info("regeneration %s has no attempt to run here", generation_id)
         return None
     with held_lease(state, generation_id, regeneration.attempts):
-        return attempt(state, regeneration)
+        return attempt(state, regeneration, grant)
 
 
-def attempt(state: RegenState, regeneration: Regeneration) -> Any:
-    """Generate, check and pace the plan, then save it (lifecycle.finish) or fail."""
+def _route(state: RegenState, generation_id: str) -> fallbacks.Grant | queue.Redelivery | None:
+    """The entry and capacity for this job's call; else what the job returns to wait.
+
+    ``None`` when the row has ended or its plan is gone (the claim and the
+    attempt deal with those). While every entry is open-circuited the job waits
+    up to ``PLAN_REGEN_PROVIDER_OUTAGE_WAIT`` (from its first such wait) and then
+    fails ``provider_unavailable`` without a call.
+    """
+    config = current_app.config
+    row = state.db.session.get(Regeneration, generation_id)
+    plan = load_plan(state, row.plan_id) if row and row.status not in TERMINAL_STATUSES else None
+    state.db.session.rollback()
+    if row is None or plan is None:
+        return None
+    priority, attempts = row.priority, row.attempts
+    overrides = overrides_schema.load(row.overrides)
+    system, user = GenerationRequest(plan.with_overrides(overrides), row.tier, row.id, 0).prompt()
+    outage_key = state.key("capacity", "outage-since", generation_id)
+    outage_wait = float(config["PLAN_REGEN_PROVIDER_OUTAGE_WAIT"])
+    since = cast(bytes | None, state.redis.get(outage_key))
+    waited = time.time() - float(since) if since is not None else 0.0
+    routed = fallbacks.route(
+        state,
+        generation_id,
+        tokens=fallbacks.estimated_tokens(system + user),
+        priority=priority,
+        # A failed probe must not be this regeneration's last attempt, unless it waited long.
+        may_probe=attempts + 1 < int(config["PLAN_REGEN_MAX_ATTEMPTS"])
+        or waited >= outage_wait / 2,
+    )
+    if isinstance(routed, fallbacks.Grant):
+        if since is not None:
+            state.redis.delete(outage_key)
+        return routed
+    if routed.outage:
+        state.redis.set(outage_key, time.time(), nx=True, ex=int(outage_wait) + 3600)
+        if waited >= outage_wait:
+            state.redis.delete(outage_key)
+            error = ProviderUnavailable(f"every provider entry stayed down for {waited:.0f} s")
+            if lifecycle.give_up(state, generation_id, error):
+                raise queue.RegenerationFailed(error.failure_class, error.public_message)
+            return None
+    seconds = provider_limits.park(state, generation_id, priority, routed.seconds, routed.spacing)
+    first = routed.blocked[0]
+    count_capacity_wait(first.entry, first.reason)
+    logger.info(
+        "regeneration %s waits %.1f s for provider capacity (%s); no attempt spent",
+        generation_id,
+        seconds,
+        "; ".join(f"{each.entry}: {each.reason}" for each in routed.blocked),
+    )
+    return queue.wait_in(seconds)
+
+
+def attempt(
+    state: RegenState, regeneration: Regeneration, grant: fallbacks.Grant | None = None
+) -> Any:
+    """Generate, check and pace the plan, then save it (lifecycle.finish) or fail.
+
+    ``grant``: the provider entry routed to (default: the first, no capacity taken).
+    """
+    grant = grant or fallbacks.first_entry(state)
     plan = load_plan(state, regeneration.plan_id)
     if plan is None:
         lifecycle.plan_deleted(state, regeneration, None)
@@ -113,25 +199,25 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
         "regeneration %s attempt %s: calling provider %s",
         regeneration.id,
         request.attempt,
-        state.provider.name,
+        grant.entry.name,
     )
     try:
-        result = state.provider.generate(request)
+        result = fallbacks.call(state, grant, request)
         modules, adjustments = parse_output(result.content)
         modules, schedule = fit_to_schedule(request.plan, modules, utcnow().date())
     except GenerationError as error:
-        return _failed(state, regeneration, request, started, result, error)
+        return _failed(state, regeneration, request, started, result, error, grant)
     except queue.JobTimeout:
         timeout = ProviderTimeout("RQ job timeout reached during the provider call")
-        return _failed(state, regeneration, request, started, result, timeout)
+        return _failed(state, regeneration, request, started, result, timeout, grant)
     except Exception as error:
         if result is None:  # a provider bug must not leave the row processing
-            logger.exception("provider %s raised", state.provider.name)
+            logger.exception("provider %s raised", grant.entry.name)
             wrapped: GenerationError = ProviderError(f"{type(error).__name__}: {error}")
         else:  # our code failed on the provider's answer: a bug, retrying would not help
             logger.exception("regeneration %s: checking the output raised", regeneration.id)
             wrapped = InternalFailure(f"{type(error).__name__}: {error}")
-        return _failed(state, regeneration, request, started, result, wrapped)
+        return _failed(state, regeneration, request, started, result, wrapped, grant)
 
     summary = {
         "modules": len(modules),
@@ -164,7 +250,7 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
             f"saving failed: {type(error).__name__}",
             public_message="The generated plan could not be saved.",
         )
-        return _failed(state, regeneration, request, started, result, failure)
+        return _failed(state, regeneration, request, started, result, failure, grant)
     if not saved:
         logger.info("regeneration %s attempt lost its claim", generation_id)
         return None
@@ -179,8 +265,10 @@ def _failed(
     started: float,
     result: GenerationResult | None,
     error: GenerationError,
+    grant: fallbacks.Grant,
 ) -> Any:
     record = attempt_row(state, regeneration, request, started, result, error=error)
+    record.provider = grant.entry.name
     return _after_failure(lifecycle.fail(state, regeneration, record, error))
 
 

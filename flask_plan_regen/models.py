@@ -55,6 +55,8 @@ class FailureClass(enum.StrEnum):
     TRUNCATED = "truncated"
     # Our own code failed after the provider answered (a bug to fix): not retried.
     INTERNAL = "internal"
+    # Every provider entry stayed open-circuited for PLAN_REGEN_PROVIDER_OUTAGE_WAIT: no call made.
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
 
 
 ACTIVE_STATUSES: tuple[Status, ...] = (Status.PENDING, Status.PROCESSING)

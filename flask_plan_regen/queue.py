@@ -13,6 +13,7 @@ import contextlib
 import functools
 import gc
 import logging
+import math
 import multiprocessing
 import time
 import weakref
@@ -27,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue, Retry, SimpleWorker, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, get_current_job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
@@ -43,6 +44,9 @@ FAILURE_CALLBACK = "flask_plan_regen.recovery.on_job_failure"
 
 JobTimeout = JobTimeoutException
 """Raised inside a job when RQ's job timeout is reached."""
+
+Redelivery = Retry
+"""What a job returns to be delivered again later (:func:`retry_in`, :func:`wait_in`)."""
 
 SERIALIZER = JSONSerializer
 _LIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED})
@@ -105,10 +109,23 @@ def enqueue(redis: Redis, regeneration: Enqueueable, config: Mapping[str, Any]) 
 def retry_in(seconds: int, config: Mapping[str, Any]) -> Retry:
     """What a job returns to be delivered again after ``seconds`` (needs RQ's scheduler).
 
-    ``max`` is only RQ's safety net: the job never asks for more retries than
-    ``PLAN_REGEN_MAX_ATTEMPTS`` allows.
+    The database row counts attempts (``PLAN_REGEN_MAX_ATTEMPTS``); RQ's ``max``
+    lets this one delivery more through, as RQ also counts the waits of
+    :func:`wait_in` as retries.
     """
-    return Retry(max=int(config["PLAN_REGEN_MAX_ATTEMPTS"]), interval=[seconds])
+    return _one_more_delivery(seconds)
+
+
+def wait_in(seconds: float) -> Retry:
+    """What a job that must not call the provider yet returns: the same job, scheduled
+    (an enqueue-at) ``seconds`` from now, in whole seconds (RQ's scheduler's), at least 1."""
+    return _one_more_delivery(max(math.ceil(seconds), 1))
+
+
+def _one_more_delivery(seconds: int) -> Retry:
+    job = get_current_job()
+    delivered = (job.number_of_retries or 0) if job is not None else 0
+    return Retry(max=delivered + 1, interval=[seconds])
 
 
 def job_is_live(redis: Redis, job_id: str) -> bool:

@@ -40,6 +40,7 @@ REFUNDED_FAILURES: frozenset[FailureClass] = frozenset(
         FailureClass.PROVIDER_REJECTED,
         FailureClass.TRUNCATED,
         FailureClass.INTERNAL,
+        FailureClass.PROVIDER_UNAVAILABLE,
     }
 )
 """Failure classes that give the quota back: the provider's (or its settings') fault, or

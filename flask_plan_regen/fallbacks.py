@@ -1,0 +1,244 @@
+"""Provider entries in order of preference, and the routing of each call among them.
+
+``PLAN_REGEN_PROVIDERS`` lists OpenAI-compatible entries (name, base URL, key,
+model, limits, prices); without it the app's one provider is the only entry,
+named as the provider is, limited by ``PLAN_REGEN_PROVIDER_LIMITS``. A call
+goes to the first entry whose breaker is not open and that has capacity
+(rate, tokens, concurrency, no cooldown); an entry that is rate-limited,
+cooling down after a 429, out of credit or open-circuited passes the call to
+the next (counted in ``plan_regen_provider_fallbacks``). What the model answered
+(a refusal, a rule violation) never falls back: the next model would be asked
+the same thing. When no entry can take the call, the job waits (:class:`Wait`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+from flask import current_app
+
+from . import breaker, provider_limits
+from .config import job_timeout
+from .errors import GenerationError, ProviderRateLimited
+from .metrics import count_fallback
+from .models import FailureClass
+from .provider_limits import Lease, Limits, NoCapacity
+from .providers import GenerationProvider, GenerationRequest, GenerationResult
+from .state import RegenState
+
+logger = logging.getLogger("flask_plan_regen.fallbacks")
+
+# Failures that say the entry is down (the breaker counts them); others say it answered.
+_OUTAGE_FAILURES = frozenset({FailureClass.PROVIDER_ERROR, FailureClass.TIMEOUT})
+# The ``PLAN_REGEN_PROVIDER_*`` keys an entry's fields stand for.
+ENTRY_SETTINGS = {
+    "base_url": "PLAN_REGEN_PROVIDER_BASE_URL",
+    "api_key": "PLAN_REGEN_PROVIDER_API_KEY",
+    "model": "PLAN_REGEN_PROVIDER_MODEL",
+    "tier_models": "PLAN_REGEN_PROVIDER_TIER_MODELS",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderEntry:
+    """One provider a call may go to."""
+
+    name: str
+    provider: GenerationProvider
+    limits: Limits
+    prices: Mapping[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant:
+    """A call may go to ``entry`` now, with the capacity ``lease`` took for it."""
+
+    entry: ProviderEntry
+    lease: Lease | None
+    probe: bool = False
+    """The breaker's half-open probe."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    """No entry can take the call now; the soonest may in ``seconds``."""
+
+    seconds: float
+    spacing: float
+    """Seconds between calls at the soonest entry's limits (to spread the waiting jobs)."""
+    blocked: list[NoCapacity]
+
+    @property
+    def outage(self) -> bool:
+        """Every entry waits on its open breaker."""
+        return all(each.reason == "breaker" for each in self.blocked)
+
+
+def entries(state: RegenState) -> list[ProviderEntry]:
+    """The provider entries of the current app, in order of preference."""
+    config = current_app.config
+    listed = config["PLAN_REGEN_PROVIDERS"]
+    if not listed:
+        limits = Limits.from_config(config["PLAN_REGEN_PROVIDER_LIMITS"])
+        return [ProviderEntry(state.provider.name, state.provider, limits)]
+    # Imported here: the OpenAI SDK is an extra, needed only by apps that list entries.
+    from .openai_provider import OpenAIProvider
+
+    return [
+        ProviderEntry(
+            name=spec["name"],
+            provider=OpenAIProvider(
+                {key: spec[field] for field, key in ENTRY_SETTINGS.items() if field in spec}
+            ),
+            limits=Limits.from_config(spec.get("limits")),
+            prices=spec.get("prices"),
+        )
+        for spec in listed
+    ]
+
+
+def first_entry(state: RegenState) -> Grant:
+    """The first entry, without taking capacity (eager apps, which call at once)."""
+    return Grant(entries(state)[0], None)
+
+
+def route(
+    state: RegenState, generation_id: str, *, tokens: int, priority: int, may_probe: bool
+) -> Grant | Wait:
+    """The entry the call of ``generation_id`` goes to, with its capacity taken (``tokens``
+    estimated); or how long to wait. Only a job that ``may_probe`` makes a half-open probe."""
+    config = current_app.config
+    lease_seconds = job_timeout(config)
+    blocked: list[NoCapacity] = []
+    spacing = {}
+    for index, entry in enumerate(entries(state)):
+        spacing[entry.name] = entry.limits.spacing(tokens, float(
+            config["PLAN_REGEN_PROVIDER_LIMIT_WINDOW"]
+        ))  # fmt: skip
+        verdict = breaker.check(state, entry.name, may_probe=may_probe, probe_seconds=lease_seconds)
+        if not verdict.allowed:
+            blocked.append(NoCapacity(entry.name, "breaker", verdict.wait))
+            continue
+        taken = provider_limits.acquire(
+            state,
+            entry.name,
+            entry.limits,
+            generation_id=generation_id,
+            priority=priority,
+            tokens=tokens,
+            lease_seconds=lease_seconds,
+        )
+        if isinstance(taken, Lease):
+            if index:
+                logger.info(
+                    "regeneration %s goes to provider %s (%s)",
+                    generation_id,
+                    entry.name,
+                    "; ".join(f"{each.entry}: {each.reason}" for each in blocked),
+                )
+                state.redis.hincrby(state.key("provider", "fallbacks"), entry.name)
+                count_fallback(entry.name)
+            return Grant(entry, taken, verdict.probe)
+        if verdict.probe:
+            breaker.record(state, entry.name, "abandon")
+        blocked.append(taken)
+        if taken.reason == "queue":  # a parked job's turn: on whichever entry it takes
+            break
+    soonest = min(blocked, key=lambda each: each.wait)
+    return Wait(soonest.wait, spacing.get(soonest.entry, 0.0), blocked)
+
+
+def estimated_tokens(prompt: str) -> int:
+    """A call's tokens before it is made: the prompt (4 characters a token) and the output cap."""
+    return len(prompt) // 4 + int(current_app.config["PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS"])
+
+
+def release(state: RegenState, grant: Grant) -> None:
+    """The call will not be made after all (the job lost its row): give the capacity back."""
+    if grant.lease is not None:
+        provider_limits.cancel(state, grant.lease)
+    if grant.probe:
+        breaker.record(state, grant.entry.name, "abandon")
+
+
+def call(state: RegenState, grant: Grant, request: GenerationRequest) -> GenerationResult:
+    """Call the granted entry; count the outcome for its limits, cooldown and breaker.
+
+    The result names the entry that answered. A 429 that said how long to wait
+    cools the entry down for every worker; the job's own retry then only waits
+    its backoff, and the gate holds it back (no attempt spent) or sends it to
+    another entry.
+    """
+    entry = grant.entry
+    reported: int | None = None
+    if grant.lease is not None:
+        provider_limits.started(state, grant.lease)
+    try:
+        result = entry.provider.generate(request)
+        reported = _total_tokens(result)
+    except GenerationError as error:
+        _count_failure(state, grant, error)
+        raise
+    except Exception:
+        breaker.record(state, entry.name, "failure")  # jobs.py counts it a provider error
+        raise
+    finally:
+        if grant.lease is not None:
+            provider_limits.finished(state, grant.lease, reported)
+    breaker.record(state, entry.name, "success")
+    return dataclasses.replace(result, provider=entry.name)
+
+
+def _count_failure(state: RegenState, grant: Grant, error: GenerationError) -> None:
+    name = grant.entry.name
+    if error.failure_class in _OUTAGE_FAILURES:
+        breaker.record(state, name, "failure")
+        return
+    if isinstance(error, ProviderRateLimited):
+        if error.retry_after:
+            logger.warning(
+                "provider %s asked to wait %.1f s: every worker's calls to it pause",
+                name,
+                error.retry_after,
+            )
+            provider_limits.cool_down(state, name, error.retry_after)
+            error.retry_after = None
+        if grant.probe:  # no verdict on the entry's health: the next job probes
+            breaker.record(state, name, "abandon")
+        return
+    breaker.record(state, name, "success")  # it answered: the request was the problem
+
+
+def _total_tokens(result: GenerationResult) -> int | None:
+    counts = [result.prompt_tokens, result.completion_tokens]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return None
+    return sum(n for n in counts if n is not None)
+
+
+def describe(state: RegenState) -> list[dict[str, Any]]:
+    """Each entry for ``flask plan-regen info``: limits, use now, cooldown, breaker."""
+    taken = _redis(state).hgetall(state.key("provider", "fallbacks"))
+    fallbacks = {_text(name): int(count) for name, count in taken.items()}
+    return [
+        {
+            "name": entry.name,
+            "limits": dataclasses.asdict(entry.limits),
+            "use": provider_limits.usage(state, entry.name),
+            "breaker": breaker.describe(state, entry.name),
+            "fallbacksTaken": fallbacks.get(entry.name, 0),
+        }
+        for entry in entries(state)
+    ]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _redis(state: RegenState) -> Any:
+    """The app's Redis client, typed as the synchronous client it is."""
+    return cast(Any, state.redis)
