@@ -88,11 +88,11 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM": "max_completion_tokens",
     # A fleet sharing the provider (docs/providers.md): limits shared by every worker
     # ({"rpm": ..., "tpm": ..., "concurrent": ...} per window), provider entries tried in
-    # order, and a circuit breaker per entry.
+    # order, and a circuit breaker per entry (off while its threshold is 0).
     "PLAN_REGEN_PROVIDER_LIMITS": {},
     "PLAN_REGEN_PROVIDER_LIMIT_WINDOW": 60.0,
     "PLAN_REGEN_PROVIDERS": None,
-    "PLAN_REGEN_BREAKER_THRESHOLD": 2,
+    "PLAN_REGEN_BREAKER_THRESHOLD": 0,
     "PLAN_REGEN_BREAKER_WINDOW": 60.0,
     "PLAN_REGEN_BREAKER_COOLDOWN": 30.0,
     "PLAN_REGEN_PROVIDER_OUTAGE_WAIT": 900.0,

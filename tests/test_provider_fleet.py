@@ -1,0 +1,284 @@
+"""A fleet sharing the provider: real worker pools (subprocesses) calling local
+chat-completions servers (tests/openai_server.py) that enforce their own rate limit
+and count what they receive. Windows are scaled down (seconds, not minutes) with
+the same arithmetic as the issue's: N requests per window, many times N queued.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import NO_LIMITS, regenerate, wait_for_status, wait_until, worker_env
+from flask import Flask
+from openai_server import FakeOpenAI
+from servers import WorkerProcs
+from sqlalchemy import select
+
+from examples.host_app import db
+from flask_plan_regen import GenerationAttempt, Regeneration, get_state
+from flask_plan_regen.config import DEFAULTS
+from flask_plan_regen.provider_limits import Lease, Limits, NoCapacity, acquire, park
+
+OPENAI = "flask_plan_regen.openai_provider:OpenAIProvider"
+
+
+def fleet_config(server: FakeOpenAI, **extra: Any) -> dict[str, Any]:
+    return {
+        **NO_LIMITS,
+        "PLAN_REGEN_PROVIDER": OPENAI,
+        "PLAN_REGEN_PROVIDER_BASE_URL": server.base_url,
+        "PLAN_REGEN_PROVIDER_API_KEY": "sk-test",
+        "PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS": 1024,
+        "PLAN_REGEN_RETRY_BACKOFF_BASE": 1.0,
+        **extra,
+    }
+
+
+def start_pools(
+    worker_procs: WorkerProcs, app: Flask, config: dict[str, Any], pools: int, workers: int
+) -> None:
+    env = worker_env(
+        app.config["SQLALCHEMY_DATABASE_URI"],
+        app.config["PLAN_REGEN_REDIS_URL"],
+        **{key: json.dumps(value) for key, value in config.items()},
+    )
+    for _ in range(pools):
+        worker_procs.spawn(["flask", "plan-regen", "worker", "--workers", str(workers)], env)
+
+
+def submit(app: Flask, make_plan: Callable[..., str], count: int, topic: str = "Go") -> list[str]:
+    client = app.test_client()
+    return [
+        regenerate(client, make_plan(topic=f"{topic} {n}"))["generationId"] for n in range(count)
+    ]
+
+
+def attempts_of(app: Flask, ids: list[str]) -> list[GenerationAttempt]:
+    with app.app_context():
+        rows = list(
+            db.session.scalars(
+                select(GenerationAttempt).where(GenerationAttempt.regeneration_id.in_(ids))
+            )
+        )
+        db.session.rollback()
+        return rows
+
+
+def attempt_counts(app: Flask, ids: list[str]) -> list[int]:
+    with app.app_context():
+        counts = list(
+            db.session.scalars(select(Regeneration.attempts).where(Regeneration.id.in_(ids)))
+        )
+        db.session.rollback()
+        return counts
+
+
+WINDOW, PER_WINDOW, QUEUED = 6.0, 12, 60  # the issue's 60/minute and 300 queued, scaled by 1/10
+
+
+@pytest.fixture
+def limited_server(openai_server: FakeOpenAI) -> FakeOpenAI:
+    openai_server.limit = (PER_WINDOW, WINDOW)
+    return openai_server
+
+
+@pytest.fixture
+def app_config(limited_server: FakeOpenAI) -> dict[str, Any]:
+    return fleet_config(
+        limited_server,
+        PLAN_REGEN_PROVIDER_LIMITS={"rpm": PER_WINDOW, "concurrent": 8},
+        PLAN_REGEN_PROVIDER_LIMIT_WINDOW=WINDOW,
+    )
+
+
+def test_two_pools_share_the_rate_limit_without_a_429_or_a_spent_attempt(
+    app: Flask,
+    make_plan: Callable[..., str],
+    limited_server: FakeOpenAI,
+    app_config: dict[str, Any],
+    worker_procs: WorkerProcs,
+) -> None:
+    ids = submit(app, make_plan, QUEUED)
+    started = time.monotonic()
+    start_pools(worker_procs, app, app_config, pools=2, workers=8)
+
+    final = wait_for_status(app, ids, timeout=180)
+    drained = time.monotonic() - started
+
+    ideal = (QUEUED / PER_WINDOW - 1) * WINDOW  # the last window's calls start this late
+    most = limited_server.max_in_window(WINDOW)
+    spent = attempt_counts(app, ids)
+    print(
+        f"\n{QUEUED} regenerations, 2 pools of 8, {PER_WINDOW} per {WINDOW:.0f} s: drained in "
+        f"{drained:.1f} s (ideal {ideal:.0f} s); most in any window {most}; 429s "
+        f"{limited_server.rejected}; attempts {sum(spent)}; lost: "
+        f"{sum(status != 'succeeded' for status in final.values())}"
+    )
+    assert set(final.values()) == {"succeeded"}
+    assert limited_server.rejected == 0
+    assert most <= PER_WINDOW
+    assert spent == [1] * QUEUED  # waiting spent no attempt
+    assert len(limited_server.requests) == QUEUED
+
+
+def test_a_429_with_retry_after_pauses_every_worker(
+    app: Flask,
+    make_plan: Callable[..., str],
+    limited_server: FakeOpenAI,
+    app_config: dict[str, Any],
+    worker_procs: WorkerProcs,
+) -> None:
+    limited_server.limit = None
+    limited_server.queue("status_429@4")
+    start_pools(worker_procs, app, app_config, pools=1, workers=4)
+    first = submit(app, make_plan, 1, topic="First")
+    wait_until(lambda: limited_server.requests, 60, "the first call")
+    refused_at = limited_server.requests[0]["at"]
+    others = submit(app, make_plan, 7)
+
+    wait_for_status(app, first + others, timeout=120)
+
+    later = [r["at"] - refused_at for r in limited_server.requests[1:]]
+    print(f"\nafter a 429 with Retry-After: 4, the next calls came {min(later):.2f} s later")
+    assert min(later) >= 4.0 - 0.05
+    assert [r["behaviour"] for r in limited_server.requests].count("status_429") == 1
+    assert attempt_counts(app, others) == [1] * len(others)
+
+
+def test_an_outage_opens_the_breaker_and_no_regeneration_fails(
+    app: Flask,
+    make_plan: Callable[..., str],
+    openai_server: FakeOpenAI,
+    app_config: dict[str, Any],
+    worker_procs: WorkerProcs,
+) -> None:
+    config = {**app_config, "PLAN_REGEN_BREAKER_THRESHOLD": 2, "PLAN_REGEN_BREAKER_COOLDOWN": 3.0}
+    openai_server.limit = None
+    openai_server.default = "status_500"
+    start_pools(worker_procs, app, config, pools=1, workers=4)
+    ids = submit(app, make_plan, 12)
+    with app.app_context():
+        breaker_key = get_state().key("provider", "openai", "breaker")
+        redis = get_state().redis
+    wait_until(lambda: redis.hget(breaker_key, "state") == b"open", 60, "the breaker opening")
+    outage_started = time.monotonic()
+    wait_until(lambda: time.monotonic() - outage_started > 12, 20, "12 s of outage")
+    during = len(openai_server.requests)
+    openai_server.default = "good"
+    recovered = time.monotonic()
+
+    final = wait_for_status(app, ids, timeout=120)
+    first_good = min(r["at"] for r in openai_server.requests if r["behaviour"] == "good")
+    print(
+        f"\n12 regenerations, 12 s outage: {during} calls during it (threshold 2, 4 workers, "
+        f"a probe per 3 s cool-down), first success {first_good - recovered:.1f} s after "
+        f"recovery; failed: {sum(s != 'succeeded' for s in final.values())}"
+    )
+    assert set(final.values()) == {"succeeded"}
+    assert during <= 4 + 2 + 12 / 3 + 1  # in flight + threshold + one probe per cool-down
+    assert first_good - recovered <= 3.0 + 2.0  # within the cool-down (+ the scheduler's second)
+
+
+@pytest.fixture
+def secondary_server() -> Any:
+    with FakeOpenAI() as server:
+        yield server
+
+
+def test_primary_down_goes_to_the_secondary_and_traffic_returns(
+    app: Flask,
+    make_plan: Callable[..., str],
+    openai_server: FakeOpenAI,
+    secondary_server: FakeOpenAI,
+    worker_procs: WorkerProcs,
+) -> None:
+    entries = [
+        {"name": "primary", "base_url": openai_server.base_url, "api_key": "sk-a", "model": "a"},
+        {"name": "secondary", "base_url": secondary_server.base_url, "api_key": "sk-b",
+         "model": "b"},
+    ]  # fmt: skip
+    config = fleet_config(
+        openai_server,
+        PLAN_REGEN_PROVIDERS=entries,
+        PLAN_REGEN_BREAKER_THRESHOLD=2,
+        PLAN_REGEN_BREAKER_COOLDOWN=3.0,
+    )
+    openai_server.limit = None
+    openai_server.default = "status_503"
+    start_pools(worker_procs, app, config, pools=1, workers=4)
+
+    down = submit(app, make_plan, 8, topic="Down")
+    assert set(wait_for_status(app, down, timeout=120).values()) == {"succeeded"}
+    answered = {a.provider for a in attempts_of(app, down) if a.outcome == "succeeded"}
+    primary_calls = len(openai_server.requests)
+
+    openai_server.default = "good"
+    with app.app_context():
+        breaker_key = get_state().key("provider", "primary", "breaker")
+        redis = get_state().redis
+    back = submit(app, make_plan, 1, topic="Probe")  # after the cool-down, a probe closes it
+    wait_for_status(app, back, timeout=60)
+    wait_until(lambda: redis.hget(breaker_key, "state") == b"closed", 30, "the breaker closing")
+    returned = submit(app, make_plan, 4, topic="Back")
+    wait_for_status(app, returned, timeout=60)
+    after = {a.provider for a in attempts_of(app, returned) if a.outcome == "succeeded"}
+    print(
+        f"\nprimary down: 8 regenerations answered by {answered}, primary called "
+        f"{primary_calls} times; primary back: answered by {after}"
+    )
+    assert answered == {"secondary"}
+    assert primary_calls <= 2 + 4  # the threshold, and calls already in flight
+    assert after == {"primary"}
+    assert {r["body"]["model"] for r in secondary_server.requests} == {"b"}
+
+
+def test_a_parked_high_priority_job_takes_capacity_before_a_lower_one(app: Flask) -> None:
+    """The Lua scripts against the real Redis: one request per 2 s window."""
+    limits = Limits(rpm=1)
+    app.config["PLAN_REGEN_PROVIDER_LIMIT_WINDOW"] = 2.0
+    with app.app_context():
+        state = get_state()
+
+        def take(job: str, priority: int) -> Lease | NoCapacity:
+            return acquire(state, "p", limits, generation_id=job, priority=priority, tokens=100,
+                           lease_seconds=60)  # fmt: skip
+
+        assert isinstance(take("first", 1), Lease)
+        low = take("low", 1)
+        assert isinstance(low, NoCapacity) and low.reason == "rpm"
+        low_in = park(state, "low", 1, low.wait, 2.0)
+        high = take("high", 10)
+        assert isinstance(high, NoCapacity)
+        parked = time.monotonic()
+        high_in = park(state, "high", 10, high.wait, 2.0)
+        assert high_in <= low_in  # placed ahead of the lower one parked before it
+        wait_until(lambda: time.monotonic() - parked > high_in, 10, "the high one's turn")
+        behind = take("low", 1)
+        assert isinstance(behind, NoCapacity) and behind.reason == "queue"
+        assert isinstance(take("high", 10), Lease)
+        print(f"\nparked: low due in {low_in:.2f} s, high (parked later) in {high_in:.2f} s")
+
+
+def test_fleet_settings_are_checked(tmp_path: Path, redis_url: str) -> None:
+    from conftest import build_app
+
+    from flask_plan_regen import ConfigurationError
+
+    uri = f"sqlite:///{tmp_path / 'x.sqlite'}"
+    bad_entries = [
+        [{"name": "a"}],  # no model
+        [{"name": "a", "model": "m"}, {"name": "a", "model": "n"}],  # names repeat
+        [{"name": "a", "model": "m", "api_key": "sk-secret", "limits": {"rpm": 0}}],
+    ]
+    for entries in bad_entries:
+        with pytest.raises(ConfigurationError) as raised:
+            build_app(uri, redis_url, PLAN_REGEN_PROVIDERS=entries)
+        assert "sk-secret" not in str(raised.value)
+    with pytest.raises(ConfigurationError, match="PLAN_REGEN_PROVIDER_LIMITS"):
+        build_app(uri, redis_url, PLAN_REGEN_PROVIDER_LIMITS={"rps": 5})
+    assert DEFAULTS["PLAN_REGEN_PROVIDER_OUTAGE_WAIT"] == 900.0
