@@ -174,8 +174,6 @@ def call(state: RegenState, grant: Grant, request: GenerationRequest) -> Generat
     """
     entry = grant.entry
     reported: int | None = None
-    if grant.lease is not None:
-        provider_limits.started(state, grant.lease)
     try:
         result = entry.provider.generate(request)
         reported = _total_tokens(result)

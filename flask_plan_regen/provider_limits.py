@@ -9,10 +9,14 @@ lease-based semaphore for concurrency, and do not say when the next slot
 frees up, so the script is ours: sorted sets scored by Redis's own clock
 (``TIME``), so machines with skewed clocks agree.
 
-* requests: one member per call, scored by the moment it left (re-stamped just
-  before the HTTP request, :func:`started`); the window slides.
-* tokens: one member ``<lease>:<tokens>`` per call, the estimate (prompt + output
-  cap) replaced by the reported usage once the call ends (:func:`finished`).
+* requests: one member per call, scored by the moment its answer came back
+  (:func:`finished`); until then by the lease's expiry, so it counts while in
+  flight. The server received the request somewhere between the grant and the
+  answer: counting it from the answer on, a new call is only granted once the
+  server's own window (counted from arrivals) has let the old one go, however
+  slow the worker was to send it or the answer to come back. The window slides.
+* tokens: one member ``<lease>:<tokens>`` per call, scored the same way, the
+  estimate (prompt + output cap) replaced by the reported usage at the end.
 * concurrency: one member per call in flight, scored by its expiry, so a worker
   killed mid-call frees its slot once the job timeout has passed.
 
@@ -36,9 +40,6 @@ from flask import current_app
 
 from .state import RegenState
 
-# Added to the window: covers the time between the re-stamp and the server's receipt,
-# so that a server counting arrivals never sees one more than the limit in its window.
-TRANSIT_MARGIN_MS = 500
 # A parked job whose appointment passed this long ago is not coming (canceled, lost).
 STALE_AFTER_MS = 30_000
 # How soon a job that found every concurrent slot taken looks again.
@@ -78,8 +79,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 local used = redis.call('ZCARD', KEYS[4])
 if rpm > 0 and used >= rpm then
-  local oldest = redis.call('ZRANGE', KEYS[4], used - rpm, used - rpm, 'WITHSCORES')
-  return {0, tonumber(oldest[2]) + window - now, 'rpm'}
+  local oldest = tonumber(redis.call('ZRANGE', KEYS[4], used - rpm, used - rpm, 'WITHSCORES')[2])
+  if oldest > now then return {0, poll, 'rpm'} end  -- granted, not sent yet
+  return {0, oldest + window - now, 'rpm'}
 end
 if tpm > 0 then
   local calls = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
@@ -94,6 +96,7 @@ if tpm > 0 then
       free_at = tonumber(calls[i + 1]) + window
       i = i + 2
     end
+    if free_at - window > now then return {0, poll, 'tpm'} end  -- granted, not sent yet
     return {0, free_at - now, 'tpm'}
   end
 end
@@ -101,11 +104,13 @@ if concurrent > 0 and redis.call('ZCARD', KEYS[6]) >= concurrent then
   return {0, poll, 'concurrency'}
 end
 
-redis.call('ZADD', KEYS[4], now, lease)
-redis.call('ZADD', KEYS[5], now, lease .. ':' .. tokens)
+-- Scored in the future until the answer comes back (finished): a call in flight, or
+-- slow to leave, keeps its place in the window.
+redis.call('ZADD', KEYS[4], now + ttl, lease)
+redis.call('ZADD', KEYS[5], now + ttl, lease .. ':' .. tokens)
 redis.call('ZADD', KEYS[6], now + ttl, lease)
-redis.call('PEXPIRE', KEYS[4], window + 1000)
-redis.call('PEXPIRE', KEYS[5], window + 1000)
+redis.call('PEXPIRE', KEYS[4], ttl + window + 1000)
+redis.call('PEXPIRE', KEYS[5], ttl + window + 1000)
 redis.call('PEXPIRE', KEYS[6], ttl + 1000)
 redis.call('ZREM', KEYS[1], id)
 redis.call('HDEL', KEYS[2], id)
@@ -113,28 +118,22 @@ return {1, 0, 'ok'}
 """
 
 # ARGV: lease, estimated tokens, reported tokens (-1: keep the estimate), mode.
-# mode 'start': re-stamp the request and its tokens now; 'end': free the concurrent
-# slot and correct the tokens; 'cancel': no call was made, take everything back.
+# mode 'end': the answer came back now: free the concurrent slot, stamp the request
+# and its tokens (corrected) now; 'cancel': no call was made, take everything back.
 _UPDATE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease, estimate, reported, mode = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local member = lease .. ':' .. estimate
-if mode == 'start' then
-  redis.call('ZADD', KEYS[1], 'XX', now, lease)
-  redis.call('ZADD', KEYS[2], 'XX', now, member)
-  return 1
-end
 redis.call('ZREM', KEYS[3], lease)
 if mode == 'cancel' then
   redis.call('ZREM', KEYS[1], lease)
   redis.call('ZREM', KEYS[2], member)
   return 1
 end
-local stamp = redis.call('ZSCORE', KEYS[2], member)
-if stamp and reported >= 0 then
-  redis.call('ZREM', KEYS[2], member)
-  redis.call('ZADD', KEYS[2], stamp, lease .. ':' .. reported)
+redis.call('ZADD', KEYS[1], 'XX', now, lease)
+if redis.call('ZREM', KEYS[2], member) == 1 then
+  redis.call('ZADD', KEYS[2], now, lease .. ':' .. (reported >= 0 and reported or estimate))
 end
 return 1
 """
@@ -246,7 +245,7 @@ def acquire(
         *_keys(state, entry),
         generation_id,
         priority,
-        window_ms() + TRANSIT_MARGIN_MS,
+        window_ms(),
         limits.rpm or 0,
         limits.tpm or 0,
         limits.concurrent or 0,
@@ -261,13 +260,9 @@ def acquire(
     return NoCapacity(entry, _text(reason), max(int(wait_ms), 0) / 1000)
 
 
-def started(state: RegenState, lease: Lease) -> None:
-    """The call leaves now: its request and tokens count from this moment."""
-    _update(state, lease, -1, "start")
-
-
 def finished(state: RegenState, lease: Lease, reported_tokens: int | None) -> None:
-    """The call ended: free its concurrent slot, count the tokens the server reported."""
+    """The call ended: free its concurrent slot; its request and tokens (those the server
+    reported, else the estimate) count in the window from now."""
     _update(state, lease, -1 if reported_tokens is None else reported_tokens, "end")
 
 

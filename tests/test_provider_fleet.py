@@ -22,7 +22,7 @@ from sqlalchemy import select
 from examples.host_app import db
 from flask_plan_regen import GenerationAttempt, Regeneration, get_state
 from flask_plan_regen.config import DEFAULTS
-from flask_plan_regen.provider_limits import Lease, Limits, NoCapacity, acquire, park
+from flask_plan_regen.provider_limits import Lease, Limits, NoCapacity, acquire, finished, park
 
 OPENAI = "flask_plan_regen.openai_provider:OpenAIProvider"
 
@@ -113,10 +113,13 @@ def test_two_pools_share_the_rate_limit_without_a_429_or_a_spent_attempt(
     ideal = (QUEUED / PER_WINDOW - 1) * WINDOW  # the last window's calls start this late
     most = limited_server.max_in_window(WINDOW)
     spent = attempt_counts(app, ids)
+    every = sorted(r["at"] for r in limited_server.requests)
+    closest = min(b - a for a, b in zip(every, every[PER_WINDOW:], strict=False))
     print(
         f"\n{QUEUED} regenerations, 2 pools of 8, {PER_WINDOW} per {WINDOW:.0f} s: drained in "
         f"{drained:.1f} s (ideal {ideal:.0f} s); most in any window {most}; 429s "
-        f"{limited_server.rejected}; attempts {sum(spent)}; lost: "
+        f"{limited_server.rejected}; attempts {sum(spent)}; closest {PER_WINDOW + 1} calls "
+        f"{closest:.2f} s apart; lost: "
         f"{sum(status != 'succeeded' for status in final.values())}"
     )
     assert set(final.values()) == {"succeeded"}
@@ -248,7 +251,9 @@ def test_a_parked_high_priority_job_takes_capacity_before_a_lower_one(app: Flask
             return acquire(state, "p", limits, generation_id=job, priority=priority, tokens=100,
                            lease_seconds=60)  # fmt: skip
 
-        assert isinstance(take("first", 1), Lease)
+        first = take("first", 1)
+        assert isinstance(first, Lease)
+        finished(state, first, 50)  # its answer came back: it counts from now
         low = take("low", 1)
         assert isinstance(low, NoCapacity) and low.reason == "rpm"
         low_in = park(state, "low", 1, low.wait, 2.0)
