@@ -58,15 +58,19 @@ def submit(app: Flask, make_plan: Callable[..., str], count: int, topic: str = "
     ]
 
 
-def attempts_of(app: Flask, ids: list[str]) -> list[GenerationAttempt]:
+def answered_by(app: Flask, ids: list[str]) -> set[str]:
+    """The provider entries named by the succeeded attempts of ``ids``."""
     with app.app_context():
-        rows = list(
+        names = set(
             db.session.scalars(
-                select(GenerationAttempt).where(GenerationAttempt.regeneration_id.in_(ids))
+                select(GenerationAttempt.provider).where(
+                    GenerationAttempt.regeneration_id.in_(ids),
+                    GenerationAttempt.outcome == "succeeded",
+                )
             )
         )
         db.session.rollback()
-        return rows
+        return names
 
 
 def attempt_counts(app: Flask, ids: list[str]) -> list[int]:
@@ -217,19 +221,24 @@ def test_primary_down_goes_to_the_secondary_and_traffic_returns(
 
     down = submit(app, make_plan, 8, topic="Down")
     assert set(wait_for_status(app, down, timeout=120).values()) == {"succeeded"}
-    answered = {a.provider for a in attempts_of(app, down) if a.outcome == "succeeded"}
+    answered = answered_by(app, down)
     primary_calls = len(openai_server.requests)
 
     openai_server.default = "good"
     with app.app_context():
         breaker_key = get_state().key("provider", "primary", "breaker")
         redis = get_state().redis
-    back = submit(app, make_plan, 1, topic="Probe")  # after the cool-down, a probe closes it
-    wait_for_status(app, back, timeout=60)
-    wait_until(lambda: redis.hget(breaker_key, "state") == b"closed", 30, "the breaker closing")
+
+    def one_more_closes_it() -> bool:
+        # Within the cool-down a regeneration goes to the secondary; the first after it
+        # is the probe that closes the primary's breaker.
+        wait_for_status(app, submit(app, make_plan, 1, topic="Probe"), timeout=60)
+        return redis.hget(breaker_key, "state") == b"closed"
+
+    wait_until(one_more_closes_it, 60, "the primary's breaker closing")
     returned = submit(app, make_plan, 4, topic="Back")
     wait_for_status(app, returned, timeout=60)
-    after = {a.provider for a in attempts_of(app, returned) if a.outcome == "succeeded"}
+    after = answered_by(app, returned)
     print(
         f"\nprimary down: 8 regenerations answered by {answered}, primary called "
         f"{primary_calls} times; primary back: answered by {after}"
