@@ -154,6 +154,7 @@ def _route(state: RegenState, generation_id: str) -> fallbacks.Grant | queue.Red
         if since is not None:
             state.redis.delete(outage_key)
         return routed
+    wait = routed.seconds
     if routed.outage:
         state.redis.set(outage_key, time.time(), nx=True, ex=int(outage_wait) + 3600)
         if waited >= outage_wait:
@@ -162,7 +163,8 @@ def _route(state: RegenState, generation_id: str) -> fallbacks.Grant | queue.Red
             if lifecycle.give_up(state, generation_id, error):
                 raise queue.RegenerationFailed(error.failure_class, error.public_message)
             return None
-    seconds = provider_limits.park(state, generation_id, priority, routed.seconds, routed.spacing)
+        wait = min(wait, outage_wait - waited)  # back in time to give up
+    seconds = provider_limits.park(state, generation_id, priority, wait, routed.spacing)
     first = routed.blocked[0]
     count_capacity_wait(first.entry, first.reason)
     logger.info(

@@ -249,6 +249,31 @@ def test_primary_down_goes_to_the_secondary_and_traffic_returns(
     assert {r["body"]["model"] for r in secondary_server.requests} == {"b"}
 
 
+def test_a_regeneration_that_outlasts_the_outage_wait_fails_unavailable_without_a_call(
+    app: Flask,
+    make_plan: Callable[..., str],
+    openai_server: FakeOpenAI,
+    app_config: dict[str, Any],
+    worker_procs: WorkerProcs,
+) -> None:
+    openai_server.limit = None
+    openai_server.default = "status_500"
+    config = {**app_config, "PLAN_REGEN_BREAKER_THRESHOLD": 1,
+              "PLAN_REGEN_PROVIDER_OUTAGE_WAIT": 3.0}  # fmt: skip
+    start_pools(worker_procs, app, config, pools=1, workers=1)
+    (generation_id,) = submit(app, make_plan, 1)
+
+    assert wait_for_status(app, [generation_id], timeout=60) == {generation_id: "failed"}
+    with app.app_context():
+        row = db.session.get(Regeneration, generation_id)
+        assert row is not None
+        print(f"\nfailed as {row.failure_class} after {row.attempts} attempt(s), "
+              f"{len(openai_server.requests)} call(s)")  # fmt: skip
+        assert row.failure_class == "provider_unavailable"
+        assert row.attempts == 1  # the call that opened the breaker; waiting spent none
+    assert len(openai_server.requests) == 1
+
+
 def test_a_parked_high_priority_job_takes_capacity_before_a_lower_one(app: Flask) -> None:
     """The Lua scripts against the real Redis: one request per 2 s window."""
     limits = Limits(rpm=1)
