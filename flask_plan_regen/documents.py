@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, fields, post_dump, validate
 
-from .models import FailureClass, Status, as_utc
+from .models import ChargedTo, FailureClass, Status, as_utc
 
 
 def iso_utc(value: datetime | None) -> str | None:
@@ -28,6 +29,18 @@ class UtcDateTime(fields.DateTime):
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         return iso_utc(value)
+
+
+def usd(value: Decimal | None) -> str | None:
+    """An exact USD amount as a decimal string without trailing zeros (``"0.000456"``)."""
+    return None if value is None else f"{Decimal(value).normalize():f}"
+
+
+class Money(fields.String):
+    """An exact USD amount, dumped as a decimal string (never a float); null when unknown."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return usd(value)
 
 
 class ResponseSchema(Schema):
@@ -81,6 +94,23 @@ class AttemptSchema(ResponseSchema):
     model = fields.String(allow_none=True)
     prompt_tokens = fields.Integer(data_key="promptTokens", allow_none=True)
     completion_tokens = fields.Integer(data_key="completionTokens", allow_none=True)
+    cached_tokens = fields.Integer(data_key="cachedTokens", allow_none=True)
+    cost_usd = Money(
+        data_key="costUsd",
+        allow_none=True,
+        metadata={
+            "description": "What the call cost in USD, as a decimal string: the server's own "
+            "figure, else the price table's; null when unknown (never 0 for unknown)."
+        },
+    )
+    billed = fields.Boolean(
+        metadata={"description": "The provider billed the call (its answer had output tokens)."}
+    )
+    charged_to = fields.String(
+        data_key="chargedTo",
+        validate=validate.OneOf([str(member) for member in ChargedTo]),
+        metadata={"description": "user, or operator for an operator's re-run."},
+    )
     prompt_hash = fields.String(data_key="promptHash")
     adjustments = fields.Dict()
     created_at = UtcDateTime(data_key="createdAt", allow_none=True)

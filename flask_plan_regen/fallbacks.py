@@ -22,15 +22,18 @@ from flask import current_app
 
 from . import breaker, provider_limits
 from .config import job_timeout
-from .errors import GenerationError, ProviderRateLimited
+from .errors import ConfigurationError, GenerationError, ProviderQuotaExhausted, ProviderRateLimited
 from .metrics import count_fallback
 from .models import FailureClass
 from .provider_limits import Lease, Limits, NoCapacity
 from .providers import GenerationProvider, GenerationRequest, GenerationResult
+from .spend import parse_prices
 from .state import RegenState
 
 logger = logging.getLogger("flask_plan_regen.fallbacks")
 
+# Seconds an entry out of credit is skipped while another entry can take its calls.
+CREDIT_RECHECK = 300.0
 # Failures that say the entry is down (the breaker counts them); others say it answered.
 _OUTAGE_FAILURES = frozenset({FailureClass.PROVIDER_ERROR, FailureClass.TIMEOUT})
 # The ``PLAN_REGEN_PROVIDER_*`` keys an entry's fields stand for.
@@ -60,6 +63,9 @@ class Grant:
     lease: Lease | None
     probe: bool = False
     """The breaker's half-open probe."""
+    tokens: int = 0
+    """The call's estimated tokens, and the job's priority (to route it again)."""
+    priority: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +147,7 @@ def route(
                 )
                 state.redis.hincrby(state.key("provider", "fallbacks"), entry.name)
                 count_fallback(entry.name)
-            return Grant(entry, taken, verdict.probe)
+            return Grant(entry, taken, verdict.probe, tokens, priority)
         if verdict.probe:
             breaker.record(state, entry.name, "abandon")
         blocked.append(taken)
@@ -164,20 +170,65 @@ def release(state: RegenState, grant: Grant) -> None:
         breaker.record(state, grant.entry.name, "abandon")
 
 
-def call(state: RegenState, grant: Grant, request: GenerationRequest) -> GenerationResult:
+class Routing:
+    """The provider entry of one attempt: the granted one, or the next one that can take
+    the call at once when the granted one refuses it without answering.
+
+    A 429 (rate limited) or an account out of credit (``provider_quota``) bills
+    nothing, so the attempt's call goes to the next entry that has capacity now
+    (the attempt records that entry); without one, the failure stands and the
+    job's retry waits at the gate. Anything the entry answered stands too: a
+    refusal or a rule violation would be the same elsewhere.
+    """
+
+    def __init__(self, grant: Grant) -> None:
+        self.grant = grant
+
+    def call(self, state: RegenState, request: GenerationRequest) -> GenerationResult:
+        """The answer of the entry that took the call; it names that entry."""
+        while True:
+            try:
+                return _call(state, self.grant, request)
+            except (ProviderRateLimited, ProviderQuotaExhausted) as error:
+                refused = self.grant
+                if refused.lease is None:  # not routed (an eager app): nowhere else to go
+                    raise
+                if isinstance(error, ProviderQuotaExhausted) and len(entries(state)) > 1:
+                    provider_limits.cool_down(state, refused.entry.name, CREDIT_RECHECK)
+                other = route(
+                    state, request.generation_id, tokens=refused.tokens,
+                    priority=refused.priority, may_probe=False,
+                )  # fmt: skip
+                if not isinstance(other, Grant):
+                    raise
+                if other.entry.name == refused.entry.name:
+                    release(state, other)
+                    raise
+                logger.info(
+                    "regeneration %s: provider %s refused the call (%s); it goes to %s",
+                    request.generation_id,
+                    refused.entry.name,
+                    error.failure_class,
+                    other.entry.name,
+                )
+                self.grant = other
+
+
+def _call(state: RegenState, grant: Grant, request: GenerationRequest) -> GenerationResult:
     """Call the granted entry; count the outcome for its limits, cooldown and breaker.
 
-    The result names the entry that answered. A 429 that said how long to wait
-    cools the entry down for every worker; the job's own retry then only waits
-    its backoff, and the gate holds it back (no attempt spent) or sends it to
-    another entry.
+    A 429 that said how long to wait cools the entry down for every worker; the
+    job's own retry then only waits its backoff, and the gate holds it back (no
+    attempt spent) or sends it to another entry.
     """
     entry = grant.entry
     reported: int | None = None
     try:
         result = entry.provider.generate(request)
-        reported = _total_tokens(result)
+        reported = _total_tokens(result.prompt_tokens, result.completion_tokens)
     except GenerationError as error:
+        if error.usage is not None:
+            reported = _total_tokens(error.usage.prompt_tokens, error.usage.completion_tokens)
         _count_failure(state, grant, error)
         raise
     except Exception:
@@ -210,11 +261,11 @@ def _count_failure(state: RegenState, grant: Grant, error: GenerationError) -> N
     breaker.record(state, name, "success")  # it answered: the request was the problem
 
 
-def _total_tokens(result: GenerationResult) -> int | None:
-    counts = [result.prompt_tokens, result.completion_tokens]
+def _total_tokens(*counts: Any) -> int | None:
+    """The sum of a server's token counts, or ``None`` unless each is a count."""
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
         return None
-    return sum(n for n in counts if n is not None)
+    return int(sum(counts))
 
 
 def describe(state: RegenState) -> list[dict[str, Any]]:
@@ -240,3 +291,16 @@ def _text(value: Any) -> str:
 def _redis(state: RegenState) -> Any:
     """The app's Redis client, typed as the synchronous client it is."""
     return cast(Any, state.redis)
+
+
+def check_prices(config: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigurationError` for an entry whose ``prices`` are not valid."""
+    for spec in config["PLAN_REGEN_PROVIDERS"] or ():
+        if spec.get("prices") is None:
+            continue
+        try:
+            parse_prices(spec["prices"])
+        except ValueError as error:
+            raise ConfigurationError(
+                f"PLAN_REGEN_PROVIDERS entry {spec['name']!r}: 'prices' must be {error}."
+            ) from None

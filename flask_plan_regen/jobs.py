@@ -9,6 +9,7 @@ module only runs the attempt in between.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import Any, cast
@@ -16,7 +17,7 @@ from typing import Any, cast
 from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
 
-from . import fallbacks, lifecycle, provider_limits, queue
+from . import fallbacks, lifecycle, provider_limits, queue, spend
 from .database import UNAVAILABLE_ERRORS
 from .errors import (
     GenerationError,
@@ -28,7 +29,7 @@ from .errors import (
 from .identity import load_plan
 from .leases import held_lease
 from .logs import log_context
-from .metrics import count_capacity_wait, observe_attempt
+from .metrics import count_budget_paused, count_capacity_wait, observe_attempt
 from .models import (
     TERMINAL_STATUSES,
     GenerationAttempt,
@@ -100,10 +101,14 @@ def run_regeneration(generation_id: str) -> Any:
 def execute(state: RegenState, generation_id: str) -> Any:
     """Route, claim and run one attempt; ``None`` if there is nothing to run.
 
-    Nothing is claimed before a provider entry has taken capacity for the call:
-    a job that finds none goes back to RQ's schedule (:func:`_route`), its row
-    ``pending`` and its attempts unspent. Eager apps call at once.
+    Nothing is claimed before the job may call: while the app's monthly budget is
+    spent, or until a provider entry has taken capacity for the call
+    (:func:`_route`), the job goes back to RQ's schedule, its row ``pending`` and
+    its attempts unspent. Eager apps call at once.
     """
+    if spend.calls_paused(state):
+        count_budget_paused("worker")
+        return queue.put_off(int(current_app.config["PLAN_REGEN_BUDGET_RECHECK"]))
     grant: fallbacks.Grant | None = None
     if not current_app.config["PLAN_REGEN_EAGER"]:
         routed = _route(state, generation_id)
@@ -173,7 +178,7 @@ def _route(state: RegenState, generation_id: str) -> fallbacks.Grant | queue.Red
         seconds,
         "; ".join(f"{each.entry}: {each.reason}" for each in routed.blocked),
     )
-    return queue.wait_in(seconds)
+    return queue.put_off(max(math.ceil(seconds), 1))  # RQ schedules in whole seconds
 
 
 def attempt(
@@ -183,7 +188,7 @@ def attempt(
 
     ``grant``: the provider entry routed to (default: the first, no capacity taken).
     """
-    grant = grant or fallbacks.first_entry(state)
+    routing = fallbacks.Routing(grant or fallbacks.first_entry(state))
     plan = load_plan(state, regeneration.plan_id)
     if plan is None:
         lifecycle.plan_deleted(state, regeneration, None)
@@ -201,34 +206,36 @@ def attempt(
         "regeneration %s attempt %s: calling provider %s",
         regeneration.id,
         request.attempt,
-        grant.entry.name,
+        routing.grant.entry.name,
     )
     try:
-        result = fallbacks.call(state, grant, request)
+        result = routing.call(state, request)
         modules, adjustments = parse_output(result.content)
         modules, schedule = fit_to_schedule(request.plan, modules, utcnow().date())
     except GenerationError as error:
-        return _failed(state, regeneration, request, started, result, error, grant)
+        return _failed(state, regeneration, request, started, result, error, routing.grant)
     except queue.JobTimeout:
         timeout = ProviderTimeout("RQ job timeout reached during the provider call")
-        return _failed(state, regeneration, request, started, result, timeout, grant)
+        return _failed(state, regeneration, request, started, result, timeout, routing.grant)
     except Exception as error:
         if result is None:  # a provider bug must not leave the row processing
-            logger.exception("provider %s raised", grant.entry.name)
+            logger.exception("provider %s raised", routing.grant.entry.name)
             wrapped: GenerationError = ProviderError(f"{type(error).__name__}: {error}")
         else:  # our code failed on the provider's answer: a bug, retrying would not help
             logger.exception("regeneration %s: checking the output raised", regeneration.id)
             wrapped = InternalFailure(f"{type(error).__name__}: {error}")
-        return _failed(state, regeneration, request, started, result, wrapped, grant)
+        return _failed(state, regeneration, request, started, result, wrapped, routing.grant)
 
     summary = {
         "modules": len(modules),
         "tasks": sum(len(m.tasks) for m in modules),
         "durationMs": int((time.monotonic() - started) * 1000),
         "provider": result.provider,
-        "model": model_name(result),
+        "model": model_name(result.model),
     }
-    record = attempt_row(state, regeneration, request, started, result, summary=summary)
+    record = attempt_row(
+        state, regeneration, request, started, result, summary=summary, grant=routing.grant
+    )
     record.adjustments = {**adjustments, **schedule}
     generation_id = regeneration.id
     try:
@@ -252,7 +259,7 @@ def attempt(
             f"saving failed: {type(error).__name__}",
             public_message="The generated plan could not be saved.",
         )
-        return _failed(state, regeneration, request, started, result, failure, grant)
+        return _failed(state, regeneration, request, started, result, failure, routing.grant)
     if not saved:
         logger.info("regeneration %s attempt lost its claim", generation_id)
         return None
@@ -269,8 +276,7 @@ def _failed(
     error: GenerationError,
     grant: fallbacks.Grant,
 ) -> Any:
-    record = attempt_row(state, regeneration, request, started, result, error=error)
-    record.provider = grant.entry.name
+    record = attempt_row(state, regeneration, request, started, result, error=error, grant=grant)
     return _after_failure(lifecycle.fail(state, regeneration, record, error))
 
 
@@ -290,9 +296,8 @@ def _after_failure(outcome: int | GenerationError | None) -> Any:
     return None
 
 
-def model_name(result: GenerationResult | None) -> str | None:
+def model_name(name: Any) -> str | None:
     """The model the server says answered, as a storable string of at most 200 characters."""
-    name = result.model if result else None
     return storable_text(name)[:200] if isinstance(name, str) else None
 
 
@@ -316,8 +321,19 @@ def attempt_row(
     *,
     error: GenerationError | None = None,
     summary: dict[str, Any] | None = None,
+    grant: fallbacks.Grant | None = None,
 ) -> GenerationAttempt:
-    """The attempt's row (lifecycle commits it with the outcome)."""
+    """The attempt's row (lifecycle commits it with the outcome), with what it cost:
+    the usage of the answer, or the usage a failure carries from the server's answer.
+    ``grant`` names the provider entry called; its own prices win over the table's."""
+    usage = spend.usage_of(result, error)
+    config = current_app.config
+    entry = grant.entry if grant is not None else None
+    prices = (
+        spend.parse_prices(entry.prices)
+        if entry is not None and entry.prices
+        else spend.prices_for(config, usage.model, spend.tier_model(config, regeneration.tier))
+    )
     return GenerationAttempt(
         regeneration_id=regeneration.id,
         number=request.attempt,
@@ -327,10 +343,20 @@ def attempt_row(
         duration_ms=int((time.monotonic() - started) * 1000),
         modules_count=summary["modules"] if summary else 0,
         tasks_count=summary["tasks"] if summary else 0,
-        provider=result.provider if result else state.provider.name,
-        model=model_name(result),
-        prompt_tokens=token_count(result.prompt_tokens) if result else None,
-        completion_tokens=token_count(result.completion_tokens) if result else None,
+        provider=result.provider if result else (entry.name if entry else state.provider.name),
+        model=model_name(usage.model),
+        prompt_tokens=token_count(usage.prompt_tokens),
+        completion_tokens=token_count(usage.completion_tokens),
+        cached_tokens=token_count(usage.cached_tokens),
+        cost_usd=spend.call_cost(
+            prices,
+            prompt_tokens=token_count(usage.prompt_tokens),
+            completion_tokens=token_count(usage.completion_tokens),
+            cached_tokens=token_count(usage.cached_tokens),
+            reported=usage.cost,
+        ),
+        billed=spend.was_billed(usage),
+        charged_to=regeneration.charged_to,
         prompt_hash=request.prompt_hash(),
         adjustments={},
     )

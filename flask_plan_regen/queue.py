@@ -13,7 +13,6 @@ import contextlib
 import functools
 import gc
 import logging
-import math
 import multiprocessing
 import time
 import weakref
@@ -28,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue, Retry, SimpleWorker, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
-from rq.job import Job, JobStatus, get_current_job
+from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
@@ -46,7 +45,7 @@ JobTimeout = JobTimeoutException
 """Raised inside a job when RQ's job timeout is reached."""
 
 Redelivery = Retry
-"""What a job returns to be delivered again later (:func:`retry_in`, :func:`wait_in`)."""
+"""What a job returns to be delivered again later (:func:`retry_in`, :func:`put_off`)."""
 
 SERIALIZER = JSONSerializer
 _LIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED})
@@ -109,23 +108,22 @@ def enqueue(redis: Redis, regeneration: Enqueueable, config: Mapping[str, Any]) 
 def retry_in(seconds: int, config: Mapping[str, Any]) -> Retry:
     """What a job returns to be delivered again after ``seconds`` (needs RQ's scheduler).
 
-    The database row counts attempts (``PLAN_REGEN_MAX_ATTEMPTS``); RQ's ``max``
-    lets this one delivery more through, as RQ also counts the waits of
-    :func:`wait_in` as retries.
+    ``max`` is only RQ's safety net: the job never asks for more retries than
+    ``PLAN_REGEN_MAX_ATTEMPTS`` allows, but RQ also counts the deliveries put off
+    without an attempt (:func:`put_off`).
     """
-    return _one_more_delivery(seconds)
+    return Retry(max=int(config["PLAN_REGEN_MAX_ATTEMPTS"]) + PUT_OFF_LIMIT, interval=[seconds])
 
 
-def wait_in(seconds: float) -> Retry:
-    """What a job that must not call the provider yet returns: the same job, scheduled
-    (an enqueue-at) ``seconds`` from now, in whole seconds (RQ's scheduler's), at least 1."""
-    return _one_more_delivery(max(math.ceil(seconds), 1))
+# Deliveries a job may be put off without an attempt (RQ counts them as retries): a
+# month of re-checks every 30 s.
+PUT_OFF_LIMIT = 100_000
 
 
-def _one_more_delivery(seconds: int) -> Retry:
-    job = get_current_job()
-    delivered = (job.number_of_retries or 0) if job is not None else 0
-    return Retry(max=delivered + 1, interval=[seconds])
+def put_off(seconds: int) -> Retry:
+    """What a job returns to be delivered again after ``seconds`` without having claimed
+    its row or made an attempt (its regeneration stays pending): an RQ scheduled job."""
+    return Retry(max=PUT_OFF_LIMIT, interval=[seconds])
 
 
 def job_is_live(redis: Redis, job_id: str) -> bool:

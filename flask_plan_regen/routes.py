@@ -226,6 +226,7 @@ def regenerate(plan_id: str) -> Response:
         tier=tier,
         priority=priority,
         queue_name=queue_for_priority(priority, config),
+        plan=merged,
     )
     return accepted(regeneration)
 
