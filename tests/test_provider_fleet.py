@@ -100,6 +100,7 @@ def app_config(limited_server: FakeOpenAI) -> dict[str, Any]:
     )
 
 
+@pytest.mark.slow
 def test_two_pools_share_the_rate_limit_without_a_429_or_a_spent_attempt(
     app: Flask,
     make_plan: Callable[..., str],
@@ -321,3 +322,46 @@ def test_fleet_settings_are_checked(tmp_path: Path, redis_url: str) -> None:
     with pytest.raises(ConfigurationError, match="PLAN_REGEN_PROVIDER_LIMITS"):
         build_app(uri, redis_url, PLAN_REGEN_PROVIDER_LIMITS={"rps": 5})
     assert DEFAULTS["PLAN_REGEN_PROVIDER_OUTAGE_WAIT"] == 900.0
+
+
+@pytest.mark.parametrize("refusal", ["status_429@30", "out_of_credit"])
+def test_a_call_refused_without_an_answer_goes_to_the_next_entry_in_the_same_attempt(
+    app: Flask,
+    make_plan: Callable[..., str],
+    openai_server: FakeOpenAI,
+    secondary_server: FakeOpenAI,
+    worker_procs: WorkerProcs,
+    refusal: str,
+) -> None:
+    openai_server.limit = None
+    openai_server.queue(refusal)
+    entries = [
+        {"name": "primary", "base_url": openai_server.base_url, "api_key": "sk-a", "model": "a"},
+        {"name": "secondary", "base_url": secondary_server.base_url, "api_key": "sk-b",
+         "model": "b", "prices": {"input": "1.00", "output": "2.00"}},
+    ]  # fmt: skip
+    config = fleet_config(openai_server, PLAN_REGEN_PROVIDERS=entries)
+    start_pools(worker_procs, app, config, pools=1, workers=1)
+
+    ids = submit(app, make_plan, 2)
+    assert set(wait_for_status(app, ids, timeout=60).values()) == {"succeeded"}
+
+    with app.app_context():
+        rows = db.session.execute(
+            select(GenerationAttempt.provider, GenerationAttempt.cost_usd).where(
+                GenerationAttempt.regeneration_id.in_(ids)
+            )
+        ).all()
+        db.session.rollback()
+    print(f"\nafter {refusal} from the primary: attempts {rows}, primary called "
+          f"{len(openai_server.requests)} time(s)")  # fmt: skip
+    assert attempt_counts(app, ids) == [1, 1]  # the refused call spent no extra attempt
+    assert {provider for provider, _ in rows} == {"secondary"}
+    # 123 prompt and 456 completion tokens at the secondary's own prices (USD per million)
+    assert {str(cost) for _, cost in rows} == {"0.0010350000"}
+    assert len(openai_server.requests) == 1  # then skipped: cooling down / out of credit
+
+    app.config["PLAN_REGEN_PROVIDERS"] = entries  # info reads the entries from the config
+    shown = app.test_cli_runner().invoke(args=["plan-regen", "info"])
+    assert "provider secondary:" in shown.output and "fallbacks taken 2" in shown.output
+    assert "provider primary:" in shown.output and "breaker closed" in shown.output
