@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, cast
+from typing import Any
 
 from flask import current_app
 
 from .metrics import count_breaker_transition
+from .redis_client import as_text, synchronous
 from .state import RegenState
 
 logger = logging.getLogger("flask_plan_regen.breaker")
@@ -114,11 +115,11 @@ def check(state: RegenState, entry: str, *, may_probe: bool, probe_seconds: int)
     if not enabled():
         return Verdict(True, 0.0, False)
     cooldown = int(float(current_app.config["PLAN_REGEN_BREAKER_COOLDOWN"]) * 1000)
-    allowed, wait_ms, transition, probe = _redis(state).eval(
+    allowed, wait_ms, transition, probe = synchronous(state.redis).eval(
         _CHECK, 2, *_keys(state, entry), int(may_probe), cooldown, probe_seconds * 1000,
         PROBE_POLL_MS,
     )  # fmt: skip
-    changed = _text(transition)
+    changed = as_text(transition)
     if changed:
         _changed(entry, OPEN, changed, "cool-down over; one probe call")
     return Verdict(bool(allowed), int(wait_ms) / 1000, bool(probe))
@@ -133,7 +134,7 @@ def record(state: RegenState, entry: str, outcome: str) -> None:
     window = int(float(config["PLAN_REGEN_BREAKER_WINDOW"]) * 1000)
     threshold = int(config["PLAN_REGEN_BREAKER_THRESHOLD"])
     keys = _keys(state, entry)
-    changed = _text(_redis(state).eval(_RECORD, 2, *keys, outcome, threshold, window))
+    changed = as_text(synchronous(state.redis).eval(_RECORD, 2, *keys, outcome, threshold, window))
     if changed == OPEN:
         why = f"{threshold} consecutive provider errors or timeouts"
         _changed(entry, CLOSED if outcome == "failure" else HALF_OPEN, OPEN, why)
@@ -149,27 +150,18 @@ def _changed(entry: str, before: str, after: str, why: str) -> None:
 
 def describe(state: RegenState, entry: str) -> dict[str, Any]:
     """The breaker of ``entry`` for ``info``: its state, failures counted, seconds open left."""
-    raw = _redis(state).hgetall(_keys(state, entry)[0])
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    raw = synchronous(state.redis).hgetall(_keys(state, entry)[0])
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
     breaker_state = fields.get("state", CLOSED)
     described: dict[str, Any] = {
         "state": breaker_state,
         "failures": int(fields.get("failures", 0)),
     }
     if breaker_state == OPEN:
-        seconds, micros = _redis(state).time()
+        seconds, micros = synchronous(state.redis).time()
         now = seconds * 1000 + micros // 1000
         reopen = int(fields["opened"]) + int(
             float(current_app.config["PLAN_REGEN_BREAKER_COOLDOWN"]) * 1000
         )
         described["probeInSeconds"] = round(max(reopen - now, 0) / 1000, 1)
     return described
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _redis(state: RegenState) -> Any:
-    """The app's Redis client, typed as the synchronous client it is."""
-    return cast(Any, state.redis)

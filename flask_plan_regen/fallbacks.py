@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from flask import current_app
 
@@ -27,6 +27,7 @@ from .metrics import count_fallback
 from .models import FailureClass
 from .provider_limits import Lease, Limits, NoCapacity
 from .providers import GenerationProvider, GenerationRequest, GenerationResult
+from .redis_client import as_text, synchronous
 from .spend import parse_prices
 from .state import RegenState
 
@@ -112,15 +113,22 @@ def first_entry(state: RegenState) -> Grant:
 
 
 def route(
-    state: RegenState, generation_id: str, *, tokens: int, priority: int, may_probe: bool
+    state: RegenState,
+    generation_id: str,
+    listed: list[ProviderEntry],
+    *,
+    tokens: int,
+    priority: int,
+    may_probe: bool,
 ) -> Grant | Wait:
-    """The entry the call of ``generation_id`` goes to, with its capacity taken (``tokens``
-    estimated); or how long to wait. Only a job that ``may_probe`` makes a half-open probe."""
+    """The first of ``listed`` that takes the call of ``generation_id``, with its capacity
+    taken (``tokens`` estimated); or how long to wait. Only a job that ``may_probe``
+    makes a half-open probe."""
     config = current_app.config
     lease_seconds = job_timeout(config)
     blocked: list[NoCapacity] = []
     spacing = {}
-    for index, entry in enumerate(entries(state)):
+    for index, entry in enumerate(listed):
         spacing[entry.name] = entry.limits.spacing(tokens, float(
             config["PLAN_REGEN_PROVIDER_LIMIT_WINDOW"]
         ))  # fmt: skip
@@ -196,7 +204,7 @@ class Routing:
                 if isinstance(error, ProviderQuotaExhausted) and len(entries(state)) > 1:
                     provider_limits.cool_down(state, refused.entry.name, CREDIT_RECHECK)
                 other = route(
-                    state, request.generation_id, tokens=refused.tokens,
+                    state, request.generation_id, entries(state), tokens=refused.tokens,
                     priority=refused.priority, may_probe=False,
                 )  # fmt: skip
                 if not isinstance(other, Grant):
@@ -270,8 +278,8 @@ def _total_tokens(*counts: Any) -> int | None:
 
 def describe(state: RegenState) -> list[dict[str, Any]]:
     """Each entry for ``flask plan-regen info``: limits, use now, cooldown, breaker."""
-    taken = _redis(state).hgetall(state.key("provider", "fallbacks"))
-    fallbacks = {_text(name): int(count) for name, count in taken.items()}
+    taken = synchronous(state.redis).hgetall(state.key("provider", "fallbacks"))
+    fallbacks = {as_text(name): int(count) for name, count in taken.items()}
     return [
         {
             "name": entry.name,
@@ -282,15 +290,6 @@ def describe(state: RegenState) -> list[dict[str, Any]]:
         }
         for entry in entries(state)
     ]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _redis(state: RegenState) -> Any:
-    """The app's Redis client, typed as the synchronous client it is."""
-    return cast(Any, state.redis)
 
 
 def check_prices(config: Mapping[str, Any]) -> None:

@@ -134,14 +134,15 @@ def _route(state: RegenState, generation_id: str) -> fallbacks.Grant | queue.Red
     fails ``provider_unavailable`` without a call.
     """
     config = current_app.config
+    entries = fallbacks.entries(state)
     row = state.db.session.get(Regeneration, generation_id)
-    plan = load_plan(state, row.plan_id) if row and row.status not in TERMINAL_STATUSES else None
+    prompt: str | None = ""
+    if row is not None and any(entry.limits.tpm for entry in entries):
+        prompt = _prompt(state, row)  # only a token limit needs it
     state.db.session.rollback()
-    if row is None or plan is None:
+    if row is None or row.status in TERMINAL_STATUSES or prompt is None:
         return None
     priority, attempts = row.priority, row.attempts
-    overrides = overrides_schema.load(row.overrides)
-    system, user = GenerationRequest(plan.with_overrides(overrides), row.tier, row.id, 0).prompt()
     outage_key = state.key("capacity", "outage-since", generation_id)
     outage_wait = float(config["PLAN_REGEN_PROVIDER_OUTAGE_WAIT"])
     since = cast(bytes | None, state.redis.get(outage_key))
@@ -149,7 +150,8 @@ def _route(state: RegenState, generation_id: str) -> fallbacks.Grant | queue.Red
     routed = fallbacks.route(
         state,
         generation_id,
-        tokens=fallbacks.estimated_tokens(system + user),
+        entries,
+        tokens=fallbacks.estimated_tokens(prompt),
         priority=priority,
         # A failed probe must not be this regeneration's last attempt, unless it waited long.
         may_probe=attempts + 1 < int(config["PLAN_REGEN_MAX_ATTEMPTS"])
@@ -181,6 +183,16 @@ def _route(state: RegenState, generation_id: str) -> fallbacks.Grant | queue.Red
     return queue.put_off(max(math.ceil(seconds), 1))  # RQ schedules in whole seconds
 
 
+def _prompt(state: RegenState, regeneration: Regeneration) -> str | None:
+    """The prompt ``regeneration``'s call will send; ``None`` when its plan is gone."""
+    plan = load_plan(state, regeneration.plan_id)
+    if plan is None:
+        return None
+    overrides = overrides_schema.load(regeneration.overrides)
+    request = GenerationRequest(plan.with_overrides(overrides), regeneration.tier, "", 0)
+    return "".join(request.prompt())
+
+
 def attempt(
     state: RegenState, regeneration: Regeneration, grant: fallbacks.Grant | None = None
 ) -> Any:
@@ -191,6 +203,7 @@ def attempt(
     routing = fallbacks.Routing(grant or fallbacks.first_entry(state))
     plan = load_plan(state, regeneration.plan_id)
     if plan is None:
+        fallbacks.release(state, routing.grant)  # no call: its capacity goes back
         lifecycle.plan_deleted(state, regeneration, None)
         return None
     overrides = overrides_schema.load(regeneration.overrides)

@@ -34,10 +34,11 @@ import dataclasses
 import math
 import secrets
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from flask import current_app
 
+from .redis_client import as_text, synchronous
 from .state import RegenState
 
 # A parked job whose appointment passed this long ago is not coming (canceled, lost).
@@ -239,7 +240,7 @@ def acquire(
 ) -> Lease | NoCapacity:
     """Take a request, ``tokens`` and a concurrent slot on ``entry`` for one call, or nothing."""
     lease = secrets.token_hex(8)
-    granted, wait_ms, reason = _redis(state).eval(
+    granted, wait_ms, reason = synchronous(state.redis).eval(
         _ACQUIRE,
         6,
         *_keys(state, entry),
@@ -257,7 +258,7 @@ def acquire(
     )
     if granted:
         return Lease(entry, lease, tokens)
-    return NoCapacity(entry, _text(reason), max(int(wait_ms), 0) / 1000)
+    return NoCapacity(entry, as_text(reason), max(int(wait_ms), 0) / 1000)
 
 
 def finished(state: RegenState, lease: Lease, reported_tokens: int | None) -> None:
@@ -273,7 +274,7 @@ def cancel(state: RegenState, lease: Lease) -> None:
 
 def _update(state: RegenState, lease: Lease, reported: int, mode: str) -> None:
     keys = _keys(state, lease.entry)[3:]
-    _redis(state).eval(_UPDATE, 3, *keys, lease.id, lease.tokens, reported, mode)
+    synchronous(state.redis).eval(_UPDATE, 3, *keys, lease.id, lease.tokens, reported, mode)
 
 
 def cool_down(state: RegenState, entry: str, seconds: float) -> None:
@@ -290,7 +291,7 @@ def park(
 ) -> float:
     """Give a job that found no capacity its appointment; return the seconds until it."""
     keys = _keys(state, "")[:2]
-    waited = _redis(state).eval(
+    waited = synchronous(state.redis).eval(
         _PARK, 2, *keys, generation_id, priority, int(wait * 1000), int(spacing * 1000),
         STALE_AFTER_MS,
     )  # fmt: skip
@@ -300,7 +301,7 @@ def park(
 def usage(state: RegenState, entry: str) -> dict[str, Any]:
     """What ``entry`` uses now: requests and tokens in the window, calls in flight, cooldown."""
     _, _, cooldown, requests, tokens, calls = _keys(state, entry)
-    seconds = _redis(state).time()
+    seconds = synchronous(state.redis).time()
     now = seconds[0] * 1000 + seconds[1] // 1000
     since = now - window_ms()
     with state.redis.pipeline(transaction=False) as pipe:
@@ -311,16 +312,7 @@ def usage(state: RegenState, entry: str) -> dict[str, Any]:
         counted, members, in_flight, cooling = pipe.execute()
     return {
         "requestsInWindow": int(counted),
-        "tokensInWindow": sum(int(_text(m).rsplit(":", 1)[1]) for m in members),
+        "tokensInWindow": sum(int(as_text(m).rsplit(":", 1)[1]) for m in members),
         "callsInFlight": int(in_flight),
         "cooldownSeconds": round(cooling / 1000, 1) if cooling and cooling > 0 else 0,
     }
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _redis(state: RegenState) -> Any:
-    """The app's Redis client, typed as the synchronous client it is."""
-    return cast(Any, state.redis)

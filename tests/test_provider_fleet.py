@@ -192,6 +192,14 @@ def test_an_outage_opens_the_breaker_and_no_regeneration_fails(
     assert first_good - recovered <= 3.0 + 2.0  # within the cool-down (+ the scheduler's second)
 
 
+def two_entries(primary: FakeOpenAI, secondary: FakeOpenAI) -> list[dict[str, Any]]:
+    """``PLAN_REGEN_PROVIDERS``: model "a" on ``primary``, then model "b" on ``secondary``."""
+    return [
+        {"name": "primary", "base_url": primary.base_url, "api_key": "sk-a", "model": "a"},
+        {"name": "secondary", "base_url": secondary.base_url, "api_key": "sk-b", "model": "b"},
+    ]
+
+
 @pytest.fixture
 def secondary_server() -> Any:
     with FakeOpenAI() as server:
@@ -205,11 +213,7 @@ def test_primary_down_goes_to_the_secondary_and_traffic_returns(
     secondary_server: FakeOpenAI,
     worker_procs: WorkerProcs,
 ) -> None:
-    entries = [
-        {"name": "primary", "base_url": openai_server.base_url, "api_key": "sk-a", "model": "a"},
-        {"name": "secondary", "base_url": secondary_server.base_url, "api_key": "sk-b",
-         "model": "b"},
-    ]  # fmt: skip
+    entries = two_entries(openai_server, secondary_server)
     config = fleet_config(
         openai_server,
         PLAN_REGEN_PROVIDERS=entries,
@@ -335,11 +339,8 @@ def test_a_call_refused_without_an_answer_goes_to_the_next_entry_in_the_same_att
 ) -> None:
     openai_server.limit = None
     openai_server.queue(refusal)
-    entries = [
-        {"name": "primary", "base_url": openai_server.base_url, "api_key": "sk-a", "model": "a"},
-        {"name": "secondary", "base_url": secondary_server.base_url, "api_key": "sk-b",
-         "model": "b", "prices": {"input": "1.00", "output": "2.00"}},
-    ]  # fmt: skip
+    entries = two_entries(openai_server, secondary_server)
+    entries[1]["prices"] = {"input": "1.00", "output": "2.00"}
     config = fleet_config(openai_server, PLAN_REGEN_PROVIDERS=entries)
     start_pools(worker_procs, app, config, pools=1, workers=1)
 
