@@ -231,9 +231,41 @@ class RateLimitUsageSchema(ResponseSchema):
     resets_in = fields.Integer(attribute="reset_after", data_key="resetsIn")
 
 
+class MonthlySpendSchema(ResponseSchema):
+    period = fields.String(metadata={"description": "The month, YYYY-MM (UTC)."})
+    prompt_tokens = fields.Integer(data_key="promptTokens")
+    completion_tokens = fields.Integer(data_key="completionTokens")
+    cached_tokens = fields.Integer(data_key="cachedTokens")
+    cost_usd = Money(
+        data_key="costUsd",
+        metadata={"description": "What the user's provider calls cost this month (known costs)."},
+    )
+    unknown_cost_attempts = fields.Integer(
+        data_key="unknownCostAttempts",
+        metadata={"description": "Billed calls whose cost is unknown (not in costUsd)."},
+    )
+    budget_usd = Money(
+        data_key="budgetUsd", allow_none=True, metadata={"description": "null: unlimited."}
+    )
+    reserved_usd = Money(
+        data_key="reservedUsd",
+        metadata={"description": "Held for regenerations still running (their worst case)."},
+    )
+    budget_left_usd = Money(
+        data_key="budgetLeftUsd",
+        allow_none=True,
+        metadata={"description": "Budget minus spent and reserved; null: unlimited."},
+    )
+    resets_at = UtcDateTime(data_key="resetsAt")
+
+
 class UsageSchema(ResponseSchema):
     tier = fields.String()
     monthly = fields.Nested(MonthlyUsageSchema)
+    spend = fields.Nested(
+        MonthlySpendSchema,
+        metadata={"description": "Tokens, cost (USD, decimal strings) and budget this month."},
+    )
     rate_limit = fields.Nested(
         RateLimitUsageSchema,
         data_key="rateLimit",
