@@ -367,3 +367,30 @@ def test_a_call_refused_without_an_answer_goes_to_the_next_entry_in_the_same_att
     shown = app.test_cli_runner().invoke(args=["plan-regen", "info"])
     assert "provider secondary:" in shown.output and "fallbacks taken 2" in shown.output
     assert "provider primary:" in shown.output and "breaker closed" in shown.output
+
+
+def test_tokens_are_corrected_from_the_usage_and_concurrent_slots_are_leases(app: Flask) -> None:
+    """The Lua scripts against the real Redis: 2,000 tokens per window, one call at a time."""
+    with app.app_context():
+        state = get_state()
+
+        def take(limits: Limits, job: str) -> Lease | NoCapacity:
+            return acquire(state, "t", limits, generation_id=job, priority=1, tokens=1500,
+                           lease_seconds=60)  # fmt: skip
+
+        tokens = Limits(tpm=2000)
+        first = take(tokens, "a")
+        assert isinstance(first, Lease)
+        refused = take(tokens, "b")
+        assert isinstance(refused, NoCapacity) and refused.reason == "tpm"
+        finished(state, first, 300)  # the server reported 300 tokens, not the 1,500 estimated
+        assert isinstance(take(tokens, "b"), Lease)  # 300 + 1,500 fit in 2,000
+
+        one_at_a_time = Limits(concurrent=1)
+        state.redis.flushdb()
+        running = take(one_at_a_time, "c")
+        assert isinstance(running, Lease)
+        waiting = take(one_at_a_time, "d")
+        assert isinstance(waiting, NoCapacity) and waiting.reason == "concurrency"
+        finished(state, running, None)
+        assert isinstance(take(one_at_a_time, "d"), Lease)
