@@ -17,7 +17,7 @@ from typing import Any, cast
 from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
 
-from . import fallbacks, lifecycle, provider_limits, queue, spend
+from . import breaker, fallbacks, lifecycle, provider_limits, queue, spend
 from .database import UNAVAILABLE_ERRORS
 from .errors import (
     GenerationError,
@@ -136,16 +136,18 @@ def _route(state: RegenState, generation_id: str) -> fallbacks.Grant | queue.Red
     config = current_app.config
     entries = fallbacks.entries(state)
     row = state.db.session.get(Regeneration, generation_id)
+    ended = row is None or row.status in TERMINAL_STATUSES
+    priority, attempts = (row.priority, row.attempts) if row is not None else (0, 0)
     prompt: str | None = ""
-    if row is not None and any(entry.limits.tpm for entry in entries):
+    if row is not None and not ended and any(entry.limits.tpm for entry in entries):
         prompt = _prompt(state, row)  # only a token limit needs it
-    state.db.session.rollback()
-    if row is None or row.status in TERMINAL_STATUSES or prompt is None:
+    state.db.session.rollback()  # read before: the rollback expires the row
+    if ended or prompt is None:
         return None
-    priority, attempts = row.priority, row.attempts
     outage_key = state.key("capacity", "outage-since", generation_id)
     outage_wait = float(config["PLAN_REGEN_PROVIDER_OUTAGE_WAIT"])
-    since = cast(bytes | None, state.redis.get(outage_key))
+    # Only an open breaker starts an outage wait.
+    since = cast(bytes | None, state.redis.get(outage_key)) if breaker.enabled() else None
     waited = time.time() - float(since) if since is not None else 0.0
     routed = fallbacks.route(
         state,
