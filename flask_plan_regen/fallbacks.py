@@ -97,8 +97,10 @@ def entries(state: RegenState) -> list[ProviderEntry]:
     return [
         ProviderEntry(
             name=spec["name"],
+            # An entry's own settings only: another entry's tier models are not its models.
             provider=OpenAIProvider(
-                {key: spec[field] for field, key in ENTRY_SETTINGS.items() if field in spec}
+                {key: spec.get(field) for field, key in ENTRY_SETTINGS.items()}
+                | {"PLAN_REGEN_PROVIDER_TIER_MODELS": spec.get("tier_models") or {}}
             ),
             limits=Limits.from_config(spec.get("limits")),
             prices=spec.get("prices"),
