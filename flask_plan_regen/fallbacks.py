@@ -33,6 +33,10 @@ from .state import RegenState
 
 logger = logging.getLogger("flask_plan_regen.fallbacks")
 
+# Waits that end at an unknown moment (a probe's answer, a concurrent call's end) are
+# polled: the waiting jobs come back this many seconds apart, not all at once.
+POLL_SPREAD = 0.1
+_POLLED = frozenset({"breaker", "concurrency"})
 # Seconds an entry out of credit is skipped while another entry can take its calls.
 CREDIT_RECHECK = 300.0
 # Failures that say the entry is down (the breaker counts them); others say it answered.
@@ -164,7 +168,10 @@ def route(
         if taken.reason == "queue":  # a parked job's turn: on whichever entry it takes
             break
     soonest = min(blocked, key=lambda each: each.wait)
-    return Wait(soonest.wait, spacing.get(soonest.entry, 0.0), blocked)
+    gap = spacing.get(soonest.entry, 0.0)
+    if soonest.reason in _POLLED:
+        gap = max(gap, POLL_SPREAD)
+    return Wait(soonest.wait, gap, blocked)
 
 
 def estimated_tokens(prompt: str) -> int:

@@ -190,7 +190,9 @@ def test_an_outage_opens_the_breaker_and_no_regeneration_fails(
     )
     assert set(final.values()) == {"succeeded"}
     assert during <= 4 + 2 + 12 / 3 + 1  # in flight + threshold + one probe per cool-down
-    assert first_good - recovered <= 3.0 + 2.0  # within the cool-down (+ the scheduler's second)
+    # a probe that failed just before the recovery reopens it for a cool-down; then RQ
+    # schedules in whole seconds (up to 1 s late, and 1 s to move the job) and forks
+    assert first_good - recovered <= 3.0 + 4.0
 
 
 def two_entries(primary: FakeOpenAI, secondary: FakeOpenAI) -> list[dict[str, Any]]:
