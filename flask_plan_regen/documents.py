@@ -81,7 +81,10 @@ class AttemptSchema(ResponseSchema):
     number = fields.Integer()
     outcome = fields.String(
         validate=validate.OneOf([Status.SUCCEEDED, Status.FAILED, Status.CANCELED]),
-        metadata={"description": "canceled: the plan was deleted during the attempt."},
+        metadata={
+            "description": "canceled: the plan was deleted, or the regeneration canceled, "
+            "during the attempt (a billed call is recorded all the same)."
+        },
     )
     failure_class = fields.String(
         data_key="failureClass", allow_none=True, validate=validate.OneOf(_FAILURE_CLASSES)

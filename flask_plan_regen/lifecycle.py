@@ -21,6 +21,7 @@ plan's content is only replaced in the commit that marks an attempt
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable
@@ -133,11 +134,7 @@ def submit(
         "charged_to": ChargedTo.USER if charge_quota else ChargedTo.OPERATOR,
         "created_at": now,
         "updated_at": now,
-        "reserved_usd": spend.reservation(
-            config, tier, spend.prompt_token_bound(plan, tier) if plan is not None else 0
-        )
-        if charge_quota
-        else None,
+        "reserved_usd": spend.reservation(config, tier, plan) if charge_quota else None,
     }
     # A Core INSERT of all the values, not the ORM unit of work: the row's values are
     # all known here, and the shorter the write transaction, the less SQLite's single
@@ -306,6 +303,7 @@ def finish(
         finished_at=utcnow(),
     ):  # fmt: skip
         session.rollback()
+        _record_lost_attempt(state, regeneration, attempt)
         return False
     save_content()
     _record(state, regeneration, attempt)
@@ -340,7 +338,8 @@ def fail(
     if retry and attempt is not None and attempt.billed and not charge_retry(state, regeneration):
         # The provider billed this answer and the user has no quota for another billed one.
         retry = False
-        error = type(error)(str(error), public_message=QUOTA_USED_UP, usage=error.usage)
+        error = copy.copy(error)  # a host's subclass may take other arguments
+        error.public_message = QUOTA_USED_UP
     logger.warning(
         "regeneration %s attempt %s failed (%s, %s): %s",
         generation_id,
@@ -371,6 +370,8 @@ def fail(
     session = state.db.session
     if not _change_attempt(state, generation_id, number, error_history=history, **outcome):
         session.rollback()
+        if attempt is not None:
+            _record_lost_attempt(state, regeneration, attempt)
         return None
     if attempt is not None:
         _record(state, regeneration, attempt)
@@ -472,6 +473,31 @@ def _record(state: RegenState, regeneration: Regeneration, attempt: GenerationAt
     }
     state.db.session.execute(insert(_ATTEMPTS), values)
     spend.charge(state, regeneration, attempt)
+
+
+def _record_lost_attempt(
+    state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt
+) -> None:
+    """Record a billed attempt whose row was taken from it meanwhile (canceled), so that a
+    paid call is never unrecorded; unless a takeover already recorded that attempt."""
+    if not attempt.billed:
+        return
+    session = state.db.session
+    recorded = session.scalar(
+        select(GenerationAttempt.id).where(
+            GenerationAttempt.regeneration_id == regeneration.id,
+            GenerationAttempt.number == attempt.number,
+        )
+    )
+    if recorded is not None:
+        session.rollback()
+        return
+    attempt.outcome = Status.CANCELED
+    try:
+        _record(state, regeneration, attempt)
+        session.commit()
+    except IntegrityError:  # recorded by a takeover in the meantime
+        session.rollback()
 
 
 def release(state: RegenState, generation_id: str, why: str, *, requeue: bool) -> Status | None:

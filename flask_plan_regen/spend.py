@@ -258,12 +258,13 @@ def prompt_token_bound(plan: PlanInput, tier: str) -> int:
     return len(system.encode()) + len(user.encode()) + MESSAGE_OVERHEAD_TOKENS
 
 
-def reservation(config: Mapping[str, Any], tier: str, prompt_tokens: int) -> Decimal | None:
-    """The worst case a regeneration of ``tier`` can cost, when the tier has a budget:
-    every attempt with the whole prompt in and the whole output cap out, at the price of
-    the tier's model (init_app checked there is one)."""
+def reservation(config: Mapping[str, Any], tier: str, plan: PlanInput | None) -> Decimal | None:
+    """The worst case a regeneration of ``plan`` for ``tier`` can cost, when the tier has a
+    budget: every attempt with the whole prompt in and the whole output cap out, at the
+    price of the tier's model (init_app checked there is one)."""
     if monthly_budget(config, tier) is None:
         return None
+    prompt_tokens = prompt_token_bound(plan, tier) if plan is not None else 0
     prices = prices_for(config, tier_model(config, tier))
     assert prices is not None, "check_config requires a price for a budgeted tier's model"
     return worst_case(

@@ -351,6 +351,21 @@ def completion(model: str, message: dict[str, Any], finish_reason: str = "stop")
     }
 
 
+def provider_config(server: FakeOpenAI, model: str = "fake-model", **config: Any) -> dict[str, Any]:
+    """App config for the OpenAI provider against ``server``: no backoff, no rate limit in
+    the way, a 5 s timeout; ``config`` adds or overrides keys."""
+    return {
+        "PLAN_REGEN_PROVIDER": "flask_plan_regen.openai_provider:OpenAIProvider",
+        "PLAN_REGEN_PROVIDER_BASE_URL": server.base_url,
+        "PLAN_REGEN_PROVIDER_API_KEY": "sk-test-fake-0123456789-secret",
+        "PLAN_REGEN_PROVIDER_MODEL": model,
+        "PLAN_REGEN_PROVIDER_TIMEOUT": 5.0,
+        "PLAN_REGEN_RETRY_BACKOFF_BASE": 0,
+        "PLAN_REGEN_RATE_LIMIT": "1000/hour",
+        **config,
+    }
+
+
 @pytest.fixture
 def openai_server() -> Iterator[FakeOpenAI]:
     """A :class:`FakeOpenAI` running for one test."""

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import (
     ALICE,
+    BOB,
     plan_factory,
     regenerate,
     run_jobs,
@@ -23,16 +24,16 @@ from conftest import (
     worker_env,
 )
 from flask import Flask
-from openai_server import FakeOpenAI
+from openai_server import FakeOpenAI, provider_config
 from servers import WorkerProcs
 from sqlalchemy import func, select
 
 from examples.host_app import db
 from flask_plan_regen import Regeneration, get_state
 from flask_plan_regen.config import DEFAULTS
-from flask_plan_regen.models import GenerationAttempt, Spend
+from flask_plan_regen.models import GenerationAttempt, Plan, Spend
 from flask_plan_regen.quota import current_period
-from flask_plan_regen.spend import GLOBAL_SCOPE, prompt_token_bound, reservation, user_scope
+from flask_plan_regen.spend import GLOBAL_SCOPE, reservation, user_scope
 from flask_plan_regen.types import PlanInput
 
 TOPIC = "Budgeted topic"
@@ -41,28 +42,21 @@ EDGE = 7  # regenerations the budget covers exactly
 
 
 def base_config(openai_server: FakeOpenAI) -> dict[str, Any]:
-    return {
-        "PLAN_REGEN_PROVIDER": "flask_plan_regen.openai_provider:OpenAIProvider",
-        "PLAN_REGEN_PROVIDER_BASE_URL": openai_server.base_url,
-        "PLAN_REGEN_PROVIDER_API_KEY": "sk-test-budgets-0123456789",
-        "PLAN_REGEN_PROVIDER_MODEL": "fake-small",
-        "PLAN_REGEN_PROVIDER_TIMEOUT": 5.0,
-        "PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS": 1000,
-        "PLAN_REGEN_MAX_ATTEMPTS": 2,
-        "PLAN_REGEN_RETRY_BACKOFF_BASE": 0,
-        "PLAN_REGEN_RATE_LIMIT": "1000/hour",
-        "PLAN_REGEN_MONTHLY_QUOTAS": {"free": "unlimited", "starter": 10, "pro": 50},
-        "PLAN_REGEN_PRICES": PRICES,
-    }
+    return provider_config(
+        openai_server,
+        "fake-small",
+        PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS=1000,
+        PLAN_REGEN_MAX_ATTEMPTS=2,
+        PLAN_REGEN_MONTHLY_QUOTAS={"free": "unlimited", "starter": 10, "pro": 50},
+        PLAN_REGEN_PRICES=PRICES,
+    )
 
 
 def one_reservation(config: dict[str, Any]) -> Decimal:
     """What one regeneration of a TOPIC plan reserves (computed the way submit does)."""
     plan = PlanInput(id="", owner_id="alice", topic=TOPIC)
     amount = reservation(
-        {**DEFAULTS, **config, "PLAN_REGEN_MONTHLY_BUDGETS": {"free": "1"}},
-        "free",
-        prompt_token_bound(plan, "free"),
+        {**DEFAULTS, **config, "PLAN_REGEN_MONTHLY_BUDGETS": {"free": "1"}}, "free", plan
     )
     assert amount is not None
     return amount
@@ -224,3 +218,21 @@ def test_the_global_budget_pauses_calls_and_submits_then_resumes(
     start({**paused_config, "PLAN_REGEN_GLOBAL_MONTHLY_BUDGET": "unlimited"})
     assert wait_for_status(app, waiting, timeout=60) == dict.fromkeys(waiting, "succeeded")
     assert len(openai_server.requests) == 4
+
+
+def test_a_first_generation_reserves_too_and_a_refusal_creates_nothing(
+    app: Flask, app_config: dict[str, Any]
+) -> None:
+    client = app.test_client()
+    body = {"topic": TOPIC}
+    accepted = client.post("/api/v1/plans", json=body, headers=ALICE)
+    assert accepted.status_code == 202, accepted.get_json()
+    assert ledger(app, user_scope("alice"))[1] == one_reservation(app_config)
+
+    app.config["PLAN_REGEN_MONTHLY_BUDGETS"] = {"free": "0.000001"}  # below one reservation
+    refused = client.post("/api/v1/plans", json={"topic": "Another"}, headers=BOB)
+    print(f"\n{refused.status_code} {refused.get_json()}")
+    assert (refused.status_code, refused.get_json()["code"]) == (429, "BUDGET_EXCEEDED")
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Plan)) == 1
+        assert db.session.get(Spend, (user_scope("bob"), current_period())) is None

@@ -90,8 +90,11 @@ def test_cancel_racing_a_finishing_attempt_keeps_the_old_plan(app: Flask, make_p
     run_jobs(app)
     document = status_of(client, plan_id, generation_id)
     assert document["status"] == "canceled"
-    assert document["attemptLog"] == []  # the attempt's commit was refused as a whole
-    assert modules(app, plan_id) == []
+    assert modules(app, plan_id) == []  # the attempt's commit was refused as a whole
+    # ... but the provider's answer was paid for: the attempt is on record, as canceled.
+    (attempt,) = document["attemptLog"]
+    assert (attempt["outcome"], attempt["billed"]) == ("canceled", True)
+    assert attempt["completionTokens"]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import ALICE, BOB, regenerate, run_jobs
 from flask import Flask
-from openai_server import PRICED_CACHED, PRICED_COST, FakeOpenAI
+from openai_server import PRICED_CACHED, PRICED_COST, FakeOpenAI, provider_config
 from test_observability import samples
 
 from flask_plan_regen.quota import current_period
@@ -25,19 +25,15 @@ TRUNCATED = (123 * Decimal("0.15") + 8192 * Decimal("0.60")) / 10**6
 
 @pytest.fixture
 def app_config(openai_server: FakeOpenAI) -> dict[str, Any]:
-    return {
-        "PLAN_REGEN_PROVIDER": "flask_plan_regen.openai_provider:OpenAIProvider",
-        "PLAN_REGEN_PROVIDER_BASE_URL": openai_server.base_url,
-        "PLAN_REGEN_PROVIDER_API_KEY": "sk-test-costs-0123456789",
-        "PLAN_REGEN_PROVIDER_MODEL": "fake-small",
-        "PLAN_REGEN_PROVIDER_TIER_MODELS": {"pro": "fake-large"},
-        "PLAN_REGEN_PROVIDER_TIMEOUT": 5.0,
-        "PLAN_REGEN_MAX_ATTEMPTS": 1,
-        "PLAN_REGEN_RATE_LIMIT": "1000/hour",
-        "PLAN_REGEN_PRICES": PRICES,
-        "PLAN_REGEN_MONTHLY_BUDGETS": {"free": "1.5"},
-        "PLAN_REGEN_METRICS": True,
-    }
+    return provider_config(
+        openai_server,
+        "fake-small",
+        PLAN_REGEN_PROVIDER_TIER_MODELS={"pro": "fake-large"},
+        PLAN_REGEN_MAX_ATTEMPTS=1,
+        PLAN_REGEN_PRICES=PRICES,
+        PLAN_REGEN_MONTHLY_BUDGETS={"free": "1.5"},
+        PLAN_REGEN_METRICS=True,
+    )
 
 
 def costs(app: Flask, *args: str) -> str:

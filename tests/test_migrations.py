@@ -99,14 +99,20 @@ def migration_files(directory: Path) -> list[Path]:
     return sorted((directory / "migrations" / "versions").glob("*.py"))
 
 
-def follow_the_recipe(directory: Path, database_url: str) -> str:
-    """Init, edit, migrate, upgrade, migrate again; return the first migration's text."""
+def migrate_as_documented(directory: Path, database_url: str, message: str) -> Path:
+    """The host app, ``flask db init``, the documented edits, ``flask db migrate``."""
     write_host_app(directory)
     flask_db(directory, database_url, "init")
     apply_documented_edit(directory)
     apply_documented_import(directory)
-    flask_db(directory, database_url, "migrate", "-m", "plan regeneration tables")
+    flask_db(directory, database_url, "migrate", "-m", message)
     (migration,) = migration_files(directory)
+    return migration
+
+
+def follow_the_recipe(directory: Path, database_url: str) -> str:
+    """Init, edit, migrate, upgrade, migrate again; return the first migration's text."""
+    migration = migrate_as_documented(directory, database_url, "plan regeneration tables")
     flask_db(directory, database_url, "upgrade")
     again = flask_db(directory, database_url, "migrate", "-m", "nothing")
     assert "No changes in schema detected." in again
@@ -208,13 +214,7 @@ def make_a_02_database(database_url: str) -> None:
 
 def upgrade_a_02_database(directory: Path, database_url: str) -> None:
     make_a_02_database(database_url)
-    write_host_app(directory)
-    flask_db(directory, database_url, "init")
-    apply_documented_edit(directory)
-    apply_documented_import(directory)
-    flask_db(directory, database_url, "migrate", "-m", "spend ledger")
-    (migration,) = migration_files(directory)
-    text = migration.read_text()
+    text = migrate_as_documented(directory, database_url, "spend ledger").read_text()
     print(f"\n{text.count('op.add_column')} columns added, ledger created")
     for table, columns in SPEND_COLUMNS.items():
         for column in columns:

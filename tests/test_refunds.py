@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import ALICE, regenerate, run_jobs, status_of, wait_for_status, worker_env
 from flask import Flask
-from openai_server import FakeOpenAI
+from openai_server import FakeOpenAI, provider_config
 from servers import WorkerProcs
 
 FREE_QUOTA = 5
@@ -20,17 +20,11 @@ FREE_QUOTA = 5
 
 @pytest.fixture
 def app_config(openai_server: FakeOpenAI) -> dict[str, Any]:
-    return {
-        "PLAN_REGEN_PROVIDER": "flask_plan_regen.openai_provider:OpenAIProvider",
-        "PLAN_REGEN_PROVIDER_BASE_URL": openai_server.base_url,
-        "PLAN_REGEN_PROVIDER_API_KEY": "sk-test-refunds-0123456789",
-        "PLAN_REGEN_PROVIDER_MODEL": "fake-model",
-        "PLAN_REGEN_PROVIDER_TIMEOUT": 5.0,
-        "PLAN_REGEN_MAX_ATTEMPTS": 3,
-        "PLAN_REGEN_RETRY_BACKOFF_BASE": 0,
-        "PLAN_REGEN_RATE_LIMIT": "1000/hour",
-        "PLAN_REGEN_MONTHLY_QUOTAS": {"free": FREE_QUOTA, "starter": 10, "pro": 50},
-    }
+    return provider_config(
+        openai_server,
+        PLAN_REGEN_MAX_ATTEMPTS=3,
+        PLAN_REGEN_MONTHLY_QUOTAS={"free": FREE_QUOTA, "starter": 10, "pro": 50},
+    )
 
 
 @pytest.fixture

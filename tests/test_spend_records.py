@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 from conftest import ALICE, regenerate, run_jobs, status_of
 from flask import Flask
-from openai_server import MAX_OUTPUT, PRICED_CACHED, UPSTREAM_MESSAGE, FakeOpenAI
+from openai_server import (
+    MAX_OUTPUT,
+    PRICED_CACHED,
+    UPSTREAM_MESSAGE,
+    FakeOpenAI,
+    provider_config,
+)
 from sqlalchemy import select
 
 from examples.host_app import db
@@ -30,17 +36,9 @@ def max_attempts() -> int:
 
 @pytest.fixture
 def app_config(openai_server: FakeOpenAI, max_attempts: int) -> dict[str, Any]:
-    return {
-        "PLAN_REGEN_PROVIDER": "flask_plan_regen.openai_provider:OpenAIProvider",
-        "PLAN_REGEN_PROVIDER_BASE_URL": openai_server.base_url,
-        "PLAN_REGEN_PROVIDER_API_KEY": "sk-test-spend-0123456789",
-        "PLAN_REGEN_PROVIDER_MODEL": "fake-small",
-        "PLAN_REGEN_PROVIDER_TIMEOUT": 5.0,
-        "PLAN_REGEN_MAX_ATTEMPTS": max_attempts,
-        "PLAN_REGEN_RETRY_BACKOFF_BASE": 0,
-        "PLAN_REGEN_RATE_LIMIT": "1000/hour",
-        "PLAN_REGEN_PRICES": PRICES,
-    }
+    return provider_config(
+        openai_server, "fake-small", PLAN_REGEN_MAX_ATTEMPTS=max_attempts, PLAN_REGEN_PRICES=PRICES
+    )
 
 
 def run_one(app: Flask, make_plan: Any, openai_server: FakeOpenAI, *behaviours: str) -> Any:
