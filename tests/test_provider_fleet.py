@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import NO_LIMITS, regenerate, wait_for_status, wait_until, worker_env
 from flask import Flask
-from openai_server import FakeOpenAI
+from openai_server import FakeOpenAI, provider_config
 from servers import WorkerProcs
 from sqlalchemy import select
 
@@ -24,19 +24,15 @@ from flask_plan_regen import GenerationAttempt, Regeneration, get_state
 from flask_plan_regen.config import DEFAULTS
 from flask_plan_regen.provider_limits import Lease, Limits, NoCapacity, acquire, finished, park
 
-OPENAI = "flask_plan_regen.openai_provider:OpenAIProvider"
-
 
 def fleet_config(server: FakeOpenAI, **extra: Any) -> dict[str, Any]:
-    return {
-        **NO_LIMITS,
-        "PLAN_REGEN_PROVIDER": OPENAI,
-        "PLAN_REGEN_PROVIDER_BASE_URL": server.base_url,
-        "PLAN_REGEN_PROVIDER_API_KEY": "sk-test",
-        "PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS": 1024,
-        "PLAN_REGEN_RETRY_BACKOFF_BASE": 1.0,
+    """The provider on ``server``, users' limits out of the way, a 1 s retry backoff."""
+    return provider_config(
+        server,
+        **{**NO_LIMITS, "PLAN_REGEN_RETRY_BACKOFF_BASE": 1.0},
+        PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS=1024,
         **extra,
-    }
+    )
 
 
 def start_pools(
