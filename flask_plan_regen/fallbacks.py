@@ -13,12 +13,14 @@ the same thing. When no entry can take the call, the job waits (:class:`Wait`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flask import current_app
+from redis.exceptions import RedisError
 
 from . import breaker, provider_limits
 from .config import job_timeout
@@ -181,10 +183,11 @@ def estimated_tokens(prompt: str) -> int:
 
 def release(state: RegenState, grant: Grant) -> None:
     """The call will not be made after all (the job lost its row): give the capacity back."""
-    if grant.lease is not None:
-        provider_limits.cancel(state, grant.lease)
-    if grant.probe:
-        breaker.record(state, grant.entry.name, "abandon")
+    with _unless_redis_is_down(grant.entry.name):
+        if grant.lease is not None:
+            provider_limits.cancel(state, grant.lease)
+        if grant.probe:
+            breaker.record(state, grant.entry.name, "abandon")
 
 
 class Routing:
@@ -210,12 +213,14 @@ class Routing:
                 refused = self.grant
                 if refused.lease is None:  # not routed (an eager app): nowhere else to go
                     raise
-                if isinstance(error, ProviderQuotaExhausted) and len(entries(state)) > 1:
-                    provider_limits.cool_down(state, refused.entry.name, CREDIT_RECHECK)
-                other = route(
-                    state, request.generation_id, entries(state), tokens=refused.tokens,
-                    priority=refused.priority, may_probe=False,
-                )  # fmt: skip
+                other: Grant | Wait | None = None
+                with _unless_redis_is_down(refused.entry.name):
+                    if isinstance(error, ProviderQuotaExhausted) and len(entries(state)) > 1:
+                        provider_limits.cool_down(state, refused.entry.name, CREDIT_RECHECK)
+                    other = route(
+                        state, request.generation_id, entries(state), tokens=refused.tokens,
+                        priority=refused.priority, may_probe=False,
+                    )  # fmt: skip
                 if not isinstance(other, Grant):
                     raise
                 if other.entry.name == refused.entry.name:
@@ -246,16 +251,30 @@ def _call(state: RegenState, grant: Grant, request: GenerationRequest) -> Genera
     except GenerationError as error:
         if error.usage is not None:
             reported = _total_tokens(error.usage.prompt_tokens, error.usage.completion_tokens)
-        _count_failure(state, grant, error)
+        with _unless_redis_is_down(entry.name):
+            _count_failure(state, grant, error)
         raise
     except Exception:
-        breaker.record(state, entry.name, "failure")  # jobs.py counts it a provider error
+        with _unless_redis_is_down(entry.name):
+            breaker.record(state, entry.name, "failure")  # jobs.py counts it a provider error
         raise
     finally:
         if grant.lease is not None:
-            provider_limits.finished(state, grant.lease, reported)
-    breaker.record(state, entry.name, "success")
+            with _unless_redis_is_down(entry.name):
+                provider_limits.finished(state, grant.lease, reported)
+    with _unless_redis_is_down(entry.name):
+        breaker.record(state, entry.name, "success")
     return dataclasses.replace(result, provider=entry.name)
+
+
+@contextlib.contextmanager
+def _unless_redis_is_down(entry: str) -> Iterator[None]:
+    """Bookkeeping after a call must never lose its answer: without Redis it is skipped
+    (the lease expires by itself), and the attempt goes on to record what it got."""
+    try:
+        yield
+    except RedisError as error:
+        logger.warning("provider %s: call not counted, Redis unavailable: %s", entry, error)
 
 
 def _count_failure(state: RegenState, grant: Grant, error: GenerationError) -> None:
