@@ -284,12 +284,17 @@ def _count_failure(state: RegenState, grant: Grant, error: GenerationError) -> N
         return
     if isinstance(error, ProviderRateLimited):
         if error.retry_after:
+            # Up to the backoff cap, as a job's own retry: a server may ask for a day.
+            pause = min(
+                error.retry_after, float(current_app.config["PLAN_REGEN_RETRY_BACKOFF_CAP"])
+            )
             logger.warning(
-                "provider %s asked to wait %.1f s: every worker's calls to it pause",
+                "provider %s asked to wait %.1f s: every worker's calls to it pause for %.1f s",
                 name,
                 error.retry_after,
+                pause,
             )
-            provider_limits.cool_down(state, name, error.retry_after)
+            provider_limits.cool_down(state, name, pause)
             error.retry_after = None
         if grant.probe:  # no verdict on the entry's health: the next job probes
             breaker.record(state, name, "abandon")
