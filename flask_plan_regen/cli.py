@@ -319,9 +319,10 @@ def requeue_failed(failure_class: str | None, dry_run: bool) -> None:
             for outcome in outcomes:
                 queued += outcome.new_id is not None
                 skipped += outcome.skipped is not None
-    except ApiError as error:  # Redis unreachable: the rest is untouched, run it again later
+    except ApiError as error:  # Redis unreachable, or spending paused: the rest is untouched
+        when = "once Redis is back" if error.code == "QUEUE_UNAVAILABLE" else "later"
         raise click.ClickException(
             f"{error.message} Requeued {queued}, skipped {skipped} before stopping; "
-            "run the command again once Redis is back."
+            f"run the command again {when}."
         ) from error
     click.echo(f"requeued {queued}, skipped {skipped} (plan already has an active regeneration)")

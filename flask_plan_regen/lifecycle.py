@@ -522,6 +522,7 @@ def release(state: RegenState, generation_id: str, why: str, *, requeue: bool) -
         error=WorkerLost.public_message,
         duration_ms=max(int((utcnow() - started).total_seconds() * 1000), 0),
         provider=state.provider.name,
+        charged_to=regeneration.charged_to,
         prompt_hash="",
     )
     fail(state, regeneration, attempt, WorkerLost(why))

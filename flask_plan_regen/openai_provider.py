@@ -25,6 +25,7 @@ from flask import current_app
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 from openai.types.shared_params import ResponseFormatJSONObject, ResponseFormatJSONSchema
+from redis.exceptions import RedisError
 
 from .errors import (
     GenerationError,
@@ -40,6 +41,7 @@ from .errors import (
 from .metrics import count_provider_quota
 from .output import plan_json_schema
 from .providers import GenerationRequest, GenerationResult
+from .state import get_state
 
 logger = logging.getLogger("flask_plan_regen.openai_provider")
 
@@ -257,8 +259,8 @@ def _body_failure(
     rate limit (backed off), 402 or ``insufficient_quota`` out of credit, else the
     provider's error (retried)."""
     code = body_error.get("code") if isinstance(body_error, Mapping) else None
+    # The server's message goes to the log with the failure (lifecycle.fail logs it).
     detail = f"{model}: error in a 200 answer (code {code!r}): {_body_message(body_error, api_key)}"
-    logger.warning("%s", detail)
     if code == "insufficient_quota" or code == 402:
         return _out_of_credit(detail, usage)
     if code == 429 or code == "rate_limit_exceeded":
@@ -271,22 +273,37 @@ def _body_message(body_error: Any, api_key: str | None) -> str:
     return _sanitised(str(message or ""), api_key, LOGGED_TEXT_LIMIT)
 
 
-_warned_out_of_credit = False
+# How long one "out of credit" warning stands for all the app's workers.
+OUT_OF_CREDIT_WARNING_TTL = 3600
+_warned_out_of_credit = False  # when Redis cannot say
 
 
 def _out_of_credit(detail: str, usage: ReportedUsage | None = None) -> ProviderQuotaExhausted:
-    """``provider_quota``: one warning per process (an operator must add credit), a metric
-    per call."""
-    global _warned_out_of_credit
+    """``provider_quota``: a metric per call and one warning (an operator must add credit),
+    once an hour for the whole app: forked work horses share no memory, so a key in Redis
+    says whether it was given."""
     count_provider_quota()
-    if not _warned_out_of_credit:
-        _warned_out_of_credit = True
+    if _first_to_warn():
         logger.warning(
             "the provider account is out of credit (%s): every generation fails as "
-            "provider_quota until an operator adds credit; this is logged once per process",
+            "provider_quota until an operator adds credit; this is logged once an hour",
             detail,
         )
     return ProviderQuotaExhausted(detail, usage=usage)
+
+
+def _first_to_warn() -> bool:
+    global _warned_out_of_credit
+    state = get_state()
+    try:
+        return bool(
+            state.redis.set(
+                state.key("provider-out-of-credit"), 1, nx=True, ex=OUT_OF_CREDIT_WARNING_TTL
+            )
+        )
+    except RedisError:
+        first, _warned_out_of_credit = not _warned_out_of_credit, True
+        return first
 
 
 def _failure(error: openai.OpenAIError, model: str, api_key: str | None) -> GenerationError:

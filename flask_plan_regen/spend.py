@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -34,6 +35,7 @@ from .documents import iso_utc, usd
 from .errors import ApiError, ConfigurationError, GenerationError, ReportedUsage
 from .metrics import count_budget_paused
 from .models import MONEY, ChargedTo, GenerationAttempt, Regeneration, Spend, as_utc
+from .output import plan_json_schema
 from .providers import GenerationRequest, GenerationResult
 from .quota import current_period, period_resets_at
 from .state import RegenState
@@ -233,6 +235,9 @@ def check_config(config: Mapping[str, Any]) -> None:
 GLOBAL_SCOPE = "all"
 # Tokens a chat request adds around its messages' text (roles, separators): generous.
 MESSAGE_OVERHEAD_TOKENS = 32
+# The plan's JSON schema rides along as response_format (structured outputs), and is
+# counted as input.
+SCHEMA_BYTES = len(json.dumps(plan_json_schema()).encode())
 _SPEND = cast(Table, Spend.__table__)
 # How long the "pause logged" mark lives: a pause still on after it is logged again.
 PAUSE_KEY_TTL = 24 * 3600
@@ -253,9 +258,9 @@ def global_budget(config: Mapping[str, Any]) -> Decimal | None:
 
 def prompt_token_bound(plan: PlanInput, tier: str) -> int:
     """At most how many tokens the prompt of ``plan`` can be: its UTF-8 bytes (a token
-    covers at least one byte), plus the messages' overhead."""
+    covers at least one byte) and the plan's JSON schema's, plus the messages' overhead."""
     system, user = GenerationRequest(plan=plan, tier=tier, generation_id="", attempt=1).prompt()
-    return len(system.encode()) + len(user.encode()) + MESSAGE_OVERHEAD_TOKENS
+    return len(system.encode()) + len(user.encode()) + SCHEMA_BYTES + MESSAGE_OVERHEAD_TOKENS
 
 
 def reservation(config: Mapping[str, Any], tier: str, plan: PlanInput | None) -> Decimal | None:
@@ -369,7 +374,8 @@ def _first_to_see_the_pause(state: RegenState, period: str) -> bool:
 def charge(state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt) -> None:
     """Add a recorded attempt's cost to the month's ledger (the app's, and its user's when
     charged to the user), taking it out of the regeneration's reservation first; in the
-    caller's transaction. A billed call of unknown cost is charged its worst case."""
+    caller's transaction. A billed call of unknown cost is charged the whole output cap
+    (and the prompt tokens it reported) at the model's price: never 0."""
     cost = attempt.cost_usd
     if cost is None and attempt.billed:
         cost = _worst_call(current_app.config, regeneration.tier, attempt.prompt_tokens)

@@ -28,6 +28,7 @@ behaviour scripted for its plan's topic (``server.script("Rust", "status_500",
 * ``body_error_<code>`` HTTP 200 with ``{"error": {"code": <code>, "message": ...}}`` and no
   ``choices`` (OpenRouter's rate limits and upstream failures)
 * ``finish_error``    a choice ending with ``finish_reason: "error"`` and the upstream's error
+* ``no_usage``        a good plan without ``usage`` (some servers report none)
 * ``prompt_filtered`` HTTP 400 with ``error.code: "content_filter"`` (Azure's prompt filter)
 * ``out_of_credit``   HTTP 429 with ``error.code: "insufficient_quota"`` (OpenAI, no credit)
 
@@ -331,6 +332,8 @@ def answer(model: str, behaviour: str) -> dict[str, Any]:
         answered["usage"]["completion_tokens"] = MAX_OUTPUT
     if behaviour == "finish_error":
         answered["choices"][0]["error"] = {"code": 502, "message": UPSTREAM_MESSAGE}
+    if behaviour == "no_usage":
+        del answered["usage"]
     if behaviour == "priced":
         answered["usage"]["cost"] = PRICED_COST
         answered["usage"]["prompt_tokens_details"] = {"cached_tokens": PRICED_CACHED}

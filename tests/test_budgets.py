@@ -236,3 +236,18 @@ def test_a_first_generation_reserves_too_and_a_refusal_creates_nothing(
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Plan)) == 1
         assert db.session.get(Spend, (user_scope("bob"), current_period())) is None
+
+
+def test_a_billed_call_of_unknown_cost_is_charged_its_worst_case_and_counted_apart(
+    app: Flask, make_plan: Callable[..., str], openai_server: FakeOpenAI
+) -> None:
+    openai_server.queue("no_usage")
+    regenerate(app.test_client(), make_plan(topic=TOPIC))
+    run_jobs(app)
+
+    spent, reserved = ledger(app, user_scope("alice"))
+    spend = app.test_client().get("/api/v1/usage", headers=ALICE).get_json()["spend"]
+    worst_call = (Decimal(1000) * Decimal("2.5")) / 10**6  # no prompt tokens reported
+    print(f"\nunknown cost: ledger spent {spent}, usage {spend}")
+    assert (spent, reserved) == (worst_call, Decimal(0))  # never 0 for unknown
+    assert (spend["costUsd"], spend["unknownCostAttempts"]) == ("0", 1)

@@ -73,6 +73,7 @@ KINDS: dict[str, tuple[str | None, int | None, int | None, int | None, Decimal |
     "filtered": ("refused", 123, 456, None, expected_cost(123, 456), True),
     "rule_break": ("validation", 123, 456, None, expected_cost(123, 456), True),
     "prose": ("provider_error", 123, 456, None, expected_cost(123, 456), True),
+    "malformed": ("provider_error", 123, 456, None, expected_cost(123, 456), True),
     "status_500": ("provider_error", None, None, None, None, False),
 }
 
@@ -214,9 +215,6 @@ def test_azures_prompt_filter_is_a_refusal_that_keeps_the_quota(
 def test_out_of_credit_is_provider_quota_not_retried_refunded_and_warned_once(
     app: Flask, make_plan: Any, openai_server: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import flask_plan_regen.openai_provider as provider
-
-    provider._warned_out_of_credit = False
     openai_server.default = "out_of_credit"
     with caplog.at_level(logging.WARNING, logger="flask_plan_regen.openai_provider"):
         first = run_one(app, make_plan, openai_server)
