@@ -16,8 +16,9 @@ from here:
   job timeout is a ``SIGALRM``, its stop-job command kills a process): the
   attempt checks its own limits and its cancel key between chunks
   (checkpoints.py). A thread still running past RQ's job timeout + 60 s (where
-  RQ kills a work horse) is given up on: its slot is freed, its RQ execution
-  is left to expire, and the sweep releases its attempt.
+  RQ kills a work horse) is given up on: its slot is freed, its job is failed
+  in RQ's registries at once, nothing of its later end reaches RQ, and the
+  sweep releases its attempt.
 * **Heartbeats**: one monitor thread keeps every running job's RQ heartbeat
   (started registry, execution) and the worker's, every
   ``job_monitoring_interval``.
@@ -176,37 +177,19 @@ class ThreadedWorker(RecoveringWorker):
         its job id may already be another delivery's."""
         return getattr(self._local, "execution_id", None) in self._given_up
 
-    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        if not self._given_up_here():
-            super().handle_execution_ended(job, queue, heartbeat_ttl)
-
-    def handle_job_success(
-        self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution
+    # RQ 3's two ends of perform_job: nothing of them for a job given up on, not even
+    # its failure callback (which would release the row another delivery now runs).
+    def _finalize_success(
+        self, job: Job, queue: Queue, execution: Execution, return_value: Any
     ) -> None:
         if not self._given_up_here():
-            super().handle_job_success(job, queue, started_job_registry, execution)
+            super()._finalize_success(job, queue, execution, return_value)
 
-    def handle_job_failure(
-        self,
-        job: Job,
-        queue: Queue,
-        started_job_registry: Any = None,
-        exc_string: str = "",
-        execution: Execution | None = None,
+    def _finalize_failure(
+        self, job: Job, queue: Queue, execution: Execution, exc_info: Any
     ) -> None:
         if not self._given_up_here():
-            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
-
-    def handle_job_retry(
-        self,
-        job: Job,
-        queue: Queue,
-        retry: Any,
-        started_job_registry: Any,
-        execution: Execution,
-    ) -> None:
-        if not self._given_up_here():
-            super().handle_job_retry(job, queue, retry, started_job_registry, execution)
+            super()._finalize_failure(job, queue, execution, exc_info)
 
     # -- heartbeats and hung jobs (monitor thread) -----------------------------------
 
