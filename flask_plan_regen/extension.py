@@ -13,6 +13,7 @@ from redis import Redis
 
 from . import config as settings
 from .cli import plan_regen_cli
+from .database import prepare_no_statements
 from .errors import ConfigurationError
 from .hooks import F, Hooks, load_object
 from .providers import BuiltinProvider, GenerationProvider
@@ -74,10 +75,13 @@ class PlanRegen:
             raise ConfigurationError("PlanRegen.init_app was already called for this app.")
         settings.apply_defaults(app.config)
         settings.validate(app.config)
-        redis = connect(
-            app.config["PLAN_REGEN_REDIS_URL"],
-            timeout=float(app.config["PLAN_REGEN_REDIS_TIMEOUT"]),
-        )
+        try:
+            redis = connect(
+                app.config["PLAN_REGEN_REDIS_URL"],
+                timeout=float(app.config["PLAN_REGEN_REDIS_TIMEOUT"]),
+            )
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
         app.extensions[EXTENSION_KEY] = RegenState(
             db=db,
             store=_make_store(app, db, store or self._store),
@@ -90,6 +94,9 @@ class PlanRegen:
             stream_slots=threading.BoundedSemaphore(app.config["PLAN_REGEN_STREAM_MAX_OPEN"]),
             billing=_make_billing(app, redis),
         )
+        if app.config["PLAN_REGEN_PGBOUNCER"]:
+            with app.app_context():
+                prepare_no_statements(db.engines.values())
         app.before_request(json_routing_errors)
         if app.config["PLAN_REGEN_STRIPE_WEBHOOK_SECRET"]:
             # Imported here: it needs the stripe extra, which _make_billing has checked.
