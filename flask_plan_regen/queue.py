@@ -34,7 +34,7 @@ from rq.worker import DequeueStrategy, WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from .config import job_timeout
-from .redis_client import TRANSIENT_ERRORS
+from .redis_client import TRANSIENT_ERRORS, is_transient
 
 JOB_FUNCTION = "flask_plan_regen.jobs.run_regeneration"
 # Called by RQ when a job raised, or when a worker finds it abandoned by a dead worker.
@@ -458,11 +458,11 @@ class ResilientWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("work_horse_killed_handler", self._on_horse_killed)
+        self._outage_since: float | None = None  # RQ's __init__ already talks to Redis
         super().__init__(*args, **kwargs)
         self.job_monitoring_interval = min(self.job_monitoring_interval, self.maintain_every)
         self._next_maintenance = 0.0
         self._killed: tuple[str, str] | None = None
-        self._outage_since: float | None = None
         if _ONE_LINE_PER_OUTAGE not in self.log.filters:
             self.log.addFilter(_ONE_LINE_PER_OUTAGE)
 
@@ -492,6 +492,28 @@ class ResilientWorker(Worker):
             return
         lasted, self._outage_since = time.monotonic() - self._outage_since, None
         self.log.info("Worker %s: Redis is back after %.1f s", self.name, lasted)
+
+    def _until_redis_answers(self, action: Callable[[], None], doing: str) -> None:
+        """Run ``action`` until Redis lets it through, waiting with backoff in between.
+
+        A stop request while waiting stops the worker (RQ raises ``StopRequested``).
+        """
+        delay = 1.0
+        while True:
+            try:
+                action()
+            except _REDIS_DOWN as error:
+                self.redis_unavailable(error, doing)
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_redis_backoff)
+            else:
+                self.redis_available()
+                return
+
+    def _set_ip_address(self, connection: Redis) -> None:
+        # The first Redis command of a worker: it may start during an outage.
+        set_ip_address = super()._set_ip_address
+        self._until_redis_answers(lambda: set_ip_address(connection), "starting")
 
     def _on_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         self._killed = (job.id, f"work horse {retpid} killed (waitpid status {ret_val})")
@@ -549,16 +571,10 @@ class ResilientWorker(Worker):
         a record silent for three of those belongs to a dead worker: it is taken over.
         """
         stale_after = 3 * self.maintain_every
-        delay = 1.0
         while True:
             try:
-                super().register_birth()  # type: ignore[no-untyped-call]
-                self.redis_available()
+                self._until_redis_answers(super().register_birth, "registering")
                 return
-            except _REDIS_DOWN as error:
-                self.redis_unavailable(error, "starting")
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_redis_backoff)
             except ValueError:  # "There exists an active worker named ... already"
                 silent = self._silent_for()
                 if silent is not None and silent < stale_after:
@@ -586,11 +602,13 @@ class ResilientWorker(Worker):
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
         # RQ's loop retries a lost connection itself; the other transient errors
-        # (READONLY, OOM, MASTERDOWN) would end the worker.
+        # (READONLY, UNBLOCKED, OOM, MASTERDOWN) would end the worker.
         while True:
             try:
                 return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-            except _REDIS_DOWN as error:
+            except RedisError as error:
+                if not is_transient(error):
+                    raise
                 self.redis_unavailable(error, "waiting for a job")
                 self.wait_for_redis()
 
@@ -646,14 +664,10 @@ class ResilientWorker(Worker):
         """Block until Redis takes a write again (backoff up to :attr:`max_redis_backoff`),
         then re-register. A stop request while waiting stops the worker.
         """
-        delay = 1.0
-        while True:
-            try:
-                super().heartbeat()
-                self._keep_registered()
-                break
-            except _REDIS_DOWN as error:
-                self.redis_unavailable(error, "waiting for Redis")
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_redis_backoff)
-        self.redis_available()
+        heartbeat = super().heartbeat
+
+        def write_and_register() -> None:
+            heartbeat()
+            self._keep_registered()
+
+        self._until_redis_answers(write_and_register, "waiting for Redis")

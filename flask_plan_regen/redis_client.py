@@ -79,6 +79,14 @@ PUBLIC_URL_OPTIONS = frozenset(
 A key file's path is not its content; every other option's value is masked."""
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` ends by itself: one of :data:`TRANSIENT_ERRORS`, or a blocking
+    command cut short by the server changing role (``UNBLOCKED``, a primary demoted)."""
+    return isinstance(error, TRANSIENT_ERRORS) or (
+        isinstance(error, RedisError) and str(error).startswith("UNBLOCKED")
+    )
+
+
 def is_in_process(url: str) -> bool:
     """Whether ``url`` names the in-process Redis, which no other process can reach."""
     return url == MEMORY_REDIS_URL
