@@ -132,10 +132,16 @@ def parse_sentinel_url(
     user_info, _, hosts = parts.netloc.rpartition("@")
     addresses = []
     for host in filter(None, hosts.split(",")):
-        name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-        if not port.isdigit():
-            name, port = host, str(DEFAULT_SENTINEL_PORT)
-        addresses.append((name.strip("[]"), int(port)))
+        if host.startswith("["):  # [IPv6]:port
+            name, _, port = host[1:].partition("]")
+            port = port.removeprefix(":")
+        elif host.count(":") == 1:
+            name, _, port = host.partition(":")
+        else:
+            name, port = host, ""
+        if port and not port.isdigit():
+            raise ValueError(f"a Sentinel's port is a number; got {port!r}")
+        addresses.append((name, int(port or DEFAULT_SENTINEL_PORT)))
     if not addresses:
         raise ValueError("a redis+sentinel:// URL names at least one Sentinel host:port")
     path = [unquote(segment) for segment in parts.path.split("/") if segment]
