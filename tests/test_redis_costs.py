@@ -8,9 +8,8 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -37,14 +36,6 @@ WINDOW = 20.0
 """Seconds each command rate is measured over (ten sweep intervals of 2 s)."""
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
 def commands_per_minute(client: redis.Redis, window: float) -> float:
     """Commands Redis ran per minute over ``window`` seconds (INFO commandstats)."""
     client.config_resetstat()
@@ -55,19 +46,19 @@ def commands_per_minute(client: redis.Redis, window: float) -> float:
     return calls * 60 / window
 
 
-def insert_pending(app: Flask, count: int) -> list[str]:
-    """``count`` pending rows past the grace period, each with its job queued (directly:
-    3,000 POSTs would measure the web app, not the sweep)."""
+def pending_rows(app: Flask, count: int, prefix: str) -> list[dict[str, Any]]:
+    """``count`` rows of pending regenerations last updated 5 minutes ago (past the grace
+    period), ids ``<prefix>-00000``..., to insert directly: 3,000 POSTs would measure the
+    web app, not the sweep."""
     old = utcnow() - timedelta(minutes=5)
-    names = rq_queue_names(app.config)
-    rows = [
+    return [
         {
-            "id": f"backlog-{n:05d}",
+            "id": f"{prefix}-{n:05d}",
             "plan_id": f"plan-{n:05d}",
             "user_id": "alice",
             "tier": "free",
             "priority": 1,
-            "queue": names[-1],
+            "queue": rq_queue_names(app.config)[-1],
             "overrides": {},
             "error_history": [],
             "created_at": old,
@@ -75,6 +66,11 @@ def insert_pending(app: Flask, count: int) -> list[str]:
         }
         for n in range(count)
     ]
+
+
+def insert_pending(app: Flask, count: int) -> list[str]:
+    """``count`` pending rows past the grace period, each with its job queued."""
+    rows = pending_rows(app, count, "backlog")
     with app.app_context():
         state = get_state()
         # Jobs first: a sweep between the two would rightly find rows without a job.

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,25 +18,17 @@ from conftest import build_app, plan_factory, regenerate, wait_for_status, wait_
 from flask import Flask
 from servers import EmbeddedRedis, WorkerProcs, free_port
 from sqlalchemy import insert
+from test_redis_costs import pending_rows
 
 from examples.host_app import db
 from flask_plan_regen import Regeneration, get_state, queue
 from flask_plan_regen.config import rq_queue_names
-from flask_plan_regen.models import utcnow
 from flask_plan_regen.recovery import sweep
 
 pytestmark = pytest.mark.slow
 
 OUTAGE_STARTS = "Redis unavailable while"
 OUTAGE_ENDS = "Redis is back after"
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_worker_started_while_redis_is_down_waits_for_it(
@@ -141,27 +132,9 @@ def test_sigterm_during_a_sweep_stops_the_worker_and_loses_nothing(
 ) -> None:
     # 3,000 pending rows whose jobs are gone: the sweep requeues them one by one.
     pending = 3000
-    old = utcnow() - timedelta(minutes=5)
     names = rq_queue_names(pg_app.config)
     with pg_app.app_context():
-        db.session.execute(
-            insert(Regeneration),
-            [
-                {
-                    "id": f"lost-{n:05d}",
-                    "plan_id": f"plan-{n:05d}",
-                    "user_id": "alice",
-                    "tier": "free",
-                    "priority": 1,
-                    "queue": names[-1],
-                    "overrides": {},
-                    "error_history": [],
-                    "created_at": old,
-                    "updated_at": old,
-                }
-                for n in range(pending)
-            ],
-        )
+        db.session.execute(insert(Regeneration), pending_rows(pg_app, pending, "lost"))
         db.session.commit()
         client = get_state().redis
     env = worker_env(postgres_url, redis_url, PLAN_REGEN_SWEEP_INTERVAL="1")
