@@ -9,7 +9,10 @@
   it again. A job that raised calls :func:`on_job_failure`, which releases the
   attempt; RQ then records the job as failed, and the sweep queues it again.
 * The sweep also queues again the ``pending`` rows whose RQ job is gone (Redis
-  lost its data, or a worker lost a job between dequeue and start).
+  lost its data, a failover lost the last writes), or was taken by a worker
+  that went silent before claiming the row (killed between dequeue and claim).
+* One worker sweeps at a time (:func:`sweep_if_due`, a lease on the sweep), and
+  a sweep's Redis commands do not grow with the backlog (:func:`sweep`).
 
 Use the worker with plain RQ too:
 ``rq worker -w flask_plan_regen.recovery.RecoveringWorker``.

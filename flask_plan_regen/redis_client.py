@@ -44,6 +44,8 @@ logger = logging.getLogger("flask_plan_regen.redis")
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
+SENTINEL_TIMEOUT = 2.0
+"""Seconds to wait for a Sentinel's answer when the client has no timeout of its own."""
 
 TRANSIENT_ERRORS: tuple[type[RedisError], ...] = (
     ConnectionError,  # includes LOADING (BusyLoadingError) and no primary known to the Sentinels
@@ -171,8 +173,11 @@ def _sentinel_primary(url: str, timeout: float | None) -> Redis:
     addresses, service, options, sentinel_options = parse_sentinel_url(url)
     timeouts = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
     options = {**timeouts, **options}
+    # A Sentinel that hangs is skipped for the next one, even by a worker (no timeout).
+    asking = timeout if timeout is not None else SENTINEL_TIMEOUT
+    sentinel_kwargs = {"socket_connect_timeout": asking, "socket_timeout": asking}
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        addresses, sentinel_kwargs={**timeouts, **sentinel_options}, **options
+        addresses, sentinel_kwargs={**sentinel_kwargs, **sentinel_options}, **options
     )
     client: Redis = sentinel.master_for(service, redis_class=Redis)  # type: ignore[no-untyped-call]
     return client
