@@ -97,7 +97,10 @@ def pgbouncer_url(postgres_server: EmbeddedPostgres) -> Iterator[str]:
 
 
 @pytest.fixture
-def bounced_app(postgres_url: str, pgbouncer_url: str, redis_url: str) -> Iterator[Flask]:
+def bounced_app(
+    postgres_url: str, pgbouncer_url: str, redis_url: str, redis_conn: object
+) -> Iterator[Flask]:
+    """The example app through PgBouncer, on empty tables and an empty Redis."""
     direct = build_app(postgres_url, redis_url)
     with direct.app_context(), db.engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(metadata.tables)} RESTART IDENTITY CASCADE"))
@@ -108,6 +111,8 @@ def bounced_app(postgres_url: str, pgbouncer_url: str, redis_url: str) -> Iterat
         db.engine.dispose()
 
 
+# 500 forked jobs take a minute on a quiet 2-core machine, more under the suite's load.
+@pytest.mark.timeout(300)
 def test_500_regenerations_through_pgbouncer_in_transaction_mode(
     bounced_app: Flask, pgbouncer_url: str, redis_url: str, worker_procs: WorkerProcs
 ) -> None:
@@ -129,7 +134,7 @@ def test_500_regenerations_through_pgbouncer_in_transaction_mode(
     ]
     codes = [answer.status_code for answer in answers]
     ids = [answer.get_json()["generationId"] for answer in answers if answer.status_code == 202]
-    final = wait_for_status(bounced_app, ids, timeout=300)
+    final = wait_for_status(bounced_app, ids, timeout=240)
     failed = [generation_id for generation_id, status in final.items() if status != "succeeded"]
     print(
         f"\nthrough PgBouncer (transaction mode): {codes.count(202)} of {REGENERATIONS} POSTs "
