@@ -33,7 +33,7 @@ from examples.host_app import db
 from flask_plan_regen import Regeneration, get_state, queue
 from flask_plan_regen.config import rq_queue_names
 from flask_plan_regen.models import utcnow
-from flask_plan_regen.recovery import sweep
+from flask_plan_regen.recovery import sweep, sweep_if_due
 
 
 def children(pid: int) -> set[int]:
@@ -159,6 +159,19 @@ def test_sweep_requeues_pending_rows_whose_job_is_gone(app: Flask, make_plan: An
         assert sweep(state, now=later) == {"released": 0, "requeued": 0}  # its job is queued
     run_jobs(app)
     assert status_of(client, plan_id, generation_id)["status"] == "succeeded"
+
+
+def test_one_worker_of_a_fleet_sweeps_per_interval(app: Flask, make_plan: Any) -> None:
+    generation_id = regenerate(app.test_client(), make_plan())["generationId"]
+    with app.app_context():
+        state = get_state()
+        assert sweep_if_due(state, "worker-1") == {"released": 0, "requeued": 0}
+        queue.delete_job(state.redis, generation_id)  # now there is something to find
+        assert sweep_if_due(state, "worker-2") is None  # worker-1 holds the sweep's lease
+        assert state.redis.get("plan_regen:sweep_lease") == b"worker-1"
+        state.redis.delete("plan_regen:sweep_lease")  # the interval is over
+        swept = sweep_if_due(state, "worker-2")
+        assert swept == {"released": 0, "requeued": 0}  # the row is too young to be lost
 
 
 def test_concurrent_sweeps_requeue_a_row_once(app: Flask, make_plan: Any) -> None:
