@@ -459,6 +459,7 @@ class ResilientWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("work_horse_killed_handler", self._on_horse_killed)
         self._outage_since: float | None = None  # RQ's __init__ already talks to Redis
+        self._stop_asked = False
         super().__init__(*args, **kwargs)
         self.job_monitoring_interval = min(self.job_monitoring_interval, self.maintain_every)
         self._next_maintenance = 0.0
@@ -471,6 +472,23 @@ class ResilientWorker(Worker):
 
     def horse_killed(self, job_id: str, why: str) -> None:
         """A work horse died while running ``job_id``."""
+
+    def stop_asked(self) -> bool:
+        """Whether SIGTERM/SIGINT asked this worker to stop (long work checks it as it goes).
+
+        RQ raises ``StopRequested`` wherever the signal lands, and code that catches
+        every exception (a logging handler, a finalizer) may swallow it: the flag stays.
+        """
+        return self._stop_asked
+
+    def handle_warm_shutdown_request(self) -> None:
+        self._stop_asked = True
+        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
+
+    def _stop_if_asked(self) -> None:
+        """Raise ``StopRequested`` again if it was asked for while idle (it may have been lost)."""
+        if self._stop_asked and self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()
 
     def redis_unavailable(self, error: BaseException, doing: str) -> None:
         """Note a Redis error that ends by itself; the first of an outage is logged."""
@@ -500,6 +518,7 @@ class ResilientWorker(Worker):
         """
         delay = 1.0
         while True:
+            self._stop_if_asked()
             try:
                 action()
             except _REDIS_DOWN as error:
@@ -548,7 +567,9 @@ class ResilientWorker(Worker):
         except _REDIS_DOWN as error:
             self.redis_unavailable(error, "sweeping")
         except Exception:  # the worker must outlive whatever its maintenance meets
-            logger.exception("maintenance failed; the next pass tries again")
+            if not self._stop_asked:
+                logger.exception("maintenance failed; the next pass tries again")
+        self._stop_if_asked()
 
     def _keep_registered(self) -> None:
         if not self.connection.hexists(self.key, "birth"):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,7 +42,12 @@ SWEEP_BATCH = 1000
 """Pending rows read from the database at a time."""
 
 
-def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
+def sweep(
+    state: RegenState,
+    now: datetime | None = None,
+    *,
+    stopping: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
     """Release lost attempts and requeue lost jobs; return how many of each.
 
     Its Redis cost does not grow with the backlog: one pipelined look at each
@@ -50,10 +55,13 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
     can be lost are looked at one by one: attempts running (their leases), and
     pending rows whose job is missing, or taken by a worker that went silent
     before claiming the row (a worker killed between dequeue and claim).
+
+    It ends early once ``stopping()`` says so (a worker asked to stop): what it
+    did not reach is found by the next sweep.
     """
     now = now or utcnow()
     config = current_app.config
-    released = _release_lapsed(state, now)
+    released = _release_lapsed(state, now, stopping)
     live, running = queue.live_job_ids(state.redis, rq_queue_names(config))
     silent_after = 3 * int(config["PLAN_REGEN_SWEEP_INTERVAL"])
     session = state.db.session
@@ -67,6 +75,8 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
         .execution_options(yield_per=SWEEP_BATCH)
     )
     for batch in session.execute(query).scalars().partitions():
+        if stopping():
+            break
         # Confirmed one by one (there are few): a job between a worker's pop and its
         # start is in neither the queue nor a registry for a moment.
         lost += [
@@ -81,6 +91,8 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
     session.rollback()
     requeued = 0
     for row_id in lost:
+        if stopping():
+            break
         regeneration = session.get(Regeneration, row_id)
         if regeneration is not None and regeneration.status == Status.PENDING:
             requeued += lifecycle.requeue_job(state, regeneration)
@@ -90,7 +102,7 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
     return {"released": released, "requeued": requeued}
 
 
-def _release_lapsed(state: RegenState, now: datetime) -> int:
+def _release_lapsed(state: RegenState, now: datetime, stopping: Callable[[], bool]) -> int:
     """Release the running attempts whose lease lapsed or that ran past the job timeout."""
     config = current_app.config
     lease_ttl = timedelta(seconds=config["PLAN_REGEN_LEASE_TTL"])
@@ -106,6 +118,8 @@ def _release_lapsed(state: RegenState, now: datetime) -> int:
     lapsed = leases.lapsed(state, [row.id for row in rows])
     released = 0
     for row in rows:
+        if stopping():
+            break
         started = as_utc(row.started_at) if row.started_at else now
         if started >= now - lease_ttl:
             continue  # just claimed: its lease may not be set yet
@@ -120,7 +134,9 @@ def _release_lapsed(state: RegenState, now: datetime) -> int:
     return released
 
 
-def sweep_if_due(state: RegenState, holder: str) -> dict[str, int] | None:
+def sweep_if_due(
+    state: RegenState, holder: str, *, stopping: Callable[[], bool] = lambda: False
+) -> dict[str, int] | None:
     """Sweep unless another process swept in the last ``PLAN_REGEN_SWEEP_INTERVAL`` seconds.
 
     A lease on the sweep itself (one ``SET NX``) makes one worker of a fleet
@@ -132,7 +148,7 @@ def sweep_if_due(state: RegenState, holder: str) -> dict[str, int] | None:
     lease_ms = max(500, interval * 1000 - 500)
     if not state.redis.set(state.key("sweep_lease"), holder, nx=True, px=lease_ms):
         return None
-    return sweep(state)
+    return sweep(state, stopping=stopping)
 
 
 def on_job_failure(job: Any, connection: Any, *exc_info: Any) -> None:
@@ -179,7 +195,7 @@ class RecoveringWorker(queue.ResilientWorker):
 
     def maintain(self) -> None:
         with _worker_state() as state:
-            sweep_if_due(state, str(self.name))
+            sweep_if_due(state, str(self.name), stopping=self.stop_asked)
 
     def horse_killed(self, job_id: str, why: str) -> None:
         with _worker_state() as state:
