@@ -70,6 +70,13 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_RATE_LIMIT": "10/hour",
     "PLAN_REGEN_TIER_RATE_LIMITS": {},
     "PLAN_REGEN_MONTHLY_QUOTAS": {"free": 5, "starter": 10, "pro": 50},
+    # Spend (docs/billing.md, "What a regeneration costs"): USD per million tokens per model,
+    # and USD budgets per tier and for the whole app per calendar month (decimal strings).
+    "PLAN_REGEN_PRICES": {},
+    "PLAN_REGEN_MONTHLY_BUDGETS": {},
+    "PLAN_REGEN_GLOBAL_MONTHLY_BUDGET": "unlimited",
+    # Seconds a job waits before it checks again whether the global budget pause is over.
+    "PLAN_REGEN_BUDGET_RECHECK": 30,
     # Tiers from Stripe (docs/billing.md); off while PLAN_REGEN_STRIPE_API_KEY is None.
     "PLAN_REGEN_STRIPE_API_KEY": None,
     "PLAN_REGEN_STRIPE_API_BASE": None,
@@ -221,6 +228,7 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_stripe(config)
     _check_provider(config)
     _check_int(config, "PLAN_REGEN_MAX_ATTEMPTS", minimum=1, maximum=10)
+    _check_int(config, "PLAN_REGEN_BUDGET_RECHECK", minimum=1, maximum=3600)
     _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_BASE", minimum=0)
     _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_CAP", minimum=0)
     _check_int(config, "PLAN_REGEN_IDEMPOTENCY_TTL", minimum=1)

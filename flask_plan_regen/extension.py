@@ -12,6 +12,7 @@ from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 
 from . import config as settings
+from . import spend
 from .cli import plan_regen_cli
 from .database import prepare_no_statements
 from .errors import ConfigurationError
@@ -75,6 +76,7 @@ class PlanRegen:
             raise ConfigurationError("PlanRegen.init_app was already called for this app.")
         settings.apply_defaults(app.config)
         settings.validate(app.config)
+        spend.check_config(app.config)
         try:
             redis = connect(
                 app.config["PLAN_REGEN_REDIS_URL"],

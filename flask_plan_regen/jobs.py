@@ -16,13 +16,13 @@ from typing import Any
 from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
 
-from . import lifecycle, queue
+from . import lifecycle, queue, spend
 from .database import UNAVAILABLE_ERRORS
 from .errors import GenerationError, InternalFailure, ProviderError, ProviderTimeout
 from .identity import load_plan
 from .leases import held_lease
 from .logs import log_context
-from .metrics import observe_attempt
+from .metrics import count_budget_paused, observe_attempt
 from .models import GenerationAttempt, Regeneration, Status, storable_text, utcnow
 from .output import parse_output
 from .pacing import fit_to_schedule
@@ -85,7 +85,11 @@ def run_regeneration(generation_id: str) -> Any:
 
 
 def execute(state: RegenState, generation_id: str) -> Any:
-    """Claim and run one attempt; ``None`` if there is nothing to run."""
+    """Claim and run one attempt; ``None`` if there is nothing to run. While the app's
+    monthly budget is spent, the job is put off (scheduled again) without claiming."""
+    if spend.calls_paused(state):
+        count_budget_paused("worker")
+        return queue.put_off(int(current_app.config["PLAN_REGEN_BUDGET_RECHECK"]))
     regeneration = lifecycle.claim(state, generation_id)
     if regeneration is None:
         logger.info("regeneration %s has no attempt to run here", generation_id)
@@ -138,7 +142,7 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
         "tasks": sum(len(m.tasks) for m in modules),
         "durationMs": int((time.monotonic() - started) * 1000),
         "provider": result.provider,
-        "model": model_name(result),
+        "model": model_name(result.model),
     }
     record = attempt_row(state, regeneration, request, started, result, summary=summary)
     record.adjustments = {**adjustments, **schedule}
@@ -200,9 +204,8 @@ def _after_failure(outcome: int | GenerationError | None) -> Any:
     return None
 
 
-def model_name(result: GenerationResult | None) -> str | None:
+def model_name(name: Any) -> str | None:
     """The model the server says answered, as a storable string of at most 200 characters."""
-    name = result.model if result else None
     return storable_text(name)[:200] if isinstance(name, str) else None
 
 
@@ -227,7 +230,9 @@ def attempt_row(
     error: GenerationError | None = None,
     summary: dict[str, Any] | None = None,
 ) -> GenerationAttempt:
-    """The attempt's row (lifecycle commits it with the outcome)."""
+    """The attempt's row (lifecycle commits it with the outcome), with what it cost:
+    the usage of the answer, or the usage a failure carries from the server's answer."""
+    usage = spend.usage_of(result, error)
     return GenerationAttempt(
         regeneration_id=regeneration.id,
         number=request.attempt,
@@ -238,9 +243,23 @@ def attempt_row(
         modules_count=summary["modules"] if summary else 0,
         tasks_count=summary["tasks"] if summary else 0,
         provider=result.provider if result else state.provider.name,
-        model=model_name(result),
-        prompt_tokens=token_count(result.prompt_tokens) if result else None,
-        completion_tokens=token_count(result.completion_tokens) if result else None,
+        model=model_name(usage.model),
+        prompt_tokens=token_count(usage.prompt_tokens),
+        completion_tokens=token_count(usage.completion_tokens),
+        cached_tokens=token_count(usage.cached_tokens),
+        cost_usd=spend.call_cost(
+            spend.prices_for(
+                current_app.config,
+                usage.model,
+                spend.tier_model(current_app.config, regeneration.tier),
+            ),
+            prompt_tokens=token_count(usage.prompt_tokens),
+            completion_tokens=token_count(usage.completion_tokens),
+            cached_tokens=token_count(usage.cached_tokens),
+            reported=usage.cost,
+        ),
+        billed=spend.was_billed(usage),
+        charged_to=regeneration.charged_to,
         prompt_hash=request.prompt_hash(),
         adjustments={},
     )

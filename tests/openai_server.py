@@ -21,6 +21,19 @@ behaviour scripted for its plan's topic (``server.script("Rust", "status_500",
 * ``bad_usage``       a good plan, but token counts no column can keep and a model name
   with a NUL and 300 characters
 * ``rule_break``      JSON that breaks the output rules (no modules)
+* ``prose``           a sentence with no JSON in it
+* ``filtered``        output stopped by the content filter (``finish_reason: "content_filter"``)
+* ``priced``          a good plan whose usage carries the server's ``cost`` (OpenRouter) and
+  cached prompt tokens (``prompt_tokens_details.cached_tokens``)
+* ``body_error_<code>`` HTTP 200 with ``{"error": {"code": <code>, "message": ...}}`` and no
+  ``choices`` (OpenRouter's rate limits and upstream failures)
+* ``finish_error``    a choice ending with ``finish_reason: "error"`` and the upstream's error
+* ``no_usage``        a good plan without ``usage`` (some servers report none)
+* ``prompt_filtered`` HTTP 400 with ``error.code: "content_filter"`` (Azure's prompt filter)
+* ``out_of_credit``   HTTP 429 with ``error.code: "insufficient_quota"`` (OpenAI, no credit)
+
+Answers report usage: 123 prompt and 456 completion tokens (a ``length`` answer
+``MAX_OUTPUT`` completion tokens, an error answer none).
 
 With ``server.supports_json_schema = False`` a request asking for
 ``response_format: json_schema`` answers 400 (as servers without structured
@@ -80,6 +93,10 @@ ERROR_MESSAGES = {
     403: "Project proj_fake does not have access to model {model}.",
     404: "The model `{model}` does not exist or you do not have access to it.",
 }
+MAX_OUTPUT = 8192
+PRICED_COST = 0.00123  # what a "priced" answer says it cost (USD)
+PRICED_CACHED = 100
+UPSTREAM_MESSAGE = "Upstream provider overloaded: try again later (upstream words)"
 _TOPIC = re.compile(r"^Topic: (.*)$", re.MULTILINE)
 
 
@@ -169,6 +186,30 @@ class FakeOpenAI:
                     error = {"message": f"fake error {status}. {detail}", "type": "server_error"}
                     headers = {"Retry-After": argument} if argument else {}
                     self._send(status, {"error": error}, headers)
+                elif behaviour == "prompt_filtered":
+                    error = {
+                        "message": "The response was filtered due to the prompt triggering "
+                        "Azure OpenAI's content management policy.",
+                        "type": None,
+                        "param": "prompt",
+                        "code": "content_filter",
+                        "status": 400,
+                        "innererror": {"code": "ResponsibleAIPolicyViolation"},
+                    }
+                    self._send(400, {"error": error})
+                elif behaviour == "out_of_credit":
+                    error = {
+                        "message": "You exceeded your current quota, please check your plan "
+                        "and billing details.",
+                        "type": "insufficient_quota",
+                        "param": None,
+                        "code": "insufficient_quota",
+                    }
+                    self._send(429, {"error": error})
+                elif behaviour.startswith("body_error_"):
+                    code = int(behaviour.removeprefix("body_error_"))
+                    error = {"code": code, "message": UPSTREAM_MESSAGE, "metadata": {"raw": "x"}}
+                    self._send(200, {"error": error, "id": "gen-fake", "model": model})
                 elif behaviour == "sse":
                     self._stream(model, json.dumps(GOOD_PLAN))
                 else:
@@ -233,13 +274,25 @@ def answer(model: str, behaviour: str) -> dict[str, Any]:
         "numeric_strings": json.dumps(NUMERIC_STRINGS),
         "malformed": '{"modules": [',
         "rule_break": json.dumps({"modules": []}),
+        "prose": "I would love to help you learn this, but I will answer in prose today.",
+        "filtered": plan[:40],
+        "finish_error": plan[:40],
         "refusal": None,
     }.get(behaviour, json.dumps(GOOD_PLAN))
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if behaviour == "refusal":
         message["refusal"] = REFUSAL
-    finish_reason = "length" if behaviour == "length" else "stop"
-    answered = completion(model, message, finish_reason)
+    finish_reason = {"length": "length", "filtered": "content_filter", "finish_error": "error"}
+    answered = completion(model, message, finish_reason.get(behaviour, "stop"))
+    if behaviour == "length":
+        answered["usage"]["completion_tokens"] = MAX_OUTPUT
+    if behaviour == "finish_error":
+        answered["choices"][0]["error"] = {"code": 502, "message": UPSTREAM_MESSAGE}
+    if behaviour == "no_usage":
+        del answered["usage"]
+    if behaviour == "priced":
+        answered["usage"]["cost"] = PRICED_COST
+        answered["usage"]["prompt_tokens_details"] = {"cached_tokens": PRICED_CACHED}
     if behaviour == "bad_usage":
         answered["model"] = "m\x00" + "x" * 300
         answered["usage"] = {"prompt_tokens": "x", "completion_tokens": 10**30}
@@ -254,6 +307,21 @@ def completion(model: str, message: dict[str, Any], finish_reason: str = "stop")
         "model": model,
         "choices": [{"index": 0, "finish_reason": finish_reason, "message": message}],
         "usage": {"prompt_tokens": 123, "completion_tokens": 456, "total_tokens": 579},
+    }
+
+
+def provider_config(server: FakeOpenAI, model: str = "fake-model", **config: Any) -> dict[str, Any]:
+    """App config for the OpenAI provider against ``server``: no backoff, no rate limit in
+    the way, a 5 s timeout; ``config`` adds or overrides keys."""
+    return {
+        "PLAN_REGEN_PROVIDER": "flask_plan_regen.openai_provider:OpenAIProvider",
+        "PLAN_REGEN_PROVIDER_BASE_URL": server.base_url,
+        "PLAN_REGEN_PROVIDER_API_KEY": "sk-test-fake-0123456789-secret",
+        "PLAN_REGEN_PROVIDER_MODEL": model,
+        "PLAN_REGEN_PROVIDER_TIMEOUT": 5.0,
+        "PLAN_REGEN_RETRY_BACKOFF_BASE": 0,
+        "PLAN_REGEN_RATE_LIMIT": "1000/hour",
+        **config,
     }
 
 
