@@ -276,6 +276,15 @@ def info(as_json: bool) -> None:
     click.echo(f"stuck in processing past the job timeout: {len(data['stuck'])}")
     for row in data["stuck"]:
         click.echo(f"  {row['generationId']} (plan {row['planId']}, since {row['startedAt']})")
+    for entry in data["providers"]:
+        limits = ", ".join(f"{k} {v}" for k, v in entry["limits"].items() if v) or "no limits"
+        use, breaker = entry["use"], entry["breaker"]
+        click.echo(
+            f"provider {entry['name']}: {limits}; in the window {use['requestsInWindow']} "
+            f"requests, {use['tokensInWindow']} tokens; {use['callsInFlight']} in flight; "
+            f"cooldown {use['cooldownSeconds']} s; breaker {breaker['state']}; "
+            f"fallbacks taken {entry['fallbacksTaken']}"
+        )
 
 
 @plan_regen_cli.command("costs")

@@ -12,7 +12,7 @@ from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 
 from . import config as settings
-from . import spend
+from . import fallbacks, spend
 from .cli import plan_regen_cli
 from .database import prepare_no_statements
 from .errors import ConfigurationError
@@ -77,6 +77,7 @@ class PlanRegen:
         settings.apply_defaults(app.config)
         settings.validate(app.config)
         spend.check_config(app.config)
+        fallbacks.check_prices(app.config)
         try:
             redis = connect(
                 app.config["PLAN_REGEN_REDIS_URL"],

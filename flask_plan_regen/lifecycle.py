@@ -10,6 +10,7 @@
     cancel   pending | processing -> canceled
     plan_deleted  processing -> canceled                 (the plan is gone; quota given back)
     requeue  pending -> pending                          (a fresh job for a lost one)
+    give_up  pending -> failed                           (no provider came back; no call made)
 
 Each change is one conditional UPDATE on the row's status (and, for an
 attempt, its number), so of two actors racing for a row exactly one wins: a
@@ -383,6 +384,48 @@ def fail(
         return retry_delay(error, number, config)
     signals.send(signals.regeneration_failed, session, generation_id)
     return error
+
+
+def give_up(state: RegenState, generation_id: str, error: GenerationError) -> bool:
+    """``pending`` -> ``failed`` without an attempt: the job waited for a provider that
+    did not come back (no call made now: the quota follows the attempts billed before,
+    and the budget reservation is released). ``False`` when the row was no longer
+    pending."""
+    session = state.db.session
+    regeneration = session.get(Regeneration, generation_id)
+    if regeneration is None or regeneration.status != Status.PENDING:
+        session.rollback()
+        return False
+    now = utcnow()
+    history = [
+        *regeneration.error_history,
+        {"attempt": None, "class": str(error.failure_class), "error": error.public_message,
+         "at": now.isoformat()},
+    ]  # fmt: skip
+    failed = session.execute(
+        update(Regeneration)
+        .where(Regeneration.id == generation_id, Regeneration.status == Status.PENDING)
+        .values(
+            status=Status.FAILED,
+            failure_class=error.failure_class,
+            error=error.public_message,
+            error_history=history,
+            finished_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(failed, "rowcount", 0):
+        session.rollback()
+        return False
+    settle(state, regeneration, error.failure_class)
+    spend.release(state, regeneration)
+    session.commit()
+    logger.warning("regeneration %s failed without a call (%s): %s", generation_id,
+                   error.failure_class, error)  # fmt: skip
+    progress.publish(state, generation_id, Status.FAILED)
+    signals.send(signals.regeneration_failed, session, generation_id)
+    return True
 
 
 def _change_attempt(state: RegenState, generation_id: str, number: int, **values: Any) -> bool:

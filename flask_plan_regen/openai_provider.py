@@ -16,6 +16,7 @@ import email.utils
 import logging
 import re
 import time
+from collections import ChainMap
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,13 +71,16 @@ class OpenAIProvider:
     """Generates plans with one chat completion asked for the plan's JSON schema.
 
     Reads the ``PLAN_REGEN_PROVIDER_*`` keys (docs/configuration.md) from the
-    app's config at each call.
+    app's config at each call; ``settings`` (a provider entry's) win over them.
     """
 
     name = "openai"
 
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        self.settings = dict(settings or {})
+
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        config = current_app.config
+        config: Mapping[str, Any] = ChainMap(self.settings, current_app.config)
         model = config["PLAN_REGEN_PROVIDER_TIER_MODELS"].get(
             request.tier, config["PLAN_REGEN_PROVIDER_MODEL"]
         )

@@ -43,6 +43,9 @@ FAILURE_CALLBACK = "flask_plan_regen.recovery.on_job_failure"
 JobTimeout = JobTimeoutException
 """Raised inside a job when RQ's job timeout is reached."""
 
+Redelivery = Retry
+"""What a job returns to be delivered again later (:func:`retry_in`, :func:`put_off`)."""
+
 SERIALIZER = JSONSerializer
 _LIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED})
 _REDIS_DOWN = TRANSIENT_ERRORS

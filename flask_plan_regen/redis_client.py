@@ -22,7 +22,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from redis import Redis
@@ -205,3 +205,13 @@ def warn_unless_noeviction(redis: Redis) -> str | None:
     )
     logger.warning(message)
     return message
+
+
+def synchronous(redis: Redis) -> Any:
+    """``redis`` typed as the synchronous client it is (redis-py's types also allow async)."""
+    return cast(Any, redis)
+
+
+def as_text(value: Any) -> str:
+    """A Redis reply (bytes or text) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -39,6 +39,12 @@ With ``server.supports_json_schema = False`` a request asking for
 ``response_format: json_schema`` answers 400 (as servers without structured
 outputs do) before any behaviour is taken.
 
+With ``server.limit = (N, seconds)`` the server enforces its own rate limit, as
+providers do: a request beyond N in any sliding window of that many seconds is
+answered 429 with ``Retry-After`` (behaviour ``over_limit``, counted in
+``server.rejected``) before any behaviour is taken. ``server.max_in_window(s)``
+is the most requests it answered (not rejected) within any ``s`` seconds.
+
 Every request is recorded in ``server.requests`` (body, Authorization header,
 topic, the behaviour answered and ``at``, its ``time.monotonic()``);
 ``server.calls(topic)`` lists those of one plan.
@@ -47,6 +53,7 @@ topic, the behaviour answered and ``at``, its ``time.monotonic()``);
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -108,6 +115,8 @@ class FakeOpenAI:
         self.behaviours: deque[str] = deque()
         self.scripts: dict[str, deque[str]] = defaultdict(deque)
         self.requests: list[dict[str, Any]] = []
+        self.limit: tuple[int, float] | None = None
+        self.rejected = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -130,13 +139,44 @@ class FakeOpenAI:
         with self._lock:
             return [request for request in self.requests if request["topic"] == topic]
 
+    def answered(self) -> list[float]:
+        """When each request that was not rejected for the rate limit arrived (monotonic)."""
+        with self._lock:
+            return [r["at"] for r in self.requests if r["behaviour"] != "over_limit"]
+
+    def max_in_window(self, seconds: float) -> int:
+        """The most answered requests that arrived within any ``seconds`` of each other."""
+        times = sorted(self.answered())
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] >= seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    def _over_limit(self, now: float) -> str | None:
+        """``over_limit@<seconds>`` when a request now would pass ``self.limit`` (lock held)."""
+        if self.limit is None:
+            return None
+        count, seconds = self.limit
+        recent = [r["at"] for r in self.requests if r["behaviour"] != "over_limit"]
+        recent = [at for at in recent if now - at < seconds]
+        if len(recent) < count:
+            return None
+        self.rejected += 1
+        return f"over_limit@{math.ceil(recent[-count] + seconds - now)}"
+
     def _next(self, body: dict[str, Any], authorization: str | None) -> str:
         messages = body.get("messages") or [{}]
         match = _TOPIC.search(str(messages[-1].get("content", "")))
         topic = match.group(1) if match else None
         wants_schema = (body.get("response_format") or {}).get("type") == "json_schema"
         with self._lock:
-            if wants_schema and not self.supports_json_schema:
+            now = time.monotonic()
+            over_limit = self._over_limit(now)
+            if over_limit:
+                behaviour = over_limit
+            elif wants_schema and not self.supports_json_schema:
                 behaviour = "no_json_schema"
             elif self.scripts.get(topic):
                 behaviour = self.scripts[topic].popleft()
@@ -147,8 +187,8 @@ class FakeOpenAI:
                     "body": body,
                     "authorization": authorization,
                     "topic": topic,
-                    "behaviour": behaviour,
-                    "at": time.monotonic(),
+                    "behaviour": behaviour.partition("@")[0],
+                    "at": now,
                 }
             )
             return behaviour
@@ -177,6 +217,10 @@ class FakeOpenAI:
                         "param": "response_format",
                     }
                     self._send(400, {"error": error})
+                elif behaviour == "over_limit":
+                    error = {"message": "Rate limit reached for requests", "type": "requests",
+                             "code": "rate_limit_exceeded"}  # fmt: skip
+                    self._send(429, {"error": error}, {"Retry-After": argument})
                 elif behaviour.startswith("status_"):
                     status = int(behaviour.removeprefix("status_"))
                     key = (authorization or "").removeprefix("Bearer ")
