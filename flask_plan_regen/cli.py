@@ -13,7 +13,6 @@ from typing import Any
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
-from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.utils import import_string
 
@@ -28,7 +27,13 @@ from .openapi import build_document
 from .quota import current_period
 from .recovery import sweep
 from .redact import masked_url
-from .redis_client import is_in_process
+from .redis_client import (
+    PUBLIC_URL_OPTIONS,
+    connect,
+    is_in_process,
+    is_sentinel,
+    warn_unless_noeviction,
+)
 from .state import get_state
 from .store import create_tables
 from .threaded_worker import ThreadedWorker
@@ -147,7 +152,8 @@ def worker(
     # The work horses are forked from this process: warm it up, hold no pooled connections.
     state.prepare_for_fork()
     # No socket timeout here: RQ blocks on Redis while it waits for jobs.
-    connection = Redis.from_url(app.config["PLAN_REGEN_REDIS_URL"])
+    connection = connect(app.config["PLAN_REGEN_REDIS_URL"])
+    warn_unless_noeviction(connection)
     names = list(queues) or rq_queue_names(app.config)
     worker_cls = import_string(
         THREADED_WORKER if threads and worker_class == DEFAULT_WORKER else worker_class
@@ -230,15 +236,22 @@ def rq_command() -> None:
     """Print the equivalent plain ``rq worker`` command line for this app.
 
     Credentials in the Redis URL (password, query values) are masked (``***``):
-    put them back, or give the URL in ``RQ_REDIS_URL``.
+    put them back, or give the URL in ``RQ_REDIS_URL``. Paths and switches
+    (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, timeouts) are printed as they are.
     """
     refuse_in_process_redis(current_app)
+    url = current_app.config["PLAN_REGEN_REDIS_URL"]
+    if is_sentinel(url):
+        raise click.UsageError(
+            "PLAN_REGEN_REDIS_URL names Redis Sentinels, which `rq worker --url` cannot "
+            "follow: run `flask plan-regen worker` (docs/operations.md, 'Redis Sentinel')."
+        )
     app_path = app_import_path()
     prefix = f"FLASK_APP={app_path} " if app_path else ""
     click.echo(
         f"{prefix}rq worker --with-scheduler -w flask_plan_regen.recovery.RecoveringWorker "
         "-S rq.serializers.JSONSerializer "
-        f"--url {shlex.quote(masked_url(current_app.config['PLAN_REGEN_REDIS_URL']))} "
+        f"--url {shlex.quote(masked_url(url, keep=PUBLIC_URL_OPTIONS))} "
         f"{' '.join(rq_queue_names(current_app.config))}"
     )
 

@@ -53,7 +53,12 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_MAX_BODY_BYTES": 64 * 1024,
     # None: derived from the provider timeout (see job_timeout()).
     "PLAN_REGEN_JOB_TIMEOUT": None,
-    "PLAN_REGEN_RESULT_TTL": 24 * 3600,
+    # Seconds RQ keeps a finished job (and its result), a failed one: the database is the
+    # record, so Redis keeps next to nothing per regeneration (docs/operations.md).
+    "PLAN_REGEN_RESULT_TTL": 0,
+    "PLAN_REGEN_FAILURE_TTL": 3600,
+    # PostgreSQL behind PgBouncer in transaction mode: psycopg 3 prepares no statements.
+    "PLAN_REGEN_PGBOUNCER": False,
     # Recovery (docs/operations.md): a running attempt renews its lease in Redis every
     # third of the TTL; workers sweep for lapsed leases and lost jobs every interval.
     "PLAN_REGEN_LEASE_TTL": 15,
@@ -245,6 +250,8 @@ def validate(config: Mapping[str, Any]) -> None:
         config,
     )
     _check_int(config, "PLAN_REGEN_RESULT_TTL", minimum=0)
+    _check_int(config, "PLAN_REGEN_FAILURE_TTL", minimum=1)
+    _check_bool(config, "PLAN_REGEN_PGBOUNCER")
     _check_int(config, "PLAN_REGEN_PAGE_SIZE", minimum=1, maximum=100)
     _check_number(config, "PLAN_REGEN_BUILTIN_DELAY", minimum=0)
     _check(
@@ -281,9 +288,15 @@ def _check_redis_url(config: Mapping[str, Any]) -> None:
     url = config["PLAN_REGEN_REDIS_URL"]
     _check(
         isinstance(url, str)
-        and (url == MEMORY_REDIS_URL or url.startswith(("redis://", "rediss://", "unix://"))),
+        and (
+            url == MEMORY_REDIS_URL
+            or url.startswith(
+                ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+            )
+        ),
         "PLAN_REGEN_REDIS_URL",
-        f"a redis://, rediss:// or unix:// URL, or {MEMORY_REDIS_URL!r} (tests)",
+        "a redis://, rediss://, unix:// or redis+sentinel:// URL (docs/operations.md), or "
+        f"{MEMORY_REDIS_URL!r} (tests)",
         config,
     )
     _check(
