@@ -305,7 +305,7 @@ class ThreadedWorker(RecoveringWorker):
     def teardown(self) -> None:
         self._drain()
         self._monitor_stop.set()
-        super().teardown()  # type: ignore[no-untyped-call]
+        super().teardown()
 
     def _drain(self) -> None:
         """Wait for the running jobs; after a SIGTERM, at most the grace period, then
