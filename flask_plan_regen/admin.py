@@ -12,7 +12,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import lifecycle, queue
+from . import fallbacks, lifecycle, queue
 from .config import job_timeout, rq_queue_names
 from .errors import ApiError
 from .models import FailureClass, Regeneration, Status, utcnow
@@ -50,6 +50,7 @@ def collect_info(state: RegenState) -> dict[str, Any]:
             {"generationId": row.id, "planId": row.plan_id, "startedAt": str(row.started_at)}
             for row in stuck_regenerations(state)
         ],
+        "providers": fallbacks.describe(state),
     }
 
 

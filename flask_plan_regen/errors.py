@@ -153,3 +153,10 @@ class InternalFailure(GenerationError):
 
     failure_class = FailureClass.INTERNAL
     public_message = "An internal error stopped this regeneration; it has been logged."
+
+
+class ProviderUnavailable(GenerationError):
+    """Every provider entry stayed down (open breaker) for ``PLAN_REGEN_PROVIDER_OUTAGE_WAIT``."""
+
+    failure_class = FailureClass.PROVIDER_UNAVAILABLE
+    public_message = "The generation provider is unavailable right now; try again later."

@@ -10,6 +10,7 @@
     cancel   pending | processing -> canceled
     plan_deleted  processing -> canceled                 (the plan is gone; quota given back)
     requeue  pending -> pending                          (a fresh job for a lost one)
+    give_up  pending -> failed                           (no provider came back; no call made)
 
 Each change is one conditional UPDATE on the row's status (and, for an
 attempt, its number), so of two actors racing for a row exactly one wins: a
@@ -32,7 +33,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Table, Update, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import leases, progress, queue, signals, spend
+from . import checkpoints, leases, progress, queue, signals, spend
 from .errors import ApiError, GenerationError, ProviderError, queue_unavailable
 from .logs import context_of
 from .metrics import count_enqueue
@@ -385,6 +386,48 @@ def fail(
     return error
 
 
+def give_up(state: RegenState, generation_id: str, error: GenerationError) -> bool:
+    """``pending`` -> ``failed`` without an attempt: the job waited for a provider that
+    did not come back (no call made now: the quota follows the attempts billed before,
+    and the budget reservation is released). ``False`` when the row was no longer
+    pending."""
+    session = state.db.session
+    regeneration = session.get(Regeneration, generation_id)
+    if regeneration is None or regeneration.status != Status.PENDING:
+        session.rollback()
+        return False
+    now = utcnow()
+    history = [
+        *regeneration.error_history,
+        {"attempt": None, "class": str(error.failure_class), "error": error.public_message,
+         "at": now.isoformat()},
+    ]  # fmt: skip
+    failed = session.execute(
+        update(Regeneration)
+        .where(Regeneration.id == generation_id, Regeneration.status == Status.PENDING)
+        .values(
+            status=Status.FAILED,
+            failure_class=error.failure_class,
+            error=error.public_message,
+            error_history=history,
+            finished_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(failed, "rowcount", 0):
+        session.rollback()
+        return False
+    settle(state, regeneration, error.failure_class)
+    spend.release(state, regeneration)
+    session.commit()
+    logger.warning("regeneration %s failed without a call (%s): %s", generation_id,
+                   error.failure_class, error)  # fmt: skip
+    progress.publish(state, generation_id, Status.FAILED)
+    signals.send(signals.regeneration_failed, session, generation_id)
+    return True
+
+
 def _change_attempt(state: RegenState, generation_id: str, number: int, **values: Any) -> bool:
     """Apply ``values`` if attempt ``number`` still holds the row (it is ``processing``).
 
@@ -519,9 +562,31 @@ def cancel(state: RegenState, regeneration: Regeneration) -> Regeneration:
             details={"generationId": regeneration.id, "status": regeneration.status},
         )
     progress.publish(state, regeneration.id, Status.CANCELED)
-    queue.stop_job(state.redis, regeneration.id)
+    checkpoints.request_cancel(state, regeneration.id, current_app.config)
+    # A running attempt of an interruptible provider stops itself at its next checkpoint
+    # and records what its call cost (canceled_attempt); killing it would lose that.
+    interruptible = bool(getattr(state.provider, "interruptible", False))
+    queue.stop_job(state.redis, regeneration.id, kill_running=not interruptible)
     signals.send(signals.regeneration_canceled, session, regeneration.id)
     return regeneration
+
+
+def canceled_attempt(
+    state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt
+) -> None:
+    """Record the attempt that stopped because its regeneration was canceled meanwhile.
+
+    The row is already ``canceled`` (by :func:`cancel`); the attempt's row keeps
+    the tokens its provider call used up to then, and what they cost is charged
+    (a paid call is never unrecorded).
+    """
+    attempt.outcome, attempt.error = Status.CANCELED, "Canceled during the provider call."
+    session = state.db.session
+    try:
+        _record(state, regeneration, attempt)
+        session.commit()
+    except IntegrityError:  # recorded by a takeover in the meantime
+        session.rollback()
 
 
 PLAN_DELETED = "The plan was deleted during its regeneration."

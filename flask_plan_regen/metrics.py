@@ -192,3 +192,41 @@ def serve_for_worker(host: str, port: int) -> None:
 
     count_as_worker()
     start_http_server(port, addr=host, registry=registry())
+
+
+@functools.cache
+def _fleet_metrics() -> dict[str, Any]:
+    from prometheus_client import Counter
+
+    return {
+        "breaker": Counter(
+            "plan_regen_breaker_transitions",
+            "Circuit breaker state changes, by provider entry and the state entered.",
+            ["provider", "state"],
+        ),
+        "fallbacks": Counter(
+            "plan_regen_provider_fallbacks",
+            "Calls sent to a later provider entry because an earlier one could not take them.",
+            ["provider"],
+        ),
+        "waits": Counter(
+            "plan_regen_capacity_waits",
+            "Jobs put back to wait for provider capacity (no call, no attempt), by reason.",
+            ["provider", "reason"],
+        ),
+    }
+
+
+def count_breaker_transition(provider: str, state: str) -> None:
+    if enabled():
+        _fleet_metrics()["breaker"].labels(provider, state).inc()
+
+
+def count_fallback(provider: str) -> None:
+    if enabled():
+        _fleet_metrics()["fallbacks"].labels(provider).inc()
+
+
+def count_capacity_wait(provider: str, reason: str) -> None:
+    if enabled():
+        _fleet_metrics()["waits"].labels(provider, reason).inc()

@@ -64,6 +64,8 @@ class FailureClass(enum.StrEnum):
     INTERNAL = "internal"
     # The provider account is out of credit (OpenAI's insufficient_quota): an operator must act.
     PROVIDER_QUOTA = "provider_quota"
+    # Every provider entry stayed open-circuited for PLAN_REGEN_PROVIDER_OUTAGE_WAIT: no call made.
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
 
 
 ACTIVE_STATUSES: tuple[Status, ...] = (Status.PENDING, Status.PROCESSING)
