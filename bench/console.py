@@ -162,6 +162,7 @@ def pages(app: Flask, picked: dict[str, str]) -> dict[str, str]:
         "requeue confirmation (count)": "/actions/requeue-class?failure_class=timeout",
         "spend": "/spend",
         "spend JSON": "/api/spend",
+        "providers": "/providers",
     }
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import insert, inspect, select
 
 from examples.host_app import db
 from flask_plan_regen import GenerationAttempt, PlanRegen, Regeneration, get_state, switch
+from flask_plan_regen.admin import collect_info
 from flask_plan_regen.cost_report import cost_report
 from flask_plan_regen.models import new_id, utcnow
 from flask_plan_regen.quota import current_period
@@ -454,3 +455,20 @@ def test_the_spend_page_sums_what_the_attempts_cost(
         for by in ("model", "tier"):
             report = cost_report(get_state(), current_period(), by=by)
             assert spend[f"by{by.title()}"] == [row.document() for row in report]
+
+
+def test_the_providers_page_shows_each_entry_as_info_does(
+    console: Flask, make_plan: Callable[..., str]
+) -> None:
+    client = console.test_client()
+    regenerate(client, make_plan())
+    run_jobs(console)
+    document = client.get(f"{PREFIX}/api/providers", headers=OPERATOR).get_json()
+    with console.app_context():
+        info = collect_info(get_state())["providers"]
+    print(document)
+    assert document["providers"] == info and len(info) >= 1
+    page = client.get(f"{PREFIX}/providers", headers=OPERATOR).get_data(as_text=True)
+    for entry in info:
+        assert f'data-entry="{entry["name"]}"' in page
+        assert entry["breaker"]["state"] in page

@@ -223,5 +223,11 @@ def test_the_console_shows_and_fixes_what_happened(
         assert Decimal(cell.text.removeprefix("$")) == total
         print(f"spend shown: {cell.text} for {len(costs)} attempts")
         shoot(browser, tmp_path / "console-spend.png")
+
+        # Providers: the entry that answered, its limits, use and breaker.
+        browser.get(admin + "/providers")
+        entries = browser.find_elements(By.CSS_SELECTOR, "#providers tbody tr[data-entry]")
+        assert entries and "closed" in entries[0].find_element(By.CSS_SELECTOR, ".breaker").text
+        shoot(browser, tmp_path / "console-providers.png")
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []

@@ -197,3 +197,20 @@ class HourSpendSchema(ResponseSchema):
 
 
 spend_schema = SpendSchema()
+
+
+class ProviderSchema(ResponseSchema):
+    """One provider entry, as ``flask plan-regen info`` describes it (fallbacks.describe)."""
+
+    name = fields.String()
+    limits = fields.Dict(metadata={"description": "Requests, tokens and calls allowed."})
+    use = fields.Dict(metadata={"description": "Use in the window now, calls in flight, cooldown."})
+    breaker = fields.Dict(metadata={"description": "Its state, failures, seconds to a probe."})
+    fallbacks_taken = fields.Integer(attribute="fallbacksTaken", data_key="fallbacksTaken")
+
+
+class ProvidersSchema(ResponseSchema):
+    providers = fields.List(fields.Nested(ProviderSchema))
+
+
+providers_schema = ProvidersSchema()

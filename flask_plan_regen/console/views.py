@@ -24,6 +24,7 @@ from marshmallow import Schema
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response as BaseResponse
 
+from .. import fallbacks
 from ..database import UNAVAILABLE_ERRORS, database_unavailable
 from ..documents import dump, error_schema, iso_utc, usd
 from ..errors import ApiError
@@ -62,6 +63,7 @@ from .schemas import (
     action_result_schema,
     actions_schema,
     overview_schema,
+    providers_schema,
     regeneration_detail_schema,
     regeneration_list_schema,
     requeue_preview_schema,
@@ -185,6 +187,20 @@ def spend() -> str:
 @regen_admin_bp.get("/api/spend")
 def spend_json() -> Response:
     return _json(spend_schema, spend_data(get_state()))
+
+
+def _providers() -> dict[str, Any]:
+    return {"providers": fallbacks.describe(get_state())}
+
+
+@regen_admin_bp.get("/providers")
+def providers() -> str:
+    return render_template("plan_regen_console/providers.html", data=_providers(), page="providers")
+
+
+@regen_admin_bp.get("/api/providers")
+def providers_json() -> Response:
+    return _json(providers_schema, _providers())
 
 
 def _page() -> dict[str, Any]:
