@@ -31,7 +31,9 @@ QUEUES = ["plan_regen_high", "plan_regen_default", "plan_regen_low"]
 
 @pytest.fixture
 def app_config() -> dict[str, Any]:
-    return NO_LIMITS
+    # RQ keeps finished jobs, so the tests can read its finished registry (the default,
+    # 0, deletes a finished job at once).
+    return {**NO_LIMITS, "PLAN_REGEN_RESULT_TTL": 600}
 
 
 def worker_url(postgres_url: str) -> str:
