@@ -9,7 +9,10 @@
   it again. A job that raised calls :func:`on_job_failure`, which releases the
   attempt; RQ then records the job as failed, and the sweep queues it again.
 * The sweep also queues again the ``pending`` rows whose RQ job is gone (Redis
-  lost its data, or a worker lost a job between dequeue and start).
+  lost its data, or a worker lost a job between dequeue and start), and moves
+  the ``pending`` rows left on a queue that is no longer configured (renamed in
+  ``PLAN_REGEN_QUEUES``) to the queue their priority goes to now: only this
+  app's rows, so it never touches another app's jobs.
 
 Use the worker with plain RQ too:
 ``rq worker -w flask_plan_regen.recovery.RecoveringWorker``.
@@ -27,9 +30,10 @@ from flask import current_app
 from sqlalchemy import or_, select
 
 from . import leases, lifecycle, queue
-from .config import job_timeout
+from .config import job_timeout, rq_queue_names
 from .jobs import worker_app
 from .models import Regeneration, Status, as_utc, utcnow
+from .priority import queue_for_priority
 from .state import RegenState, get_state
 
 logger = logging.getLogger("flask_plan_regen.recovery")
@@ -44,7 +48,13 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
     hung_before = now - timedelta(seconds=job_timeout(config)) - 2 * lease_ttl
     session = state.db.session
     rows = session.execute(
-        select(Regeneration.id, Regeneration.status, Regeneration.started_at).where(
+        select(
+            Regeneration.id,
+            Regeneration.status,
+            Regeneration.started_at,
+            Regeneration.queue,
+            Regeneration.priority,
+        ).where(
             Regeneration.status.in_((Status.PROCESSING, Status.PENDING)),
             or_(
                 Regeneration.status == Status.PROCESSING,
@@ -68,8 +78,17 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
             continue
         if lifecycle.release(state, row.id, why, requeue=True) is not None:
             released += 1
+    configured = set(rq_queue_names(config))
     for row in rows:
-        if row.status != Status.PENDING or queue.job_is_live(state.redis, row.id):
+        if row.status != Status.PENDING:
+            continue
+        if row.queue not in configured:
+            moved = _move_to_configured_queue(
+                state, row.id, queue_for_priority(row.priority, config)
+            )
+            requeued += moved
+            continue
+        if queue.job_is_live(state.redis, row.id):
             continue
         regeneration = session.get(Regeneration, row.id)
         if regeneration is not None and regeneration.status == Status.PENDING:
@@ -78,6 +97,28 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
     if released or requeued:
         logger.warning("sweep released %s attempts, requeued %s jobs", released, requeued)
     return {"released": released, "requeued": requeued}
+
+
+def _move_to_configured_queue(state: RegenState, generation_id: str, queue_name: str) -> bool:
+    """Put a pending row's job on ``queue_name``, taking it off a queue no longer listened to.
+
+    Left alone while a worker runs it: a retry it asks for lands on the old queue,
+    and the next sweep moves that.
+    """
+    if queue.job_is_running(state.redis, generation_id):
+        return False
+    session = state.db.session
+    regeneration = session.get(Regeneration, generation_id)
+    if regeneration is None or regeneration.status != Status.PENDING:
+        session.rollback()
+        return False
+    regeneration.queue = queue_name  # the new job goes where the row now says
+    if not lifecycle.requeue_job(state, regeneration):
+        session.rollback()  # another sweep moves it
+        return False
+    session.commit()  # an UPDATE of the queue alone: a claim meanwhile keeps its status
+    logger.warning("moved %s to queue %s, where its priority goes now", generation_id, queue_name)
+    return True
 
 
 def on_job_failure(job: Any, connection: Any, *exc_info: Any) -> None:

@@ -19,6 +19,7 @@ dies holding streams gives their places back on its own.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import sys
@@ -128,7 +129,8 @@ def claim_user_stream(state: RegenState, user_id: str, config: Mapping[str, Any]
             "TOO_MANY_STREAMS_FOR_USER",
             f"You have {cap} event streams open, as many as one user may; close one, or poll "
             "the status route.",
-            headers={"Retry-After": str(round(float(config["PLAN_REGEN_STREAM_KEEPALIVE"])))},
+            # A closed stream's place is free once the server notices, at its next keepalive.
+            headers={"Retry-After": str(math.ceil(float(config["PLAN_REGEN_STREAM_KEEPALIVE"])))},
         )
     return token
 
