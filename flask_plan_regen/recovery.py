@@ -99,6 +99,26 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
     return {"released": released, "requeued": requeued}
 
 
+def sweep_eager_leftovers(state: RegenState) -> None:
+    """With eager jobs outside tests (one process that opted in), recover in process.
+
+    No worker sweeps there: at most once per ``PLAN_REGEN_SWEEP_INTERVAL``, a
+    request sweeps first and runs what it queued again (the rows a killed
+    process left behind). Never raises: recovery must not fail the request.
+    """
+    config = current_app.config
+    if not config["PLAN_REGEN_EAGER"] or config.get("TESTING"):
+        return
+    try:
+        due = state.redis.set(
+            state.key("eager-sweep"), 1, nx=True, ex=int(config["PLAN_REGEN_SWEEP_INTERVAL"])
+        )
+        if due and any(sweep(state).values()):
+            queue.run_queued(state.redis, rq_queue_names(config))
+    except Exception:
+        logger.exception("in-process sweep failed; the next one tries again")
+
+
 def _move_to_configured_queue(state: RegenState, generation_id: str, queue_name: str) -> bool:
     """Put a pending row's job on ``queue_name``, taking it off a queue no longer listened to.
 
