@@ -271,8 +271,8 @@ def _check_in_process(config: Mapping[str, Any]) -> None:
     if config["PLAN_REGEN_REDIS_URL"] == MEMORY_REDIS_URL:
         raise ConfigurationError(
             f"PLAN_REGEN_REDIS_URL is {MEMORY_REDIS_URL!r}, a Redis inside each process: with "
-            "several server processes, jobs never reach a worker and rate limits, quotas' "
-            f"locks and idempotency keys hold per process. {opt_in}"
+            "several server processes, jobs never reach a worker, and rate limits and "
+            f"idempotency keys hold per process. {opt_in}"
         )
     if config["PLAN_REGEN_EAGER"]:
         raise ConfigurationError(
