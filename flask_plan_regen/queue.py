@@ -120,15 +120,6 @@ def job_is_live(redis: Redis, job_id: str) -> bool:
     return job.get_status(refresh=False) in _LIVE
 
 
-def job_is_running(redis: Redis, job_id: str) -> bool:
-    """Whether a worker has started the job (it is not taken off its queue then)."""
-    try:
-        job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
-    except NoSuchJobError:
-        return False
-    return job.get_status(refresh=False) == JobStatus.STARTED
-
-
 def delete_job(redis: Redis, job_id: str) -> None:
     """Delete whatever RQ has under ``job_id`` (its queue and registry entries too)."""
     with contextlib.suppress(NoSuchJobError):
@@ -147,6 +138,15 @@ def stop_job(redis: Redis, job_id: str) -> None:
         pass  # finished or gone: nothing left to stop
     except RedisError:
         logger.warning("could not stop job %s; its row is canceled, so it will not run", job_id)
+
+
+def job_is_running(redis: Redis, job_id: str) -> bool:
+    """Whether a worker has started the job (it is not taken off its queue then)."""
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return False
+    return job.get_status(refresh=False) == JobStatus.STARTED
 
 
 def queue_stats(redis: Redis, names: Iterable[str]) -> list[dict[str, Any]]:

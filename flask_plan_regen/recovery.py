@@ -46,15 +46,10 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
     lease_ttl = timedelta(seconds=config["PLAN_REGEN_LEASE_TTL"])
     # A backstop for an attempt whose process renews its lease but never ends.
     hung_before = now - timedelta(seconds=job_timeout(config)) - 2 * lease_ttl
+    moved = move_off_unconfigured_queues(state, now)
     session = state.db.session
     rows = session.execute(
-        select(
-            Regeneration.id,
-            Regeneration.status,
-            Regeneration.started_at,
-            Regeneration.queue,
-            Regeneration.priority,
-        ).where(
+        select(Regeneration.id, Regeneration.status, Regeneration.started_at).where(
             Regeneration.status.in_((Status.PROCESSING, Status.PENDING)),
             or_(
                 Regeneration.status == Status.PROCESSING,
@@ -78,25 +73,40 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
             continue
         if lifecycle.release(state, row.id, why, requeue=True) is not None:
             released += 1
-    configured = set(rq_queue_names(config))
     for row in rows:
-        if row.status != Status.PENDING:
-            continue
-        if row.queue not in configured:
-            moved = _move_to_configured_queue(
-                state, row.id, queue_for_priority(row.priority, config)
-            )
-            requeued += moved
-            continue
-        if queue.job_is_live(state.redis, row.id):
+        if row.status != Status.PENDING or queue.job_is_live(state.redis, row.id):
             continue
         regeneration = session.get(Regeneration, row.id)
         if regeneration is not None and regeneration.status == Status.PENDING:
             requeued += lifecycle.requeue_job(state, regeneration)
         session.rollback()
+    requeued += moved
     if released or requeued:
         logger.warning("sweep released %s attempts, requeued %s jobs", released, requeued)
     return {"released": released, "requeued": requeued}
+
+
+def move_off_unconfigured_queues(state: RegenState, now: datetime) -> int:
+    """Move the pending rows on a queue no longer configured to their priority's queue now.
+
+    Queues renamed in ``PLAN_REGEN_QUEUES`` (or a name that no longer fits the
+    namespace rule) strand nothing: this app's rows, read from its own database,
+    move; another app's jobs are never touched. Returns how many moved.
+    """
+    config = current_app.config
+    session = state.db.session
+    rows = session.execute(
+        select(Regeneration.id, Regeneration.priority).where(
+            Regeneration.status == Status.PENDING,
+            Regeneration.queue.not_in(rq_queue_names(config)),
+            Regeneration.updated_at < now - lifecycle.PENDING_GRACE,
+        )
+    ).all()
+    session.rollback()
+    return sum(
+        _move_to_configured_queue(state, row.id, queue_for_priority(row.priority, config))
+        for row in rows
+    )
 
 
 def sweep_eager_leftovers(state: RegenState) -> None:
