@@ -11,9 +11,11 @@ from .errors import (
     OutputTruncated,
     OutputValidationError,
     ProviderError,
+    ProviderQuotaExhausted,
     ProviderRateLimited,
     ProviderRejected,
     ProviderTimeout,
+    ReportedUsage,
 )
 from .extension import PlanRegen
 from .models import (
@@ -78,12 +80,14 @@ __all__ = [
     "PlanRegen",
     "PlanStore",
     "ProviderError",
+    "ProviderQuotaExhausted",
     "ProviderRateLimited",
     "ProviderRejected",
     "ProviderTimeout",
     "RecoveringWorker",
     "RegenState",
     "Regeneration",
+    "ReportedUsage",
     "SQLAlchemyPlanStore",
     "Status",
     "Task",

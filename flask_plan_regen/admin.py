@@ -11,7 +11,7 @@ from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from . import lifecycle, queue
+from . import fallbacks, lifecycle, queue
 from .config import job_timeout, rq_queue_names
 from .errors import ApiError
 from .models import FailureClass, Regeneration, Status, utcnow
@@ -49,6 +49,7 @@ def collect_info(state: RegenState) -> dict[str, Any]:
             {"generationId": row.id, "planId": row.plan_id, "startedAt": str(row.started_at)}
             for row in stuck_regenerations(state)
         ],
+        "providers": fallbacks.describe(state),
     }
 
 

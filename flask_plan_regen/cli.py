@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 from typing import Any
@@ -18,16 +19,20 @@ from werkzeug.utils import import_string
 from . import admin, metrics, queue
 from .cli_errors import OperatorGroup
 from .config import rq_queue_names
+from .cost_report import FORMATS, GROUPINGS, cost_report, render
 from .errors import ApiError
 from .jobs import set_worker_app
 from .logs import install_json_logging
 from .models import FailureClass
 from .openapi import build_document
+from .quota import current_period
 from .recovery import sweep
 from .redact import masked_url
 from .redis_client import is_in_process
 from .state import get_state
 from .store import create_tables
+
+_MONTH = re.compile(r"\d{4}-\d{2}")
 
 plan_regen_cli = OperatorGroup("plan-regen", help="Plan regeneration: tables, workers, queues.")
 
@@ -265,6 +270,34 @@ def info(as_json: bool) -> None:
     click.echo(f"stuck in processing past the job timeout: {len(data['stuck'])}")
     for row in data["stuck"]:
         click.echo(f"  {row['generationId']} (plan {row['planId']}, since {row['startedAt']})")
+    for entry in data["providers"]:
+        limits = ", ".join(f"{k} {v}" for k, v in entry["limits"].items() if v) or "no limits"
+        use, breaker = entry["use"], entry["breaker"]
+        click.echo(
+            f"provider {entry['name']}: {limits}; in the window {use['requestsInWindow']} "
+            f"requests, {use['tokensInWindow']} tokens; {use['callsInFlight']} in flight; "
+            f"cooldown {use['cooldownSeconds']} s; breaker {breaker['state']}; "
+            f"fallbacks taken {entry['fallbacksTaken']}"
+        )
+
+
+@plan_regen_cli.command("costs")
+@click.option("--month", default=None, help="YYYY-MM (UTC); this month by default.")
+@click.option("--by", type=click.Choice(GROUPINGS), default="user", show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the N costliest.")
+@click.option("--format", "output", type=click.Choice(FORMATS), default="table", show_default=True)
+def costs(month: str | None, by: str, top: int | None, output: str) -> None:
+    """What provider calls cost in a month: attempts, tokens and USD (exact), by user
+    (operator re-runs as '(operator)'), model, tier or day. Unknown costs are counted
+    apart, never as 0."""
+    period = month or current_period()
+    if not _MONTH.fullmatch(period) or not 1 <= int(period[5:]) <= 12:
+        raise click.BadParameter(f"{period!r} is not a month (YYYY-MM)", param_hint="--month")
+    rows = cost_report(get_state(), period, by, top)
+    if not rows and output == "table":
+        click.echo(f"No provider calls in {period}.")
+        return
+    click.echo(render(rows, output, by))
 
 
 @plan_regen_cli.command("requeue-failed")
@@ -294,9 +327,10 @@ def requeue_failed(failure_class: str | None, dry_run: bool) -> None:
             for outcome in outcomes:
                 queued += outcome.new_id is not None
                 skipped += outcome.skipped is not None
-    except ApiError as error:  # Redis unreachable: the rest is untouched, run it again later
+    except ApiError as error:  # Redis unreachable, or spending paused: the rest is untouched
+        when = "once Redis is back" if error.code == "QUEUE_UNAVAILABLE" else "later"
         raise click.ClickException(
             f"{error.message} Requeued {queued}, skipped {skipped} before stopping; "
-            "run the command again once Redis is back."
+            f"run the command again {when}."
         ) from error
     click.echo(f"requeued {queued}, skipped {skipped} (plan already has an active regeneration)")

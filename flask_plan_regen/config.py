@@ -66,6 +66,13 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_RATE_LIMIT": "10/hour",
     "PLAN_REGEN_TIER_RATE_LIMITS": {},
     "PLAN_REGEN_MONTHLY_QUOTAS": {"free": 5, "starter": 10, "pro": 50},
+    # Spend (docs/billing.md, "What a regeneration costs"): USD per million tokens per model,
+    # and USD budgets per tier and for the whole app per calendar month (decimal strings).
+    "PLAN_REGEN_PRICES": {},
+    "PLAN_REGEN_MONTHLY_BUDGETS": {},
+    "PLAN_REGEN_GLOBAL_MONTHLY_BUDGET": "unlimited",
+    # Seconds a job waits before it checks again whether the global budget pause is over.
+    "PLAN_REGEN_BUDGET_RECHECK": 30,
     # Tiers from Stripe (docs/billing.md); off while PLAN_REGEN_STRIPE_API_KEY is None.
     "PLAN_REGEN_STRIPE_API_KEY": None,
     "PLAN_REGEN_STRIPE_API_BASE": None,
@@ -87,6 +94,16 @@ DEFAULTS: dict[str, Any] = {
     # The output cap of one call, and the request field that carries it.
     "PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS": 8192,
     "PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM": "max_completion_tokens",
+    # A fleet sharing the provider (docs/providers.md): limits shared by every worker
+    # ({"rpm": ..., "tpm": ..., "concurrent": ...} per window), provider entries tried in
+    # order, and a circuit breaker per entry (off while its threshold is 0).
+    "PLAN_REGEN_PROVIDER_LIMITS": {},
+    "PLAN_REGEN_PROVIDER_LIMIT_WINDOW": 60.0,
+    "PLAN_REGEN_PROVIDERS": None,
+    "PLAN_REGEN_BREAKER_THRESHOLD": 0,
+    "PLAN_REGEN_BREAKER_WINDOW": 60.0,
+    "PLAN_REGEN_BREAKER_COOLDOWN": 30.0,
+    "PLAN_REGEN_PROVIDER_OUTAGE_WAIT": 900.0,
     # Retries: attempts per regeneration, backoff min(cap, base * 2^(n-1)) +-25 %.
     "PLAN_REGEN_MAX_ATTEMPTS": 3,
     "PLAN_REGEN_RETRY_BACKOFF_BASE": 2.0,
@@ -224,7 +241,9 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_limits(config, tiers)
     _check_stripe(config)
     _check_provider(config)
+    _check_fleet(config)
     _check_int(config, "PLAN_REGEN_MAX_ATTEMPTS", minimum=1, maximum=10)
+    _check_int(config, "PLAN_REGEN_BUDGET_RECHECK", minimum=1, maximum=3600)
     _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_BASE", minimum=0)
     _check_number(config, "PLAN_REGEN_RETRY_BACKOFF_CAP", minimum=0)
     _check_int(config, "PLAN_REGEN_IDEMPOTENCY_TTL", minimum=1)
@@ -513,3 +532,60 @@ def _check_number(config: Mapping[str, Any], key: str, *, minimum: float) -> Non
     value = config[key]
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= minimum
     _check(ok, key, f"a number >= {minimum}", config)
+
+
+LIMIT_FIELDS = ("rpm", "tpm", "concurrent")
+ENTRY_FIELDS = ("name", "base_url", "api_key", "model", "tier_models", "limits", "prices")
+
+
+def _is_limits(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        field in LIMIT_FIELDS and (limit is None or (_is_int(limit) and limit >= 1))
+        for field, limit in value.items()
+    )
+
+
+def _check_fleet(config: Mapping[str, Any]) -> None:
+    _check(
+        _is_limits(config["PLAN_REGEN_PROVIDER_LIMITS"]),
+        "PLAN_REGEN_PROVIDER_LIMITS",
+        f"a mapping of {', '.join(LIMIT_FIELDS)} to a positive integer or None",
+        config,
+    )
+    _check_number(config, "PLAN_REGEN_PROVIDER_LIMIT_WINDOW", minimum=1)
+    _check_int(config, "PLAN_REGEN_BREAKER_THRESHOLD", minimum=0, maximum=1000)
+    _check_number(config, "PLAN_REGEN_BREAKER_WINDOW", minimum=1)
+    _check_number(config, "PLAN_REGEN_BREAKER_COOLDOWN", minimum=1)
+    _check_number(config, "PLAN_REGEN_PROVIDER_OUTAGE_WAIT", minimum=0)
+    entries = config["PLAN_REGEN_PROVIDERS"]
+    if entries is None:
+        return
+    expected = (
+        "None or a non-empty list of entries, each a mapping with a unique 'name' (letters, "
+        "digits, '_' and '-'), a 'model', and optionally 'base_url' (http(s)://), 'api_key', "
+        f"'tier_models', 'limits' ({', '.join(LIMIT_FIELDS)}) and 'prices'"
+    )
+    ok = isinstance(entries, list | tuple) and bool(entries)
+    names: set[str] = set()
+    for entry in entries if ok else ():
+        ok = ok and (
+            isinstance(entry, Mapping)
+            and set(entry) <= set(ENTRY_FIELDS)
+            and isinstance(entry.get("name"), str)
+            and _QUEUE_NAME.match(entry["name"]) is not None
+            and entry["name"] not in names
+            and isinstance(entry.get("model"), str)
+            and bool(entry["model"].strip())
+            and (entry.get("base_url") is None or _is_http_url(entry["base_url"]))
+            and (entry.get("api_key") is None or isinstance(entry["api_key"], str))
+            and isinstance(entry.get("tier_models", {}), Mapping)
+            and _is_limits(entry.get("limits", {}))
+            and isinstance(entry.get("prices", {}), Mapping)
+        )
+        names.add(str(entry.get("name")) if isinstance(entry, Mapping) else "")
+    if not ok:  # entries may carry API keys: never shown
+        raise ConfigurationError(f"PLAN_REGEN_PROVIDERS must be {expected}.")
+    if importlib.util.find_spec("openai") is None:
+        raise ConfigurationError(
+            "PLAN_REGEN_PROVIDERS needs the openai SDK: pip install 'flask-plan-regen[openai]'."
+        )

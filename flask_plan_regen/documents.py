@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, fields, post_dump, validate
 
-from .models import FailureClass, Status, as_utc
+from .models import ChargedTo, FailureClass, Status, as_utc
 
 
 def iso_utc(value: datetime | None) -> str | None:
@@ -28,6 +29,18 @@ class UtcDateTime(fields.DateTime):
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         return iso_utc(value)
+
+
+def usd(value: Decimal | None) -> str | None:
+    """An exact USD amount as a decimal string without trailing zeros (``"0.000456"``)."""
+    return None if value is None else f"{Decimal(value).normalize():f}"
+
+
+class Money(fields.String):
+    """An exact USD amount, dumped as a decimal string (never a float); null when unknown."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return usd(value)
 
 
 class ResponseSchema(Schema):
@@ -68,7 +81,10 @@ class AttemptSchema(ResponseSchema):
     number = fields.Integer()
     outcome = fields.String(
         validate=validate.OneOf([Status.SUCCEEDED, Status.FAILED, Status.CANCELED]),
-        metadata={"description": "canceled: the plan was deleted during the attempt."},
+        metadata={
+            "description": "canceled: the plan was deleted, or the regeneration canceled, "
+            "during the attempt (a billed call is recorded all the same)."
+        },
     )
     failure_class = fields.String(
         data_key="failureClass", allow_none=True, validate=validate.OneOf(_FAILURE_CLASSES)
@@ -81,6 +97,23 @@ class AttemptSchema(ResponseSchema):
     model = fields.String(allow_none=True)
     prompt_tokens = fields.Integer(data_key="promptTokens", allow_none=True)
     completion_tokens = fields.Integer(data_key="completionTokens", allow_none=True)
+    cached_tokens = fields.Integer(data_key="cachedTokens", allow_none=True)
+    cost_usd = Money(
+        data_key="costUsd",
+        allow_none=True,
+        metadata={
+            "description": "What the call cost in USD, as a decimal string: the server's own "
+            "figure, else the price table's; null when unknown (never 0 for unknown)."
+        },
+    )
+    billed = fields.Boolean(
+        metadata={"description": "The provider billed the call (its answer had output tokens)."}
+    )
+    charged_to = fields.String(
+        data_key="chargedTo",
+        validate=validate.OneOf([str(member) for member in ChargedTo]),
+        metadata={"description": "user, or operator for an operator's re-run."},
+    )
     prompt_hash = fields.String(data_key="promptHash")
     adjustments = fields.Dict()
     created_at = UtcDateTime(data_key="createdAt", allow_none=True)
@@ -201,9 +234,41 @@ class RateLimitUsageSchema(ResponseSchema):
     resets_in = fields.Integer(attribute="reset_after", data_key="resetsIn")
 
 
+class MonthlySpendSchema(ResponseSchema):
+    period = fields.String(metadata={"description": "The month, YYYY-MM (UTC)."})
+    prompt_tokens = fields.Integer(data_key="promptTokens")
+    completion_tokens = fields.Integer(data_key="completionTokens")
+    cached_tokens = fields.Integer(data_key="cachedTokens")
+    cost_usd = Money(
+        data_key="costUsd",
+        metadata={"description": "What the user's provider calls cost this month (known costs)."},
+    )
+    unknown_cost_attempts = fields.Integer(
+        data_key="unknownCostAttempts",
+        metadata={"description": "Billed calls whose cost is unknown (not in costUsd)."},
+    )
+    budget_usd = Money(
+        data_key="budgetUsd", allow_none=True, metadata={"description": "null: unlimited."}
+    )
+    reserved_usd = Money(
+        data_key="reservedUsd",
+        metadata={"description": "Held for regenerations still running (their worst case)."},
+    )
+    budget_left_usd = Money(
+        data_key="budgetLeftUsd",
+        allow_none=True,
+        metadata={"description": "Budget minus spent and reserved; null: unlimited."},
+    )
+    resets_at = UtcDateTime(data_key="resetsAt")
+
+
 class UsageSchema(ResponseSchema):
     tier = fields.String()
     monthly = fields.Nested(MonthlyUsageSchema)
+    spend = fields.Nested(
+        MonthlySpendSchema,
+        metadata={"description": "Tokens, cost (USD, decimal strings) and budget this month."},
+    )
     rate_limit = fields.Nested(
         RateLimitUsageSchema,
         data_key="rateLimit",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .models import RETRYABLE_FAILURES, FailureClass
@@ -46,12 +47,30 @@ def queue_unavailable() -> ApiError:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ReportedUsage:
+    """What a server reported about a call it answered: tokens, its own cost, the model.
+
+    ``answered`` says the server produced a completion (HTTP 200 with a choice);
+    ``cost`` is the server's own figure (OpenRouter's ``usage.cost``) as it sent it.
+    """
+
+    model: str | None = None
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+    cached_tokens: Any = None
+    cost: Any = None
+    answered: bool = False
+
+
 class GenerationError(Exception):
     """A provider call or its output failed; ``failure_class`` decides retrying.
 
     ``public_message`` is what users and the API see; ``str(error)`` may carry
     provider internals and only goes to the logs. ``retry_after`` is the delay
     (seconds) the provider asked for before the next call, if it said one.
+    ``usage`` is what the server reported when it answered before failing (a
+    truncated or refused answer still costs tokens), so the attempt records it.
     """
 
     failure_class: FailureClass = FailureClass.PROVIDER_ERROR
@@ -63,11 +82,13 @@ class GenerationError(Exception):
         *,
         public_message: str | None = None,
         retry_after: float | None = None,
+        usage: ReportedUsage | None = None,
     ) -> None:
         super().__init__(detail or self.public_message)
         if public_message is not None:
             self.public_message = public_message
         self.retry_after = retry_after
+        self.usage = usage
 
     @property
     def retryable(self) -> bool:
@@ -89,6 +110,14 @@ class ProviderRejected(GenerationError):
 
     failure_class = FailureClass.PROVIDER_REJECTED
     public_message = "The generation provider rejected the request."
+
+
+class ProviderQuotaExhausted(GenerationError):
+    """The provider account is out of credit (OpenAI's ``insufficient_quota``): permanent
+    until an operator pays, so never retried, and refunded."""
+
+    failure_class = FailureClass.PROVIDER_QUOTA
+    public_message = "Generation is unavailable right now."
 
 
 class ModelRefused(GenerationError):
@@ -124,3 +153,10 @@ class InternalFailure(GenerationError):
 
     failure_class = FailureClass.INTERNAL
     public_message = "An internal error stopped this regeneration; it has been logged."
+
+
+class ProviderUnavailable(GenerationError):
+    """Every provider entry stayed down (open breaker) for ``PLAN_REGEN_PROVIDER_OUTAGE_WAIT``."""
+
+    failure_class = FailureClass.PROVIDER_UNAVAILABLE
+    public_message = "The generation provider is unavailable right now; try again later."

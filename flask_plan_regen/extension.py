@@ -12,6 +12,7 @@ from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 
 from . import config as settings
+from . import fallbacks, spend
 from .cli import plan_regen_cli
 from .errors import ConfigurationError
 from .hooks import F, Hooks, load_object
@@ -75,6 +76,8 @@ class PlanRegen:
             raise ConfigurationError("PlanRegen.init_app was already called for this app.")
         settings.apply_defaults(app.config)
         settings.validate(app.config)
+        spend.check_config(app.config)
+        fallbacks.check_prices(app.config)
         redis = connect(
             app.config["PLAN_REGEN_REDIS_URL"],
             timeout=float(app.config["PLAN_REGEN_REDIS_TIMEOUT"]),

@@ -9,21 +9,35 @@ module only runs the attempt in between.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
 
-from . import lifecycle, queue
+from . import breaker, fallbacks, lifecycle, provider_limits, queue, spend
 from .database import UNAVAILABLE_ERRORS
-from .errors import GenerationError, InternalFailure, ProviderError, ProviderTimeout
+from .errors import (
+    GenerationError,
+    InternalFailure,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from .identity import load_plan
 from .leases import held_lease
 from .logs import log_context
-from .metrics import observe_attempt
-from .models import GenerationAttempt, Regeneration, Status, storable_text, utcnow
+from .metrics import count_budget_paused, count_capacity_wait, observe_attempt
+from .models import (
+    TERMINAL_STATUSES,
+    GenerationAttempt,
+    Regeneration,
+    Status,
+    storable_text,
+    utcnow,
+)
 from .output import parse_output
 from .pacing import fit_to_schedule
 from .providers import GenerationRequest, GenerationResult
@@ -85,19 +99,113 @@ def run_regeneration(generation_id: str) -> Any:
 
 
 def execute(state: RegenState, generation_id: str) -> Any:
-    """Claim and run one attempt; ``None`` if there is nothing to run."""
+    """Route, claim and run one attempt; ``None`` if there is nothing to run.
+
+    Nothing is claimed before the job may call: while the app's monthly budget is
+    spent, or until a provider entry has taken capacity for the call
+    (:func:`_route`), the job goes back to RQ's schedule, its row ``pending`` and
+    its attempts unspent. Eager apps call at once.
+    """
+    if spend.calls_paused(state):
+        count_budget_paused("worker")
+        return queue.put_off(int(current_app.config["PLAN_REGEN_BUDGET_RECHECK"]))
+    grant: fallbacks.Grant | None = None
+    if not current_app.config["PLAN_REGEN_EAGER"]:
+        routed = _route(state, generation_id)
+        if not isinstance(routed, fallbacks.Grant | None):
+            return routed
+        grant = routed
     regeneration = lifecycle.claim(state, generation_id)
     if regeneration is None:
+        if grant is not None:
+            fallbacks.release(state, grant)
         logger.info("regeneration %s has no attempt to run here", generation_id)
         return None
     with held_lease(state, generation_id, regeneration.attempts):
-        return attempt(state, regeneration)
+        return attempt(state, regeneration, grant)
 
 
-def attempt(state: RegenState, regeneration: Regeneration) -> Any:
-    """Generate, check and pace the plan, then save it (lifecycle.finish) or fail."""
+def _route(state: RegenState, generation_id: str) -> fallbacks.Grant | queue.Redelivery | None:
+    """The entry and capacity for this job's call; else what the job returns to wait.
+
+    ``None`` when the row has ended or its plan is gone (the claim and the
+    attempt deal with those). While every entry is open-circuited the job waits
+    up to ``PLAN_REGEN_PROVIDER_OUTAGE_WAIT`` (from its first such wait) and then
+    fails ``provider_unavailable`` without a call.
+    """
+    config = current_app.config
+    entries = fallbacks.entries(state)
+    row = state.db.session.get(Regeneration, generation_id)
+    ended = row is None or row.status in TERMINAL_STATUSES
+    priority, attempts = (row.priority, row.attempts) if row is not None else (0, 0)
+    prompt: str | None = ""
+    if row is not None and not ended and any(entry.limits.tpm for entry in entries):
+        prompt = _prompt(state, row)  # only a token limit needs it
+    state.db.session.rollback()  # read before: the rollback expires the row
+    if ended or prompt is None:
+        return None
+    outage_key = state.key("capacity", "outage-since", generation_id)
+    outage_wait = float(config["PLAN_REGEN_PROVIDER_OUTAGE_WAIT"])
+    # Only an open breaker starts an outage wait.
+    since = cast(bytes | None, state.redis.get(outage_key)) if breaker.enabled() else None
+    waited = time.time() - float(since) if since is not None else 0.0
+    routed = fallbacks.route(
+        state,
+        generation_id,
+        entries,
+        tokens=fallbacks.estimated_tokens(prompt),
+        priority=priority,
+        # A failed probe must not be this regeneration's last attempt, unless it waited long.
+        may_probe=attempts + 1 < int(config["PLAN_REGEN_MAX_ATTEMPTS"])
+        or waited >= outage_wait / 2,
+    )
+    if isinstance(routed, fallbacks.Grant):
+        if since is not None:
+            state.redis.delete(outage_key)
+        return routed
+    wait = routed.seconds
+    if routed.outage:
+        state.redis.set(outage_key, time.time(), nx=True, ex=int(outage_wait) + 3600)
+        if waited >= outage_wait:
+            state.redis.delete(outage_key)
+            error = ProviderUnavailable(f"every provider entry stayed down for {waited:.0f} s")
+            if lifecycle.give_up(state, generation_id, error):
+                raise queue.RegenerationFailed(error.failure_class, error.public_message)
+            return None
+        wait = min(wait, outage_wait - waited)  # back in time to give up
+    seconds = provider_limits.park(state, generation_id, priority, wait, routed.spacing)
+    first = routed.blocked[0]
+    count_capacity_wait(first.entry, first.reason)
+    logger.info(
+        "regeneration %s waits %.1f s for provider capacity (%s); no attempt spent",
+        generation_id,
+        seconds,
+        "; ".join(f"{each.entry}: {each.reason}" for each in routed.blocked),
+    )
+    return queue.put_off(max(math.ceil(seconds), 1))  # RQ schedules in whole seconds
+
+
+def _prompt(state: RegenState, regeneration: Regeneration) -> str | None:
+    """The prompt ``regeneration``'s call will send; ``None`` when its plan is gone."""
     plan = load_plan(state, regeneration.plan_id)
     if plan is None:
+        return None
+    overrides = overrides_schema.load(regeneration.overrides)
+    request = GenerationRequest(plan.with_overrides(overrides), regeneration.tier, "", 0)
+    return "".join(request.prompt())
+
+
+def attempt(
+    state: RegenState, regeneration: Regeneration, grant: fallbacks.Grant | None = None
+) -> Any:
+    """Generate, check and pace the plan, then save it (lifecycle.finish) or fail.
+
+    ``grant``: the provider entry routed to (default: the first, no capacity taken).
+    """
+    routing = fallbacks.Routing(grant or fallbacks.first_entry(state))
+    plan = load_plan(state, regeneration.plan_id)
+    if plan is None:
+        fallbacks.release(state, routing.grant)  # no call: its capacity goes back
         lifecycle.plan_deleted(state, regeneration, None)
         return None
     overrides = overrides_schema.load(regeneration.overrides)
@@ -113,34 +221,36 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
         "regeneration %s attempt %s: calling provider %s",
         regeneration.id,
         request.attempt,
-        state.provider.name,
+        routing.grant.entry.name,
     )
     try:
-        result = state.provider.generate(request)
+        result = routing.call(state, request)
         modules, adjustments = parse_output(result.content)
         modules, schedule = fit_to_schedule(request.plan, modules, utcnow().date())
     except GenerationError as error:
-        return _failed(state, regeneration, request, started, result, error)
+        return _failed(state, regeneration, request, started, result, error, routing.grant)
     except queue.JobTimeout:
         timeout = ProviderTimeout("RQ job timeout reached during the provider call")
-        return _failed(state, regeneration, request, started, result, timeout)
+        return _failed(state, regeneration, request, started, result, timeout, routing.grant)
     except Exception as error:
         if result is None:  # a provider bug must not leave the row processing
-            logger.exception("provider %s raised", state.provider.name)
+            logger.exception("provider %s raised", routing.grant.entry.name)
             wrapped: GenerationError = ProviderError(f"{type(error).__name__}: {error}")
         else:  # our code failed on the provider's answer: a bug, retrying would not help
             logger.exception("regeneration %s: checking the output raised", regeneration.id)
             wrapped = InternalFailure(f"{type(error).__name__}: {error}")
-        return _failed(state, regeneration, request, started, result, wrapped)
+        return _failed(state, regeneration, request, started, result, wrapped, routing.grant)
 
     summary = {
         "modules": len(modules),
         "tasks": sum(len(m.tasks) for m in modules),
         "durationMs": int((time.monotonic() - started) * 1000),
         "provider": result.provider,
-        "model": model_name(result),
+        "model": model_name(result.model),
     }
-    record = attempt_row(state, regeneration, request, started, result, summary=summary)
+    record = attempt_row(
+        state, regeneration, request, started, result, summary=summary, grant=routing.grant
+    )
     record.adjustments = {**adjustments, **schedule}
     generation_id = regeneration.id
     try:
@@ -164,7 +274,7 @@ def attempt(state: RegenState, regeneration: Regeneration) -> Any:
             f"saving failed: {type(error).__name__}",
             public_message="The generated plan could not be saved.",
         )
-        return _failed(state, regeneration, request, started, result, failure)
+        return _failed(state, regeneration, request, started, result, failure, routing.grant)
     if not saved:
         logger.info("regeneration %s attempt lost its claim", generation_id)
         return None
@@ -179,8 +289,9 @@ def _failed(
     started: float,
     result: GenerationResult | None,
     error: GenerationError,
+    grant: fallbacks.Grant,
 ) -> Any:
-    record = attempt_row(state, regeneration, request, started, result, error=error)
+    record = attempt_row(state, regeneration, request, started, result, error=error, grant=grant)
     return _after_failure(lifecycle.fail(state, regeneration, record, error))
 
 
@@ -200,9 +311,8 @@ def _after_failure(outcome: int | GenerationError | None) -> Any:
     return None
 
 
-def model_name(result: GenerationResult | None) -> str | None:
+def model_name(name: Any) -> str | None:
     """The model the server says answered, as a storable string of at most 200 characters."""
-    name = result.model if result else None
     return storable_text(name)[:200] if isinstance(name, str) else None
 
 
@@ -226,8 +336,19 @@ def attempt_row(
     *,
     error: GenerationError | None = None,
     summary: dict[str, Any] | None = None,
+    grant: fallbacks.Grant | None = None,
 ) -> GenerationAttempt:
-    """The attempt's row (lifecycle commits it with the outcome)."""
+    """The attempt's row (lifecycle commits it with the outcome), with what it cost:
+    the usage of the answer, or the usage a failure carries from the server's answer.
+    ``grant`` names the provider entry called; its own prices win over the table's."""
+    usage = spend.usage_of(result, error)
+    config = current_app.config
+    entry = grant.entry if grant is not None else None
+    prices = (
+        spend.parse_prices(entry.prices)
+        if entry is not None and entry.prices
+        else spend.prices_for(config, usage.model, spend.tier_model(config, regeneration.tier))
+    )
     return GenerationAttempt(
         regeneration_id=regeneration.id,
         number=request.attempt,
@@ -237,10 +358,20 @@ def attempt_row(
         duration_ms=int((time.monotonic() - started) * 1000),
         modules_count=summary["modules"] if summary else 0,
         tasks_count=summary["tasks"] if summary else 0,
-        provider=result.provider if result else state.provider.name,
-        model=model_name(result),
-        prompt_tokens=token_count(result.prompt_tokens) if result else None,
-        completion_tokens=token_count(result.completion_tokens) if result else None,
+        provider=result.provider if result else (entry.name if entry else state.provider.name),
+        model=model_name(usage.model),
+        prompt_tokens=token_count(usage.prompt_tokens),
+        completion_tokens=token_count(usage.completion_tokens),
+        cached_tokens=token_count(usage.cached_tokens),
+        cost_usd=spend.call_cost(
+            prices,
+            prompt_tokens=token_count(usage.prompt_tokens),
+            completion_tokens=token_count(usage.completion_tokens),
+            cached_tokens=token_count(usage.cached_tokens),
+            reported=usage.cost,
+        ),
+        billed=spend.was_billed(usage),
+        charged_to=regeneration.charged_to,
         prompt_hash=request.prompt_hash(),
         adjustments={},
     )

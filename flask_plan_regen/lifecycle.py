@@ -10,6 +10,7 @@
     cancel   pending | processing -> canceled
     plan_deleted  processing -> canceled                 (the plan is gone; quota given back)
     requeue  pending -> pending                          (a fresh job for a lost one)
+    give_up  pending -> failed                           (no provider came back; no call made)
 
 Each change is one conditional UPDATE on the row's status (and, for an
 attempt, its number), so of two actors racing for a row exactly one wins: a
@@ -20,6 +21,7 @@ plan's content is only replaced in the commit that marks an attempt
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable
@@ -31,12 +33,13 @@ from redis.exceptions import RedisError
 from sqlalchemy import Table, Update, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import leases, progress, queue, signals
+from . import leases, progress, queue, signals, spend
 from .errors import ApiError, GenerationError, ProviderError, queue_unavailable
 from .logs import context_of
 from .metrics import count_enqueue
 from .models import (
     ACTIVE_STATUSES,
+    ChargedTo,
     FailureClass,
     GenerationAttempt,
     Regeneration,
@@ -45,9 +48,10 @@ from .models import (
     new_id,
     utcnow,
 )
-from .quota import current_period, give_back, record_charged, refund, refund_failed
+from .quota import QUOTA_USED_UP, charge_retry, current_period, give_back, record_charged, settle
 from .retries import retry_delay, should_retry
 from .state import RegenState
+from .types import PlanInput
 
 logger = logging.getLogger("flask_plan_regen.lifecycle")
 
@@ -70,6 +74,8 @@ _NEW_ROW: dict[str, Any] = {
     "result": None,
     "started_at": None,
     "finished_at": None,
+    "quota_units": 1,
+    "reserved_usd": None,
 }
 
 
@@ -94,19 +100,25 @@ def submit(
     queue_name: str,
     kind: str = "regeneration",
     charge_quota: bool = True,
+    plan: PlanInput | None = None,
 ) -> Regeneration:
     """Insert a pending regeneration and enqueue its job, or raise an :class:`ApiError`.
 
     One transaction inserts the row (the unique index answers 409 when the
-    plan is busy) and charges the monthly quota (429 when used up), so a
-    refused request spends nothing. It is committed before the job is
-    enqueued so that a worker always finds the row; if Redis refuses the job,
-    the row is deleted and the quota given back, so nothing is left pending
+    plan is busy), charges the monthly quota (429 when used up) and, when the
+    tier has a spend budget, reserves the worst case of ``plan``'s regeneration
+    (429 ``BUDGET_EXCEEDED``), so a refused request spends nothing. Once the
+    app's monthly budget is spent, it answers 503 ``BUDGET_PAUSED``. It is
+    committed before the job is enqueued so that a worker always finds the row;
+    if Redis refuses the job, the row is deleted and the quota and reservation
+    given back, so nothing is left pending
     without a job. With ``PLAN_REGEN_EAGER`` the job then runs here, to its end.
     Returns the row as a transient object (not in the session).
     """
     session = state.db.session
+    spend.ensure_not_paused(state)
     now = utcnow()
+    config = current_app.config
     values = {
         **_NEW_ROW,
         "id": new_id(),
@@ -118,8 +130,11 @@ def submit(
         "priority": priority,
         "queue": queue_name,
         "quota_period": current_period(now) if charge_quota else None,
+        # Without the user's quota it is an operator's re-run: spend charged to the operator.
+        "charged_to": ChargedTo.USER if charge_quota else ChargedTo.OPERATOR,
         "created_at": now,
         "updated_at": now,
+        "reserved_usd": spend.reservation(config, tier, plan) if charge_quota else None,
     }
     # A Core INSERT of all the values, not the ORM unit of work: the row's values are
     # all known here, and the shorter the write transaction, the less SQLite's single
@@ -127,6 +142,7 @@ def submit(
     try:
         if charge_quota:
             record_charged(state, _INSERT_ROW, values)
+            spend.reserve(state, values)
         else:
             session.execute(_INSERT_ROW, values)
         session.commit()
@@ -140,12 +156,13 @@ def submit(
     try:
         _enqueue(state, regeneration)
     except RedisError as error:
-        session.execute(delete(Regeneration).where(Regeneration.id == regeneration.id))
         give_back(state, regeneration)
+        spend.release(state, regeneration)
+        session.execute(delete(Regeneration).where(Regeneration.id == regeneration.id))
         session.commit()
         raise queue_unavailable() from error
     signals.send(signals.regeneration_queued, session, regeneration.id)
-    if current_app.config["PLAN_REGEN_EAGER"]:
+    if config["PLAN_REGEN_EAGER"]:
         queue.run_now(state.redis, regeneration.id)
     return regeneration
 
@@ -248,6 +265,10 @@ def _fail_capped(state: RegenState, generation_id: str) -> None:
             updated_at=utcnow(),
         )
     )
+    if getattr(capped, "rowcount", 0):
+        row = session.get(Regeneration, generation_id)
+        if row is not None:
+            spend.release(state, row)
     session.commit()
     if getattr(capped, "rowcount", 0):
         progress.publish(state, generation_id, Status.FAILED)
@@ -282,9 +303,13 @@ def finish(
         finished_at=utcnow(),
     ):  # fmt: skip
         session.rollback()
+        _record_lost_attempt(state, regeneration, attempt)
         return False
     save_content()
-    _record(state, attempt)
+    _record(state, regeneration, attempt)
+    if regeneration.quota_units > 1:  # a retry took more: keep one per billed attempt
+        settle(state, regeneration, None)
+    spend.release(state, regeneration)
     session.commit()
     progress.publish(state, generation_id, Status.SUCCEEDED)
     signals.send(signals.regeneration_succeeded, session, generation_id)
@@ -302,12 +327,19 @@ def fail(
     Returns the seconds to wait before the retry; ``error`` when the
     regeneration failed for good with it; ``None`` when this attempt no longer
     held the row.
-    A regeneration that fails for good gets its quota back when the failure
-    is ours (quota.REFUNDED_FAILURES). The old content stays either way.
+    Quota follows the money: a retry after a billed answer takes one more unit
+    of quota, or is not made when none is left (the regeneration fails with the
+    quota's message); one that fails for good keeps a unit per billed attempt
+    (quota.settle). The old content stays either way.
     """
     config = current_app.config
     generation_id, number = regeneration.id, regeneration.attempts
     retry = should_retry(error, number, config)
+    if retry and attempt is not None and attempt.billed and not charge_retry(state, regeneration):
+        # The provider billed this answer and the user has no quota for another billed one.
+        retry = False
+        error = copy.copy(error)  # a host's subclass may take other arguments
+        error.public_message = QUOTA_USED_UP
     logger.warning(
         "regeneration %s attempt %s failed (%s, %s): %s",
         generation_id,
@@ -338,17 +370,62 @@ def fail(
     session = state.db.session
     if not _change_attempt(state, generation_id, number, error_history=history, **outcome):
         session.rollback()
+        if attempt is not None:
+            _record_lost_attempt(state, regeneration, attempt)
         return None
     if attempt is not None:
-        _record(state, attempt)
+        _record(state, regeneration, attempt)
     if not retry:
-        refund_failed(state, regeneration, error.failure_class)
+        settle(state, regeneration, error.failure_class)
+        spend.release(state, regeneration)
     session.commit()
     progress.publish(state, generation_id, outcome["status"])
     if retry:
         return retry_delay(error, number, config)
     signals.send(signals.regeneration_failed, session, generation_id)
     return error
+
+
+def give_up(state: RegenState, generation_id: str, error: GenerationError) -> bool:
+    """``pending`` -> ``failed`` without an attempt: the job waited for a provider that
+    did not come back (no call made now: the quota follows the attempts billed before,
+    and the budget reservation is released). ``False`` when the row was no longer
+    pending."""
+    session = state.db.session
+    regeneration = session.get(Regeneration, generation_id)
+    if regeneration is None or regeneration.status != Status.PENDING:
+        session.rollback()
+        return False
+    now = utcnow()
+    history = [
+        *regeneration.error_history,
+        {"attempt": None, "class": str(error.failure_class), "error": error.public_message,
+         "at": now.isoformat()},
+    ]  # fmt: skip
+    failed = session.execute(
+        update(Regeneration)
+        .where(Regeneration.id == generation_id, Regeneration.status == Status.PENDING)
+        .values(
+            status=Status.FAILED,
+            failure_class=error.failure_class,
+            error=error.public_message,
+            error_history=history,
+            finished_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(failed, "rowcount", 0):
+        session.rollback()
+        return False
+    settle(state, regeneration, error.failure_class)
+    spend.release(state, regeneration)
+    session.commit()
+    logger.warning("regeneration %s failed without a call (%s): %s", generation_id,
+                   error.failure_class, error)  # fmt: skip
+    progress.publish(state, generation_id, Status.FAILED)
+    signals.send(signals.regeneration_failed, session, generation_id)
+    return True
 
 
 def _change_attempt(state: RegenState, generation_id: str, number: int, **values: Any) -> bool:
@@ -387,13 +464,40 @@ def _attempt_update(keys: tuple[str, ...]) -> Update:
     )
 
 
-def _record(state: RegenState, attempt: GenerationAttempt) -> None:
+def _record(state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt) -> None:
     """Insert the attempt's row: one Core INSERT of the values it was given (the columns'
-    defaults fill the rest), not the ORM unit of work for a single row."""
+    defaults fill the rest), not the ORM unit of work for a single row; and charge what
+    it cost to the month's spend."""
     values = {
         key: value for key, value in vars(attempt).items() if key in _ATTEMPTS.c and key != "id"
     }
     state.db.session.execute(insert(_ATTEMPTS), values)
+    spend.charge(state, regeneration, attempt)
+
+
+def _record_lost_attempt(
+    state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt
+) -> None:
+    """Record a billed attempt whose row was taken from it meanwhile (canceled), so that a
+    paid call is never unrecorded; unless a takeover already recorded that attempt."""
+    if not attempt.billed:
+        return
+    session = state.db.session
+    recorded = session.scalar(
+        select(GenerationAttempt.id).where(
+            GenerationAttempt.regeneration_id == regeneration.id,
+            GenerationAttempt.number == attempt.number,
+        )
+    )
+    if recorded is not None:
+        session.rollback()
+        return
+    attempt.outcome = Status.CANCELED
+    try:
+        _record(state, regeneration, attempt)
+        session.commit()
+    except IntegrityError:  # recorded by a takeover in the meantime
+        session.rollback()
 
 
 def release(state: RegenState, generation_id: str, why: str, *, requeue: bool) -> Status | None:
@@ -418,6 +522,7 @@ def release(state: RegenState, generation_id: str, why: str, *, requeue: bool) -
         error=WorkerLost.public_message,
         duration_ms=max(int((utcnow() - started).total_seconds() * 1000), 0),
         provider=state.provider.name,
+        charged_to=regeneration.charged_to,
         prompt_hash="",
     )
     fail(state, regeneration, attempt, WorkerLost(why))
@@ -445,6 +550,8 @@ def cancel(state: RegenState, regeneration: Regeneration) -> Regeneration:
         .values(status=Status.CANCELED, finished_at=utcnow(), updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    if getattr(canceled, "rowcount", 0):
+        spend.release(state, regeneration)
     session.commit()
     session.refresh(regeneration)
     if not getattr(canceled, "rowcount", 0):
@@ -469,8 +576,9 @@ def plan_deleted(
     """``processing`` -> ``canceled``: the plan was deleted while it was being regenerated.
 
     Nothing is left to regenerate, and neither the user nor the provider
-    failed, so the quota is given back. ``attempt`` is the provider call made
-    before the plan was found gone (``None`` if none was made). ``False`` when
+    failed, so the quota is given back, unless the provider billed an attempt.
+    ``attempt`` is the provider call made before the plan was found gone (``None``
+    if none was made). ``False`` when
     this attempt no longer held the row.
     """
     session = state.db.session
@@ -483,8 +591,9 @@ def plan_deleted(
         return False
     if attempt is not None:
         attempt.outcome, attempt.error = Status.CANCELED, PLAN_DELETED
-        _record(state, attempt)
-    refund(state, regeneration)
+        _record(state, regeneration, attempt)
+    settle(state, regeneration, "")  # refunded unless the provider billed an attempt
+    spend.release(state, regeneration)
     session.commit()
     logger.info("regeneration %s canceled: its plan was deleted", generation_id)
     progress.publish(state, generation_id, Status.CANCELED)

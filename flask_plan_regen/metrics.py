@@ -59,6 +59,23 @@ def _metrics() -> dict[str, Any]:
             ["provider"],
             buckets=LATENCY_BUCKETS,
         ),
+        "tokens": Counter(
+            "plan_regen_tokens",
+            "Tokens providers reported, by model and direction (input, output, cached).",
+            ["model", "direction"],
+        ),
+        "cost": Counter(
+            "plan_regen_cost_usd", "What provider calls cost (USD, when known).", ["model"]
+        ),
+        "provider_quota": Counter(
+            "plan_regen_provider_quota_exhausted",
+            "Calls answered 'out of credit' (insufficient_quota): an operator must act.",
+        ),
+        "budget_paused": Counter(
+            "plan_regen_budget_paused",
+            "Times the global monthly budget stopped a submit or a provider call.",
+            ["where"],
+        ),
         "wait": Histogram(
             "plan_regen_queue_wait_seconds",
             "Time from a regeneration's creation to its first attempt.",
@@ -99,9 +116,35 @@ def observe_attempt(state: RegenState, generation_id: str) -> None:
     if attempt is not None:
         metrics["outcomes"].labels(attempt.outcome, attempt.failure_class or "").inc()
         metrics["latency"].labels(attempt.provider).observe(attempt.duration_ms / 1000)
+        _count_spend(metrics, attempt)
     if regeneration.attempts == 1 and regeneration.started_at is not None:
         wait = _utc(regeneration.started_at) - _utc(regeneration.created_at)
         metrics["wait"].labels(regeneration.queue).observe(max(wait.total_seconds(), 0.0))
+
+
+def _count_spend(metrics: dict[str, Any], attempt: GenerationAttempt) -> None:
+    model = attempt.model or ""
+    cached = attempt.cached_tokens or 0
+    for direction, tokens in (
+        ("input", (attempt.prompt_tokens or 0) - cached),
+        ("cached", cached),
+        ("output", attempt.completion_tokens or 0),
+    ):
+        if tokens > 0:
+            metrics["tokens"].labels(model, direction).inc(tokens)
+    if attempt.cost_usd is not None:
+        metrics["cost"].labels(model).inc(float(attempt.cost_usd))
+
+
+def count_provider_quota() -> None:
+    if enabled():
+        _metrics()["provider_quota"].inc()
+
+
+def count_budget_paused(where: str) -> None:
+    """``where``: "submit" (answered 503) or "worker" (a call put off)."""
+    if enabled():
+        _metrics()["budget_paused"].labels(where).inc()
 
 
 def _utc(value: datetime) -> datetime:
@@ -149,3 +192,41 @@ def serve_for_worker(host: str, port: int) -> None:
 
     count_as_worker()
     start_http_server(port, addr=host, registry=registry())
+
+
+@functools.cache
+def _fleet_metrics() -> dict[str, Any]:
+    from prometheus_client import Counter
+
+    return {
+        "breaker": Counter(
+            "plan_regen_breaker_transitions",
+            "Circuit breaker state changes, by provider entry and the state entered.",
+            ["provider", "state"],
+        ),
+        "fallbacks": Counter(
+            "plan_regen_provider_fallbacks",
+            "Calls sent to a later provider entry because an earlier one could not take them.",
+            ["provider"],
+        ),
+        "waits": Counter(
+            "plan_regen_capacity_waits",
+            "Jobs put back to wait for provider capacity (no call, no attempt), by reason.",
+            ["provider", "reason"],
+        ),
+    }
+
+
+def count_breaker_transition(provider: str, state: str) -> None:
+    if enabled():
+        _fleet_metrics()["breaker"].labels(provider, state).inc()
+
+
+def count_fallback(provider: str) -> None:
+    if enabled():
+        _fleet_metrics()["fallbacks"].labels(provider).inc()
+
+
+def count_capacity_wait(provider: str, reason: str) -> None:
+    if enabled():
+        _fleet_metrics()["waits"].labels(provider, reason).inc()

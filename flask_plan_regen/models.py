@@ -11,22 +11,29 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
 
 
 class Status(enum.StrEnum):
@@ -55,6 +62,10 @@ class FailureClass(enum.StrEnum):
     TRUNCATED = "truncated"
     # Our own code failed after the provider answered (a bug to fix): not retried.
     INTERNAL = "internal"
+    # The provider account is out of credit (OpenAI's insufficient_quota): an operator must act.
+    PROVIDER_QUOTA = "provider_quota"
+    # Every provider entry stayed open-circuited for PLAN_REGEN_PROVIDER_OUTAGE_WAIT: no call made.
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
 
 
 ACTIVE_STATUSES: tuple[Status, ...] = (Status.PENDING, Status.PROCESSING)
@@ -67,6 +78,48 @@ RETRYABLE_FAILURES: frozenset[FailureClass] = frozenset(
 ID_LENGTH = 36  # uuid4 text: plans of the built-in store, regenerations (generationId)
 PLAN_ID_LENGTH = 64  # any store's plan id, as regenerations keep it
 USER_ID_LENGTH = 255
+
+
+class Money(TypeDecorator[Decimal]):
+    """US dollars as exact decimals of 10 places (the cost of one cached token at USD
+    0.075 per million, 7.5e-8, stays exact).
+
+    ``NUMERIC(20, 10)`` where the database has exact decimals (PostgreSQL); on SQLite,
+    whose NUMERIC is a float, a whole number of 1e-10 dollars in an INTEGER, so sums
+    and comparisons made in SQL stay exact there too.
+    """
+
+    impl = Numeric(20, 10)
+    cache_ok = True
+    SCALE = Decimal("1e10")
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(20, 10, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        amount = Decimal(value).quantize(Decimal("1e-10"))
+        return int(amount * self.SCALE) if dialect.name == "sqlite" else amount
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return (Decimal(int(value)) / self.SCALE).quantize(Decimal("1e-10"))
+        return Decimal(value).quantize(Decimal("1e-10"))
+
+
+MONEY = Money()
+
+
+class ChargedTo(enum.StrEnum):
+    """Whose spend a provider call is: the user's (their quota and budget) or an operator's."""
+
+    USER = "user"
+    OPERATOR = "operator"
 
 
 def storable(text: str) -> bool:
@@ -215,6 +268,14 @@ class Regeneration(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The month ("2026-11") whose quota this regeneration used; NULL once refunded.
     quota_period: Mapped[str | None] = mapped_column(String(7))
+    # Quota units it holds: one at submit, one more before each retry after a billed answer.
+    quota_units: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    # "user", or "operator" for an operator's re-run (charged to no user's quota or budget).
+    charged_to: Mapped[str] = mapped_column(
+        String(20), default=ChargedTo.USER, server_default=ChargedTo.USER.value
+    )
+    # What is left of the spend budget reserved at submit (USD); NULL when none was.
+    reserved_usd: Mapped[Decimal | None] = mapped_column(MONEY)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -249,6 +310,15 @@ class GenerationAttempt(Base):
     model: Mapped[str | None] = mapped_column(String(200))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    # What the call cost (USD, exact): the server's reported cost, else the price table's;
+    # NULL when unknown (never 0 for unknown).
+    cost_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+    # Whether the provider billed the call (its answer carried completion tokens).
+    billed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    charged_to: Mapped[str] = mapped_column(
+        String(20), default=ChargedTo.USER, server_default=ChargedTo.USER.value
+    )
     prompt_hash: Mapped[str] = mapped_column(String(64))
     adjustments: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -264,3 +334,18 @@ class Usage(Base):
     user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
     period: Mapped[str] = mapped_column(String(7), primary_key=True)  # "2026-11"
     used: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Spend(Base):
+    """Spend in one calendar month (UTC) against a budget: one user's, or the app's.
+
+    ``scope`` is ``"user:<id>"`` or ``"all"``; ``reserved_usd`` is the worst case of the
+    regenerations still running, ``spent_usd`` what their attempts cost.
+    """
+
+    __tablename__ = "plan_regen_spend"
+
+    scope: Mapped[str] = mapped_column(String(USER_ID_LENGTH + 5), primary_key=True)
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    spent_usd: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    reserved_usd: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))

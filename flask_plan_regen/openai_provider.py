@@ -16,6 +16,7 @@ import email.utils
 import logging
 import re
 import time
+from collections import ChainMap
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,18 +25,23 @@ from flask import current_app
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 from openai.types.shared_params import ResponseFormatJSONObject, ResponseFormatJSONSchema
+from redis.exceptions import RedisError
 
 from .errors import (
     GenerationError,
     ModelRefused,
     OutputTruncated,
     ProviderError,
+    ProviderQuotaExhausted,
     ProviderRateLimited,
     ProviderRejected,
     ProviderTimeout,
+    ReportedUsage,
 )
+from .metrics import count_provider_quota
 from .output import plan_json_schema
 from .providers import GenerationRequest, GenerationResult
+from .state import get_state
 
 logger = logging.getLogger("flask_plan_regen.openai_provider")
 
@@ -65,13 +71,16 @@ class OpenAIProvider:
     """Generates plans with one chat completion asked for the plan's JSON schema.
 
     Reads the ``PLAN_REGEN_PROVIDER_*`` keys (docs/configuration.md) from the
-    app's config at each call.
+    app's config at each call; ``settings`` (a provider entry's) win over them.
     """
 
     name = "openai"
 
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        self.settings = dict(settings or {})
+
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        config = current_app.config
+        config: Mapping[str, Any] = ChainMap(self.settings, current_app.config)
         model = config["PLAN_REGEN_PROVIDER_TIER_MODELS"].get(
             request.tier, config["PLAN_REGEN_PROVIDER_MODEL"]
         )
@@ -160,7 +169,10 @@ def _refuses_json_schema(error: openai.APIStatusError) -> bool:
 def _result(
     completion: Any, model: str, config: Mapping[str, Any], api_key: str | None
 ) -> GenerationResult:
-    """The completion's content, or the failure that explains why there is none to use."""
+    """The completion's content, or the failure that explains why there is none to use.
+
+    Every failure raised after the server answered carries the usage it reported.
+    """
     if not isinstance(completion, ChatCompletion):
         # The SDK hands back the body as text when it is not JSON: typically a server
         # that streams (server-sent events) although no stream was asked for.
@@ -170,15 +182,22 @@ def _result(
             f"{model}: the answer is {kind}, not a chat completion "
             f"(it starts {_masked(text, api_key)[:80]!r})"
         )
-    choice = completion.choices[0] if completion.choices else None
+    usage = _reported_usage(completion, model)
+    body_error = (completion.model_extra or {}).get("error")
+    choices = getattr(completion, "choices", None)
+    if body_error is not None and not choices:
+        # OpenRouter: HTTP 200 with {"error": {"code": 429|502|..., "message": ...}}.
+        raise _body_failure(body_error, model, api_key, usage)
+    choice = choices[0] if choices else None
     if choice is None:
-        raise ProviderError(f"{model}: the answer has no choices")
+        raise ProviderError(f"{model}: the answer has no choices", usage=usage)
     refusal = getattr(choice.message, "refusal", None)
     if refusal:
         reason = _sanitised(refusal, api_key, PUBLIC_TEXT_LIMIT)
         raise ModelRefused(
             f"{model}: refused: {_sanitised(refusal, api_key, LOGGED_TEXT_LIMIT)}",
             public_message=f"The model declined to generate this plan: {reason}",
+            usage=usage,
         )
     if choice.finish_reason == "length":
         cap = config["PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS"]
@@ -186,23 +205,105 @@ def _result(
         raise OutputTruncated(
             f"{model}: answer cut off at the output cap ({used} of {cap} tokens)",
             public_message=f"The model's answer was cut off at the output limit ({cap} tokens).",
+            usage=usage,
         )
     if choice.finish_reason == "content_filter":
         raise ModelRefused(
             f"{model}: answer stopped by the provider's content filter",
             public_message="The provider's content filter stopped the model's answer.",
+            usage=usage,
+        )
+    if choice.finish_reason == "error":
+        # OpenRouter: the upstream failed mid-answer; its words are in the choice's error.
+        upstream = (choice.model_extra or {}).get("error")
+        raise ProviderError(
+            f"{model}: the answer ended with an upstream error: "
+            f"{_body_message(upstream, api_key) or 'no message'}",
+            usage=usage,
         )
     content = choice.message.content
     if not content:
-        raise ProviderError(f"{model}: empty answer (finish_reason {choice.finish_reason!r})")
-    usage = completion.usage
+        raise ProviderError(
+            f"{model}: empty answer (finish_reason {choice.finish_reason!r})", usage=usage
+        )
     return GenerationResult(
         content=content,
         provider=OpenAIProvider.name,
-        model=completion.model or model,
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
+        model=usage.model,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reported_cost=usage.cost,
     )
+
+
+def _reported_usage(completion: ChatCompletion, model: str) -> ReportedUsage:
+    """The usage a completion reports: tokens (cached ones from ``prompt_tokens_details``),
+    the server's own ``usage.cost`` (OpenRouter) and the model that answered."""
+    usage = getattr(completion, "usage", None)
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    return ReportedUsage(
+        model=getattr(completion, "model", None) or model,
+        prompt_tokens=getattr(usage, "prompt_tokens", None),
+        completion_tokens=getattr(usage, "completion_tokens", None),
+        cached_tokens=getattr(details, "cached_tokens", None),
+        cost=(usage.model_extra or {}).get("cost") if usage is not None else None,
+        answered=bool(getattr(completion, "choices", None)),
+    )
+
+
+def _body_failure(
+    body_error: Any, model: str, api_key: str | None, usage: ReportedUsage
+) -> GenerationError:
+    """The failure an ``error`` object in a 200 body means, classed by its ``code``: 429 a
+    rate limit (backed off), 402 or ``insufficient_quota`` out of credit, else the
+    provider's error (retried)."""
+    code = body_error.get("code") if isinstance(body_error, Mapping) else None
+    # The server's message goes to the log with the failure (lifecycle.fail logs it).
+    detail = f"{model}: error in a 200 answer (code {code!r}): {_body_message(body_error, api_key)}"
+    if code == "insufficient_quota" or code == 402:
+        return _out_of_credit(detail, usage)
+    if code == 429 or code == "rate_limit_exceeded":
+        return ProviderRateLimited(detail, usage=usage)
+    return ProviderError(detail, usage=usage)
+
+
+def _body_message(body_error: Any, api_key: str | None) -> str:
+    message = body_error.get("message") if isinstance(body_error, Mapping) else body_error
+    return _sanitised(str(message or ""), api_key, LOGGED_TEXT_LIMIT)
+
+
+# How long one "out of credit" warning stands for all the app's workers.
+OUT_OF_CREDIT_WARNING_TTL = 3600
+_warned_out_of_credit = False  # when Redis cannot say
+
+
+def _out_of_credit(detail: str, usage: ReportedUsage | None = None) -> ProviderQuotaExhausted:
+    """``provider_quota``: a metric per call and one warning (an operator must add credit),
+    once an hour for the whole app: forked work horses share no memory, so a key in Redis
+    says whether it was given."""
+    count_provider_quota()
+    if _first_to_warn():
+        logger.warning(
+            "the provider account is out of credit (%s): every generation fails as "
+            "provider_quota until an operator adds credit; this is logged once an hour",
+            detail,
+        )
+    return ProviderQuotaExhausted(detail, usage=usage)
+
+
+def _first_to_warn() -> bool:
+    global _warned_out_of_credit
+    state = get_state()
+    try:
+        return bool(
+            state.redis.set(
+                state.key("provider-out-of-credit"), 1, nx=True, ex=OUT_OF_CREDIT_WARNING_TTL
+            )
+        )
+    except RedisError:
+        first, _warned_out_of_credit = not _warned_out_of_credit, True
+        return first
 
 
 def _failure(error: openai.OpenAIError, model: str, api_key: str | None) -> GenerationError:
@@ -214,6 +315,15 @@ def _failure(error: openai.OpenAIError, model: str, api_key: str | None) -> Gene
         request_id = f" (request {error.request_id})" if error.request_id else ""
         detail = f"{model}: HTTP {status}{request_id}: {_server_message(error, api_key)}"
         retry_after = retry_after_seconds(error.response.headers)
+        code = _error_code(error)
+        if code == "insufficient_quota":
+            return _out_of_credit(detail)
+        if code == "content_filter":
+            # Azure's filter stopped the prompt: what was asked, like a filtered answer.
+            return ModelRefused(
+                detail,
+                public_message="The provider's content filter refused this plan's request.",
+            )
         if status == 429:
             return ProviderRateLimited(detail, retry_after=retry_after)
         if status >= 500 or status in _RETRYABLE_STATUSES:
@@ -227,6 +337,14 @@ def _failure(error: openai.OpenAIError, model: str, api_key: str | None) -> Gene
     # Connection errors, unreadable answers: the class name says enough, and the
     # message could carry settings.
     return ProviderError(f"{model}: {type(error).__name__}")
+
+
+def _error_code(error: openai.APIStatusError) -> str | None:
+    """The ``error.code`` of an error body (``insufficient_quota``, ``content_filter``...)."""
+    code = getattr(error, "code", None)
+    if code is None and isinstance(error.body, Mapping):
+        code = error.body.get("code")
+    return str(code) if code is not None else None
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

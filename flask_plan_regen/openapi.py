@@ -52,14 +52,15 @@ ERROR_DESCRIPTIONS = {
     415: "The request's Content-Type is not application/json (UNSUPPORTED_MEDIA_TYPE); "
     "nothing was recorded.",
     422: "The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_REUSED).",
-    429: "Over the rate limit (RATE_LIMITED, with Retry-After) or the monthly quota "
-    "(QUOTA_EXCEEDED).",
+    429: "Over the rate limit (RATE_LIMITED, with Retry-After), the monthly quota "
+    "(QUOTA_EXCEEDED) or the monthly spend budget (BUDGET_EXCEEDED).",
     500: "A server misconfiguration, logged; nothing was queued: the auth hook returned an "
     "unusable user id (INVALID_USER_ID), or the tier resolver a tier "
     "PLAN_REGEN_TIER_PRIORITY does not know (UNKNOWN_TIER).",
     503: "Nothing was changed: the database (DATABASE_UNAVAILABLE, with Retry-After) or the "
-    "queue (QUEUE_UNAVAILABLE, with Retry-After) is unavailable, or regeneration is "
-    "switched off (REGENERATION_DISABLED).",
+    "queue (QUEUE_UNAVAILABLE, with Retry-After) is unavailable, regeneration is "
+    "switched off (REGENERATION_DISABLED), or this month's spend reached the app's budget "
+    "(BUDGET_PAUSED).",
 }
 
 RATE_LIMIT_HEADERS = {

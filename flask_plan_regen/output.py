@@ -11,6 +11,7 @@ clamped, numbers written as strings (``"30"``) read as numbers. What cannot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -24,6 +25,10 @@ from .types import GeneratedModule, GeneratedTask
 MAX_MODULES = 12
 MAX_TASKS = 20
 MAX_TITLE = 500
+MAX_DESCRIPTION = 2000
+# Characters of titles and descriptions a whole plan may store (every plan read serves
+# them): every title fits (252 of at most 500), descriptions fill the rest.
+MAX_PLAN_TEXT = 200_000
 MODULE_MINUTES = (15, 480)
 TASK_MINUTES = (5, 120)
 
@@ -35,6 +40,8 @@ ADJUSTMENTS = (
     "tasksDropped",
     "numbersCoerced",
     "textsCleaned",
+    "descriptionsTruncated",
+    "descriptionsDropped",
 )
 
 _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
@@ -55,7 +62,13 @@ def parse_output(
     adjustments = dict.fromkeys(ADJUSTMENTS, 0)
     adjustments["modulesDropped"] = max(len(modules) - MAX_MODULES, 0)
     parsed = [_module(item, adjustments) for item in modules[:MAX_MODULES]]
-    return parsed, adjustments
+    return _within_plan_text(parsed, adjustments), adjustments
+
+
+# Bounds that keep finding the object linear in the answer's length, whatever it holds:
+# decoding attempts (Python calls), and characters the failed ones may read (C work).
+MAX_CANDIDATES = 1000
+FAILED_READ_FACTOR = 2
 
 
 def json_in(text: str) -> Any:
@@ -63,33 +76,57 @@ def json_in(text: str) -> Any:
 
     Models often wrap the object in a Markdown fence or a sentence before and
     after it; the standard library's ``raw_decode`` reads an object starting at
-    each ``{`` and stops where it ends, so no hand-written scanning is needed.
-    Several objects (or none) is a :class:`ProviderError`.
+    a ``{`` and stops where it ends. It is tried from each ``{`` not inside an
+    object already read; as an answer full of braces would make that quadratic
+    (every failed attempt may read to the end), it stops after
+    :data:`MAX_CANDIDATES` attempts or once failed attempts have read
+    :data:`FAILED_READ_FACTOR` times the text. Several objects (or none) is a
+    :class:`ProviderError`.
     """
-    try:
-        return json.loads(text)
-    except RecursionError as error:  # nested deeper than any plan: not worth reading on
-        raise ProviderError("output is nested too deeply to be a plan") from error
-    except ValueError as error:
-        whole_text_error = error
+    whole_text_error: ValueError | None = None
+    if not text.lstrip().startswith("{"):  # else the first attempt below reads it whole
+        try:
+            return json.loads(text)
+        except RecursionError as error:  # nested deeper than any plan: not worth reading on
+            raise ProviderError("output is nested too deeply to be a plan") from error
+        except ValueError as error:
+            whole_text_error = error
+    found, read_to_the_end = _objects_in(text)
+    plans = [value for value in found if "modules" in value]
+    if len(found) == 1 or len(plans) == 1:
+        return plans[0] if plans else found[0]
+    if not read_to_the_end:
+        what = f"more than {MAX_CANDIDATES} candidates in {len(text)} characters"
+    elif found:
+        what = f"{len(found)} JSON objects"
+    else:
+        what = f"no JSON object ({whole_text_error})"
+    raise ProviderError(f"output is not one JSON object: {what}")
+
+
+def _objects_in(text: str) -> tuple[list[Any], bool]:
+    """The JSON objects ``raw_decode`` reads from the braces of ``text`` within the bounds,
+    and whether it read to the end (else one plan found is taken as the one)."""
     decoder = json.JSONDecoder()
     found: list[Any] = []
+    failed_reads = 0
     start = text.find("{")
-    while start != -1:
+    for _ in range(MAX_CANDIDATES):
+        if start == -1:
+            return found, True
         try:
             value, end = decoder.raw_decode(text, start)
         except RecursionError as error:
             raise ProviderError("output is nested too deeply to be a plan") from error
-        except ValueError:
+        except json.JSONDecodeError as error:
+            failed_reads += max(error.pos - start, 1)
+            if failed_reads > FAILED_READ_FACTOR * len(text):
+                break
             start = text.find("{", start + 1)
             continue
         found.append(value)
         start = text.find("{", end)
-    plans = [value for value in found if "modules" in value]
-    if len(found) == 1 or len(plans) == 1:
-        return plans[0] if plans else found[0]
-    what = f"{len(found)} JSON objects" if found else f"no JSON object ({whole_text_error})"
-    raise ProviderError(f"output is not one JSON object: {what}")
+    return found, start == -1
 
 
 def plan_json_schema() -> dict[str, Any]:
@@ -168,7 +205,40 @@ def _description(item: Mapping[str, Any], adjustments: dict[str, int]) -> str | 
     description = item.get("description")
     if not isinstance(description, str):
         return None
-    return _storable(description, adjustments).strip() or None
+    description = _storable(description, adjustments).strip()
+    if len(description) > MAX_DESCRIPTION:
+        adjustments["descriptionsTruncated"] += 1
+        description = description[:MAX_DESCRIPTION].rstrip()
+    return description or None
+
+
+def _within_plan_text(
+    modules: list[GeneratedModule], adjustments: dict[str, int]
+) -> list[GeneratedModule]:
+    """``modules`` with at most :data:`MAX_PLAN_TEXT` characters of titles and descriptions:
+    descriptions are dropped, from the last task backwards, until it fits."""
+
+    def size(item: GeneratedModule | GeneratedTask) -> int:
+        return len(item.title) + len(item.description or "")
+
+    excess = sum(size(m) + sum(size(t) for t in m.tasks) for m in modules) - MAX_PLAN_TEXT
+    if excess <= 0:
+        return modules
+    fitted: list[GeneratedModule] = []
+    for module in reversed(modules):
+        tasks: list[GeneratedTask] = []
+        for task in reversed(module.tasks):
+            if excess > 0 and task.description:
+                excess -= len(task.description)
+                adjustments["descriptionsDropped"] += 1
+                task = dataclasses.replace(task, description=None)
+            tasks.append(task)
+        if excess > 0 and module.description:
+            excess -= len(module.description)
+            adjustments["descriptionsDropped"] += 1
+            module = dataclasses.replace(module, description=None)
+        fitted.append(dataclasses.replace(module, tasks=tuple(reversed(tasks))))
+    return list(reversed(fitted))
 
 
 def _storable(text: str, adjustments: dict[str, int]) -> str:

@@ -3,6 +3,7 @@ which also queues its first generation."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from typing import Any
 
@@ -16,6 +17,7 @@ from .models import Regeneration
 from .priority import compute_priority, queue_for_priority
 from .schemas import CreatePlanSchema, field_errors
 from .state import RegenState, get_state
+from .types import PlanInput
 
 
 def create_plan(owner_id: str, topic: str, **fields: Any) -> str:
@@ -49,6 +51,14 @@ def create_plan(owner_id: str, topic: str, **fields: Any) -> str:
     return plan_id
 
 
+def plan_input(plan_id: str, owner_id: str, fields: dict[str, Any]) -> PlanInput:
+    """The plan a generation will be asked for, from the fields it was created with."""
+    names = {field.name for field in dataclasses.fields(PlanInput)} - {"id", "owner_id"}
+    return PlanInput(
+        id=plan_id, owner_id=owner_id, **{k: v for k, v in fields.items() if k in names}
+    )
+
+
 def create_and_generate(state: RegenState, user_id: str, fields: dict[str, Any]) -> Regeneration:
     """Create the caller's plan (status ``pending``) and queue its first generation.
 
@@ -73,6 +83,7 @@ def create_and_generate(state: RegenState, user_id: str, fields: dict[str, Any])
             priority=priority,
             queue_name=queue_for_priority(priority, config),
             kind="generation",
+            plan=plan_input(plan_id, user_id, fields),
         )
     except ApiError as error:
         delete_plan = getattr(state.store, "delete_plan", None)

@@ -86,6 +86,9 @@ class GenerationResult:
     model: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    # The server's own cost of the call (USD), when it reports one (OpenRouter's usage.cost).
+    reported_cost: Any = None
 
 
 @runtime_checkable

@@ -44,6 +44,9 @@ FAILURE_CALLBACK = "flask_plan_regen.recovery.on_job_failure"
 JobTimeout = JobTimeoutException
 """Raised inside a job when RQ's job timeout is reached."""
 
+Redelivery = Retry
+"""What a job returns to be delivered again later (:func:`retry_in`, :func:`put_off`)."""
+
 SERIALIZER = JSONSerializer
 _LIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED})
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
@@ -106,9 +109,21 @@ def retry_in(seconds: int, config: Mapping[str, Any]) -> Retry:
     """What a job returns to be delivered again after ``seconds`` (needs RQ's scheduler).
 
     ``max`` is only RQ's safety net: the job never asks for more retries than
-    ``PLAN_REGEN_MAX_ATTEMPTS`` allows.
+    ``PLAN_REGEN_MAX_ATTEMPTS`` allows, but RQ also counts the deliveries put off
+    without an attempt (:func:`put_off`).
     """
-    return Retry(max=int(config["PLAN_REGEN_MAX_ATTEMPTS"]), interval=[seconds])
+    return Retry(max=int(config["PLAN_REGEN_MAX_ATTEMPTS"]) + PUT_OFF_LIMIT, interval=[seconds])
+
+
+# Deliveries a job may be put off without an attempt (RQ counts them as retries): a
+# month of re-checks every 30 s.
+PUT_OFF_LIMIT = 100_000
+
+
+def put_off(seconds: int) -> Retry:
+    """What a job returns to be delivered again after ``seconds`` without having claimed
+    its row or made an attempt (its regeneration stays pending): an RQ scheduled job."""
+    return Retry(max=PUT_OFF_LIMIT, interval=[seconds])
 
 
 def job_is_live(redis: Redis, job_id: str) -> bool:

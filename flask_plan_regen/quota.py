@@ -5,9 +5,11 @@ the user's ``plan_regen_usage`` row for the month, in the same transaction
 that records the regeneration, so concurrent requests (any number of web
 processes) can never take more than the limit. On PostgreSQL the
 regeneration's INSERT and the charge are one statement (the INSERT in a CTE).
-The quota is given back when a request ends without being queued, and when a
-regeneration fails for a reason that is ours rather than the user's
-(:data:`REFUNDED_FAILURES`); a regeneration is refunded at most once.
+The quota is given back when a request ends without being queued, and follows
+the money as a regeneration ends (:func:`settle`): a regeneration none of whose
+attempts the provider billed gets its quota back (unless it failed for what was
+asked, :data:`KEPT_FAILURES`), and a retry after a billed answer takes one more
+unit (:func:`charge_retry`). A regeneration is refunded at most once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, cast
 
 from flask import current_app
 from flask_sqlalchemy.session import Session
-from sqlalchemy import Integer, Select, Table, bindparam, literal, select, update
+from sqlalchemy import Integer, Select, Table, bindparam, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import scoped_session
@@ -29,21 +31,18 @@ from sqlalchemy.sql.dml import Insert, ReturningInsert
 from .config import UNLIMITED
 from .documents import iso_utc
 from .errors import ApiError
-from .models import FailureClass, Regeneration, Usage
+from .models import FailureClass, GenerationAttempt, Regeneration, Usage
 from .state import RegenState
 
-REFUNDED_FAILURES: frozenset[FailureClass] = frozenset(
-    {
-        FailureClass.PROVIDER_ERROR,
-        FailureClass.RATE_LIMIT,
-        FailureClass.TIMEOUT,
-        FailureClass.PROVIDER_REJECTED,
-        FailureClass.TRUNCATED,
-        FailureClass.INTERNAL,
-    }
+KEPT_FAILURES: frozenset[FailureClass] = frozenset({FailureClass.VALIDATION, FailureClass.REFUSED})
+"""Failure classes that keep the charge even when no attempt was billed: they are about
+what was asked (a prompt a content filter stopped), not the provider's or our fault.
+Every other regeneration whose attempts were none of them billed gets its quota back."""
+
+QUOTA_USED_UP = (
+    "The monthly regeneration quota is used up: the model's answer could not be used and "
+    "another attempt would need one more regeneration of the quota."
 )
-"""Failure classes that give the quota back: the provider's (or its settings') fault, or
-ours, not the user's. ``validation`` and ``refused`` are about what was asked, and are kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,32 +116,98 @@ def give_back(state: RegenState, regeneration: Regeneration) -> None:
         )
 
 
-def refund_failed(state: RegenState, regeneration: Regeneration, failure_class: str) -> bool:
-    """Give back the quota of a regeneration that failed for a reason of ours.
+def billed_attempts(state: RegenState, regeneration_id: str) -> int:
+    """How many attempts of a regeneration the provider billed (recorded ones, this
+    transaction's included)."""
+    return (
+        state.db.session.scalar(
+            select(func.count())
+            .select_from(GenerationAttempt)
+            .where(GenerationAttempt.regeneration_id == regeneration_id, GenerationAttempt.billed)
+        )
+        or 0
+    )
 
-    Call it when the regeneration has failed for good (after its last retry),
-    before committing that outcome: the refund commits with it. Clearing
-    ``quota_period`` with a conditional UPDATE makes a second call a no-op.
+
+def settle(state: RegenState, regeneration: Regeneration, failure_class: str | None) -> None:
+    """Make the quota a regeneration keeps follow the money, as it ends (not committed).
+
+    It keeps one unit per billed attempt (at least one when it succeeded or failed for a
+    class of :data:`KEPT_FAILURES`); the rest goes back. ``failure_class`` is ``None``
+    for a success, ``""`` when the plan was deleted. Refunding everything clears
+    ``quota_period`` with a conditional UPDATE, so it happens at most once.
     """
-    return failure_class in REFUNDED_FAILURES and refund(state, regeneration)
+    if regeneration.quota_period is None:
+        return
+    billed = billed_attempts(state, regeneration.id)
+    kept_unbilled = failure_class is None or failure_class in KEPT_FAILURES
+    keep = max(billed, 1 if kept_unbilled else 0)
+    if keep == 0:
+        refund(state, regeneration)
+        return
+    session = state.db.session
+    held = session.execute(
+        update(Regeneration)
+        .where(
+            Regeneration.id == regeneration.id,
+            Regeneration.quota_period.is_not(None),
+            Regeneration.quota_units > keep,
+        )
+        .values(quota_units=keep)
+        .returning(literal(1))
+        .execution_options(synchronize_session=False)
+    ).first()
+    if held is not None:
+        # The units above `keep` were taken before retries that were not billed.
+        extra = regeneration.quota_units - keep
+        if extra > 0:
+            _give_back(session, _reservation(regeneration), extra)
+
+
+def charge_retry(state: RegenState, regeneration: Regeneration) -> bool:
+    """Before a retry after a billed attempt (not yet recorded): one more unit of quota
+    when every unit held paid for a billed answer, so a user's billed attempts never
+    exceed the quota (not committed). ``False`` when none is left: no retry."""
+    if regeneration.quota_period is None:
+        return True  # refunded already, or an operator's re-run: no user quota involved
+    if billed_attempts(state, regeneration.id) + 1 < regeneration.quota_units:
+        return True
+    session = state.db.session
+    limit = monthly_limit(regeneration.tier, current_app.config)
+    if not _take_one(session, regeneration.user_id, regeneration.quota_period, limit):
+        return False
+    session.execute(
+        update(Regeneration)
+        .where(Regeneration.id == regeneration.id)
+        .values(quota_units=Regeneration.quota_units + 1)
+        .execution_options(synchronize_session=False)
+    )
+    regeneration.quota_units += 1
+    return True
 
 
 def refund(state: RegenState, regeneration: Regeneration) -> bool:
-    """Give back ``regeneration``'s quota, at most once (not committed); ``False`` if done."""
-    period = regeneration.quota_period
-    if period is None:
+    """Give back all of ``regeneration``'s quota, at most once (not committed); ``False`` if
+    done already."""
+    if regeneration.quota_period is None:
         return False
     session = state.db.session
     cleared = session.execute(
         update(Regeneration)
         .where(Regeneration.id == regeneration.id, Regeneration.quota_period.is_not(None))
         .values(quota_period=None)
+        .returning(Regeneration.quota_units)
         .execution_options(synchronize_session=False)
-    )
-    if not getattr(cleared, "rowcount", 0):
+    ).first()
+    if cleared is None:
         return False
-    _give_back(session, Reservation(user_id=regeneration.user_id, period=period))
+    _give_back(session, _reservation(regeneration), cleared[0])
     return True
+
+
+def _reservation(regeneration: Regeneration) -> Reservation:
+    assert regeneration.quota_period is not None
+    return Reservation(user_id=regeneration.user_id, period=regeneration.quota_period)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,14 +312,10 @@ def _insert_and_charge(row: Insert, *, limited: bool) -> Select[tuple[int]]:
     return select(charge.c.used)
 
 
-def _give_back(session: scoped_session[Session], reservation: Reservation) -> None:
+def _give_back(session: scoped_session[Session], reservation: Reservation, units: int = 1) -> None:
     session.execute(
         update(Usage)
-        .where(
-            Usage.user_id == reservation.user_id,
-            Usage.period == reservation.period,
-            Usage.used > 0,
-        )
-        .values(used=Usage.used - 1)
+        .where(Usage.user_id == reservation.user_id, Usage.period == reservation.period)
+        .values(used=case((Usage.used > units, Usage.used - units), else_=0))
         .execution_options(synchronize_session=False)
     )

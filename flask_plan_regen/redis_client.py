@@ -9,6 +9,8 @@ queued on it can only run in the same process: ``PLAN_REGEN_EAGER`` or
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from redis import Redis
 
 from .config import MEMORY_REDIS_URL
@@ -30,3 +32,13 @@ def connect(url: str, *, timeout: float | None = None) -> Redis:
 
         return fakeredis.FakeRedis(server=fakeredis.FakeServer())
     return Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+
+def synchronous(redis: Redis) -> Any:
+    """``redis`` typed as the synchronous client it is (redis-py's types also allow async)."""
+    return cast(Any, redis)
+
+
+def as_text(value: Any) -> str:
+    """A Redis reply (bytes or text) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

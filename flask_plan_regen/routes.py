@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from . import documents, lifecycle
 from .bodies import read_body, require_json_content_type
+from .cost_report import monthly_spend
 from .database import UNAVAILABLE_ERRORS, database_unavailable
 from .errors import ApiError
 from .idempotency import idempotent
@@ -233,19 +234,21 @@ def regenerate(plan_id: str) -> Response:
         tier=tier,
         priority=priority,
         queue_name=queue_for_priority(priority, config),
+        plan=merged,
     )
     return accepted(regeneration)
 
 
 @regen_bp.get("/usage")
 def usage() -> Response:
-    """The caller's tier, rate limit and monthly quota."""
+    """The caller's tier, rate limit, monthly quota and spend."""
     state = get_state()
     user_id = current_user_id(state)
     tier = tier_of(state, user_id)
     document = {
         "tier": tier,
         "monthly": monthly_usage(state, user_id, tier),
+        "spend": monthly_spend(state, user_id, tier),
         "rate_limit": rate_limit_usage(state.rate_limiter, user_id, tier),
     }
     return jsonify(documents.dump(documents.usage_schema, document))

@@ -21,10 +21,29 @@ behaviour scripted for its plan's topic (``server.script("Rust", "status_500",
 * ``bad_usage``       a good plan, but token counts no column can keep and a model name
   with a NUL and 300 characters
 * ``rule_break``      JSON that breaks the output rules (no modules)
+* ``prose``           a sentence with no JSON in it
+* ``filtered``        output stopped by the content filter (``finish_reason: "content_filter"``)
+* ``priced``          a good plan whose usage carries the server's ``cost`` (OpenRouter) and
+  cached prompt tokens (``prompt_tokens_details.cached_tokens``)
+* ``body_error_<code>`` HTTP 200 with ``{"error": {"code": <code>, "message": ...}}`` and no
+  ``choices`` (OpenRouter's rate limits and upstream failures)
+* ``finish_error``    a choice ending with ``finish_reason: "error"`` and the upstream's error
+* ``no_usage``        a good plan without ``usage`` (some servers report none)
+* ``prompt_filtered`` HTTP 400 with ``error.code: "content_filter"`` (Azure's prompt filter)
+* ``out_of_credit``   HTTP 429 with ``error.code: "insufficient_quota"`` (OpenAI, no credit)
+
+Answers report usage: 123 prompt and 456 completion tokens (a ``length`` answer
+``MAX_OUTPUT`` completion tokens, an error answer none).
 
 With ``server.supports_json_schema = False`` a request asking for
 ``response_format: json_schema`` answers 400 (as servers without structured
 outputs do) before any behaviour is taken.
+
+With ``server.limit = (N, seconds)`` the server enforces its own rate limit, as
+providers do: a request beyond N in any sliding window of that many seconds is
+answered 429 with ``Retry-After`` (behaviour ``over_limit``, counted in
+``server.rejected``) before any behaviour is taken. ``server.max_in_window(s)``
+is the most requests it answered (not rejected) within any ``s`` seconds.
 
 Every request is recorded in ``server.requests`` (body, Authorization header,
 topic, the behaviour answered and ``at``, its ``time.monotonic()``);
@@ -34,6 +53,7 @@ topic, the behaviour answered and ``at``, its ``time.monotonic()``);
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -80,6 +100,10 @@ ERROR_MESSAGES = {
     403: "Project proj_fake does not have access to model {model}.",
     404: "The model `{model}` does not exist or you do not have access to it.",
 }
+MAX_OUTPUT = 8192
+PRICED_COST = 0.00123  # what a "priced" answer says it cost (USD)
+PRICED_CACHED = 100
+UPSTREAM_MESSAGE = "Upstream provider overloaded: try again later (upstream words)"
 _TOPIC = re.compile(r"^Topic: (.*)$", re.MULTILINE)
 
 
@@ -91,6 +115,8 @@ class FakeOpenAI:
         self.behaviours: deque[str] = deque()
         self.scripts: dict[str, deque[str]] = defaultdict(deque)
         self.requests: list[dict[str, Any]] = []
+        self.limit: tuple[int, float] | None = None
+        self.rejected = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -113,13 +139,44 @@ class FakeOpenAI:
         with self._lock:
             return [request for request in self.requests if request["topic"] == topic]
 
+    def answered(self) -> list[float]:
+        """When each request that was not rejected for the rate limit arrived (monotonic)."""
+        with self._lock:
+            return [r["at"] for r in self.requests if r["behaviour"] != "over_limit"]
+
+    def max_in_window(self, seconds: float) -> int:
+        """The most answered requests that arrived within any ``seconds`` of each other."""
+        times = sorted(self.answered())
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] >= seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    def _over_limit(self, now: float) -> str | None:
+        """``over_limit@<seconds>`` when a request now would pass ``self.limit`` (lock held)."""
+        if self.limit is None:
+            return None
+        count, seconds = self.limit
+        recent = [r["at"] for r in self.requests if r["behaviour"] != "over_limit"]
+        recent = [at for at in recent if now - at < seconds]
+        if len(recent) < count:
+            return None
+        self.rejected += 1
+        return f"over_limit@{math.ceil(recent[-count] + seconds - now)}"
+
     def _next(self, body: dict[str, Any], authorization: str | None) -> str:
         messages = body.get("messages") or [{}]
         match = _TOPIC.search(str(messages[-1].get("content", "")))
         topic = match.group(1) if match else None
         wants_schema = (body.get("response_format") or {}).get("type") == "json_schema"
         with self._lock:
-            if wants_schema and not self.supports_json_schema:
+            now = time.monotonic()
+            over_limit = self._over_limit(now)
+            if over_limit:
+                behaviour = over_limit
+            elif wants_schema and not self.supports_json_schema:
                 behaviour = "no_json_schema"
             elif self.scripts.get(topic):
                 behaviour = self.scripts[topic].popleft()
@@ -130,8 +187,8 @@ class FakeOpenAI:
                     "body": body,
                     "authorization": authorization,
                     "topic": topic,
-                    "behaviour": behaviour,
-                    "at": time.monotonic(),
+                    "behaviour": behaviour.partition("@")[0],
+                    "at": now,
                 }
             )
             return behaviour
@@ -160,6 +217,10 @@ class FakeOpenAI:
                         "param": "response_format",
                     }
                     self._send(400, {"error": error})
+                elif behaviour == "over_limit":
+                    error = {"message": "Rate limit reached for requests", "type": "requests",
+                             "code": "rate_limit_exceeded"}  # fmt: skip
+                    self._send(429, {"error": error}, {"Retry-After": argument})
                 elif behaviour.startswith("status_"):
                     status = int(behaviour.removeprefix("status_"))
                     key = (authorization or "").removeprefix("Bearer ")
@@ -169,6 +230,30 @@ class FakeOpenAI:
                     error = {"message": f"fake error {status}. {detail}", "type": "server_error"}
                     headers = {"Retry-After": argument} if argument else {}
                     self._send(status, {"error": error}, headers)
+                elif behaviour == "prompt_filtered":
+                    error = {
+                        "message": "The response was filtered due to the prompt triggering "
+                        "Azure OpenAI's content management policy.",
+                        "type": None,
+                        "param": "prompt",
+                        "code": "content_filter",
+                        "status": 400,
+                        "innererror": {"code": "ResponsibleAIPolicyViolation"},
+                    }
+                    self._send(400, {"error": error})
+                elif behaviour == "out_of_credit":
+                    error = {
+                        "message": "You exceeded your current quota, please check your plan "
+                        "and billing details.",
+                        "type": "insufficient_quota",
+                        "param": None,
+                        "code": "insufficient_quota",
+                    }
+                    self._send(429, {"error": error})
+                elif behaviour.startswith("body_error_"):
+                    code = int(behaviour.removeprefix("body_error_"))
+                    error = {"code": code, "message": UPSTREAM_MESSAGE, "metadata": {"raw": "x"}}
+                    self._send(200, {"error": error, "id": "gen-fake", "model": model})
                 elif behaviour == "sse":
                     self._stream(model, json.dumps(GOOD_PLAN))
                 else:
@@ -233,13 +318,25 @@ def answer(model: str, behaviour: str) -> dict[str, Any]:
         "numeric_strings": json.dumps(NUMERIC_STRINGS),
         "malformed": '{"modules": [',
         "rule_break": json.dumps({"modules": []}),
+        "prose": "I would love to help you learn this, but I will answer in prose today.",
+        "filtered": plan[:40],
+        "finish_error": plan[:40],
         "refusal": None,
     }.get(behaviour, json.dumps(GOOD_PLAN))
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if behaviour == "refusal":
         message["refusal"] = REFUSAL
-    finish_reason = "length" if behaviour == "length" else "stop"
-    answered = completion(model, message, finish_reason)
+    finish_reason = {"length": "length", "filtered": "content_filter", "finish_error": "error"}
+    answered = completion(model, message, finish_reason.get(behaviour, "stop"))
+    if behaviour == "length":
+        answered["usage"]["completion_tokens"] = MAX_OUTPUT
+    if behaviour == "finish_error":
+        answered["choices"][0]["error"] = {"code": 502, "message": UPSTREAM_MESSAGE}
+    if behaviour == "no_usage":
+        del answered["usage"]
+    if behaviour == "priced":
+        answered["usage"]["cost"] = PRICED_COST
+        answered["usage"]["prompt_tokens_details"] = {"cached_tokens": PRICED_CACHED}
     if behaviour == "bad_usage":
         answered["model"] = "m\x00" + "x" * 300
         answered["usage"] = {"prompt_tokens": "x", "completion_tokens": 10**30}
@@ -254,6 +351,21 @@ def completion(model: str, message: dict[str, Any], finish_reason: str = "stop")
         "model": model,
         "choices": [{"index": 0, "finish_reason": finish_reason, "message": message}],
         "usage": {"prompt_tokens": 123, "completion_tokens": 456, "total_tokens": 579},
+    }
+
+
+def provider_config(server: FakeOpenAI, model: str = "fake-model", **config: Any) -> dict[str, Any]:
+    """App config for the OpenAI provider against ``server``: no backoff, no rate limit in
+    the way, a 5 s timeout; ``config`` adds or overrides keys."""
+    return {
+        "PLAN_REGEN_PROVIDER": "flask_plan_regen.openai_provider:OpenAIProvider",
+        "PLAN_REGEN_PROVIDER_BASE_URL": server.base_url,
+        "PLAN_REGEN_PROVIDER_API_KEY": "sk-test-fake-0123456789-secret",
+        "PLAN_REGEN_PROVIDER_MODEL": model,
+        "PLAN_REGEN_PROVIDER_TIMEOUT": 5.0,
+        "PLAN_REGEN_RETRY_BACKOFF_BASE": 0,
+        "PLAN_REGEN_RATE_LIMIT": "1000/hour",
+        **config,
     }
 
 

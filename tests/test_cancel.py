@@ -90,8 +90,11 @@ def test_cancel_racing_a_finishing_attempt_keeps_the_old_plan(app: Flask, make_p
     run_jobs(app)
     document = status_of(client, plan_id, generation_id)
     assert document["status"] == "canceled"
-    assert document["attemptLog"] == []  # the attempt's commit was refused as a whole
-    assert modules(app, plan_id) == []
+    assert modules(app, plan_id) == []  # the attempt's commit was refused as a whole
+    # ... but the provider's answer was paid for: the attempt is on record, as canceled.
+    (attempt,) = document["attemptLog"]
+    assert (attempt["outcome"], attempt["billed"]) == ("canceled", True)
+    assert attempt["completionTokens"]
 
 
 @pytest.mark.slow
@@ -147,7 +150,7 @@ def test_cancel_race_and_retry_on_postgresql(pg_app: Flask) -> None:
 
 
 @pytest.mark.slow
-def test_a_plan_deleted_while_a_worker_regenerates_it_ends_canceled_and_refunded(
+def test_a_plan_deleted_while_a_worker_regenerates_it_ends_canceled_and_keeps_the_billed_call(
     pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
 ) -> None:
     client = pg_app.test_client()
@@ -168,5 +171,6 @@ def test_a_plan_deleted_while_a_worker_regenerates_it_ends_canceled_and_refunded
         assert (row.failure_class, row.error, row.attempts) == (None, PLAN_DELETED, 1)
         [attempt] = row.attempt_rows  # the provider call is on record
         assert (attempt.outcome, attempt.error) == ("canceled", PLAN_DELETED)
-        assert attempt.completion_tokens
-    assert client.get("/api/v1/usage", headers=ALICE).json["monthly"]["used"] == 0
+        assert attempt.completion_tokens and attempt.billed
+    # The provider was paid for that answer: deleting the plan mid-call is no free call.
+    assert client.get("/api/v1/usage", headers=ALICE).json["monthly"]["used"] == 1

@@ -11,7 +11,15 @@ from conftest import ALICE, regenerate, run_jobs, status_of
 from flask import Flask
 
 from flask_plan_regen.errors import OutputValidationError, ProviderError
-from flask_plan_regen.output import parse_output
+from flask_plan_regen.output import (
+    MAX_DESCRIPTION,
+    MAX_MODULES,
+    MAX_PLAN_TEXT,
+    MAX_TASKS,
+    MAX_TITLE,
+    json_in,
+    parse_output,
+)
 
 
 def plan(modules: int = 1, tasks: int = 1, **task: Any) -> dict[str, Any]:
@@ -96,7 +104,29 @@ def test_limits_are_inclusive_and_clamping_is_recorded() -> None:
         "tasksDropped": 0,
         "numbersCoerced": 0,
         "textsCleaned": 0,
+        "descriptionsTruncated": 0,
+        "descriptionsDropped": 0,
     }
+
+
+def test_long_descriptions_are_cut_and_a_whole_plan_keeps_to_its_size() -> None:
+    task = {"title": "t" * MAX_TITLE, "description": "d" * 5000, "estimatedMinutes": 30}
+    module = {"title": "m", "description": "x" * 10, "estimatedMinutes": 60}
+    document = {"modules": [{**module, "tasks": [task] * MAX_TASKS}] * MAX_MODULES}
+
+    modules, adjustments = parse_output(json.dumps(document))
+
+    texts = [(m.title, m.description) for m in modules] + [
+        (t.title, t.description) for m in modules for t in m.tasks
+    ]
+    stored = sum(len(title) + len(description or "") for title, description in texts)
+    print(f"\n{len(json.dumps(document))} characters asked to store {stored}: {adjustments}")
+    assert adjustments["descriptionsTruncated"] == MAX_MODULES * MAX_TASKS
+    assert max(len(d or "") for _, d in texts) == MAX_DESCRIPTION
+    assert stored <= MAX_PLAN_TEXT
+    assert adjustments["descriptionsDropped"] > 0
+    assert all(len(t) == MAX_TITLE for t, _ in texts[MAX_MODULES:])  # titles all kept
+    assert modules[0].tasks[0].description == "d" * MAX_DESCRIPTION  # the first ones kept
 
 
 def test_texts_no_database_can_keep_are_cleaned_and_counted() -> None:
@@ -153,6 +183,32 @@ def test_the_one_json_object_is_taken_out_of_the_text_around_it(text: str) -> No
     document = plan(modules=2, tasks=3)
     modules, _ = parse_output(text.format(document=json.dumps(document, indent=2)))
     assert (len(modules), len(modules[1].tasks)) == (2, 3)
+
+
+BIG = 1_000_000  # characters; bench/extraction.py times the 10 MB answers
+
+
+@pytest.mark.parametrize(
+    ("text", "outcome"),
+    [
+        ("{" * BIG, "more than 1000 candidates"),
+        ("{}" * (BIG // 2), "more than 1000 candidates"),
+        ('{"a": ' * (BIG // 6), "nested too deeply"),
+        ("{x} " * (BIG // 4) + json.dumps(plan()), "more than 1000 candidates"),
+        ("Sure! " + json.dumps(plan()) + " {" * (BIG // 2), None),
+        ("{x} " * 10 + json.dumps(plan()) + " {y}" * 10, None),
+        (json.dumps({"modules": plan()["modules"], "note": "{" * BIG}), None),
+    ],
+    ids=["open", "pairs", "nested", "junk-then-plan", "plan-then-junk", "few-braces", "string"],
+)
+def test_answers_full_of_braces_are_read_or_refused_in_bounded_work(
+    text: str, outcome: str | None
+) -> None:
+    if outcome is None:
+        assert "modules" in json_in(text)
+    else:
+        with pytest.raises(ProviderError, match=outcome):
+            json_in(text)
 
 
 def test_trimming_to_the_deadline_is_recorded_on_the_attempt(app: Flask, make_plan: Any) -> None:

@@ -19,7 +19,7 @@ from examples.host_app import db
 from flask_plan_regen import ConfigurationError, Regeneration, get_state
 from flask_plan_regen.documents import iso_utc
 from flask_plan_regen.models import Usage
-from flask_plan_regen.quota import current_period, period_resets_at, refund_failed
+from flask_plan_regen.quota import current_period, period_resets_at, refund
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def test_a_failed_regeneration_is_refunded_once(
 
     with app.app_context():
         failed = db.session.scalars(select(Regeneration).where(Regeneration.status == "failed"))
-        refunded_again = refund_failed(get_state(), failed.one(), "provider_error")
+        refunded_again = refund(get_state(), failed.one())
         db.session.commit()
 
     assert refunded_again is False
