@@ -8,7 +8,7 @@ SRC := $(wildcard flask_plan_regen tests examples bench)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: venv postgres chromium lint format typecheck test test-fast demo dist bench clean
+.PHONY: venv postgres pgbouncer chromium lint format typecheck test test-fast demo dist bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 # PostgreSQL server binaries for the postgres tests (apt-get install if missing).
 postgres:
 	bash .ci/ensure-postgres
+
+# PgBouncer for the connection-pooler tests (apt-get install if missing).
+pgbouncer:
+	bash .ci/ensure-pgbouncer
 
 # Headless Chromium and chromedriver for the browser test (apt-get install if missing).
 chromium:
@@ -41,7 +45,7 @@ typecheck: venv
 # The whole suite: the example app's own suite first (examples/tests, on an in-process
 # Redis: it runs before anything starts a Redis server), then tests/, whose slow tests
 # build the sdist and wheel, run `twine check --strict` and install the wheel in a fresh venv.
-test: venv postgres chromium lint typecheck
+test: venv postgres pgbouncer chromium lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: venv

@@ -1,4 +1,4 @@
-"""``python -m bench`` (``make bench``): route, worker, capacity and memory, in one run.
+"""``python -m bench`` (``make bench``): route, worker, capacity, threads and memory, in one run.
 
 Every measure is taken in each of ``--rounds`` rounds, the package and what it is compared
 with one after the other, in an order that rotates from round to round, and reported as
@@ -16,13 +16,22 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from bench.capacity import LAYOUTS, drain_layout, idle_layout_pss
-from bench.common import Servers
+from bench.common import Database, Servers
 from bench.report import Row, table, write_results
 from bench.route import APPS, measure_route, write_plans_file
+from bench.threads import (
+    DB_POOL,
+    DELAY,
+    PROCESSES,
+    THREADS,
+    drain_threads_layout,
+    in_flight_per_gib,
+)
+from bench.threads import LAYOUTS as THREAD_LAYOUTS
 from bench.worker import SIDES, WORKER_CLASSES, drain, idle_pss
 
 COMMAND = "make bench"
-PARTS = ("route", "worker", "capacity")
+PARTS = ("route", "worker", "capacity", "threads")
 DATABASES = ("sqlite", "postgres")
 
 
@@ -36,6 +45,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--simple-jobs", type=int, default=300)
     parser.add_argument(
         "--capacity-jobs", type=int, default=8, help="jobs per worker in the capacity runs"
+    )
+    parser.add_argument(
+        "--thread-jobs",
+        type=int,
+        default=1200,
+        help=f"jobs of the --threads {THREADS} run (each takes {DELAY} s)",
     )
     parser.add_argument(
         "--only",
@@ -145,6 +160,8 @@ def main() -> int:
                     pss = idle_layout_pss(layout, workers_db) / 1024
                     values[f"capacity-pss-idle-{layout}"].append(pss)
                     log(f"capacity idle PSS {layout}: {pss:.1f} MiB")
+            if "threads" in args.only:
+                measure_threads(values, workers_db, args.thread_jobs, round_number)
     rows = build_rows(values)
     text = table(rows, args.rounds, COMMAND)
     print(text)
@@ -155,9 +172,35 @@ def main() -> int:
     return 0
 
 
+def measure_threads(
+    values: dict[str, list[float]], database: Database, thread_jobs: int, round_number: int
+) -> None:
+    """One round of the threads part: ``--threads 100`` and ``--workers 8``, 5 s provider."""
+    # Two jobs per pool worker: its drain takes as long as one of the threaded worker's waves.
+    jobs = {"threads": thread_jobs, "pool": 2 * PROCESSES["pool"]}
+    for layout in rotated(THREAD_LAYOUTS, round_number):
+        drained = drain_threads_layout(layout, database, jobs[layout])
+        log(f"threads {layout}: {drained}")
+        values[f"threads-jobs-{layout}"].append(drained.jobs_per_s)
+        if layout == "threads":
+            values["threads-sustained"].append(drained.sustained_jobs_per_s)
+        values[f"threads-per-process-{layout}"].append(drained.jobs_per_s / PROCESSES[layout])
+        values[f"threads-pss-{layout}"].append(drained.peak_pss_kib / 1024)
+        values[f"threads-per-gib-{layout}"].append(in_flight_per_gib(layout, drained.peak_pss_kib))
+        values[f"threads-db-in-use-{layout}"].append(drained.peak_connections_in_use)
+    values["threads-ideal"].append(THREADS / DELAY)
+    values["threads-pss-budget"].append(150.0)
+    values["threads-db-pool"].append(DB_POOL)
+
+
 def build_rows(values: dict[str, list[float]]) -> list[Row]:
     """The table's rows, for the measures that were taken."""
-    rows = [*route_rows(values), *worker_rows(values), *capacity_rows(values)]
+    rows = [
+        *route_rows(values),
+        *worker_rows(values),
+        *capacity_rows(values),
+        *threads_rows(values),
+    ]
     return [row for row in rows if row.package and row.baseline]
 
 
@@ -293,6 +336,65 @@ def capacity_rows(values: dict[str, list[float]]) -> list[Row]:
             "<= 0.6x",
             higher_is_better=False,
             limit=0.6,
+        ),
+    ]
+
+
+def threads_rows(values: dict[str, list[float]]) -> list[Row]:
+    pool = f"`--workers {PROCESSES['pool']}`"
+    threads = f"`--threads {THREADS}`"
+    return [
+        Row(
+            f"Threads, {DELAY} s provider: {threads} sustained vs the ideal {THREADS}/{DELAY} s",
+            "jobs/s",
+            values["threads-sustained"],
+            values["threads-ideal"],
+            ">= 0.95x",
+            limit=0.95,
+        ),
+        Row(
+            f"Threads, {DELAY} s provider: {threads} whole drain (ramp and tail) vs the ideal",
+            "jobs/s",
+            values["threads-jobs-threads"],
+            values["threads-ideal"],
+        ),
+        Row(
+            f"Threads: peak PSS of {threads} while draining vs 150 MiB",
+            "MiB",
+            values["threads-pss-threads"],
+            values["threads-pss-budget"],
+            "<= 1.0x",
+            higher_is_better=False,
+            limit=1.0,
+        ),
+        Row(
+            f"Threads: DB connections in use by {threads} (peak) vs the pool (5 + 10)",
+            "connections",
+            values["threads-db-in-use-threads"],
+            values["threads-db-pool"],
+            "<= 1.0x",
+            higher_is_better=False,
+            limit=1.0,
+        ),
+        Row(
+            f"Regenerations in flight per GiB (peak PSS): {threads} vs {pool}",
+            "per GiB",
+            values["threads-per-gib-threads"],
+            values["threads-per-gib-pool"],
+            ">= 600",
+            goal=600,
+        ),
+        Row(
+            f"Throughput per worker process, {DELAY} s provider: {threads} vs {pool}",
+            "jobs/s",
+            values["threads-per-process-threads"],
+            values["threads-per-process-pool"],
+        ),
+        Row(
+            f"Throughput, {DELAY} s provider: {threads} (1 process) vs {pool} (8)",
+            "jobs/s",
+            values["threads-jobs-threads"],
+            values["threads-jobs-pool"],
         ),
     ]
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+KEEP_FINISHED_JOBS = 3600
+"""Seconds RQ keeps a finished job in the benchmarks (the package deletes it at once)."""
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT / "examples")]
 
 import redis  # noqa: E402
@@ -59,11 +61,17 @@ class Database:
             "PYTHONPATH": str(REPO_ROOT),
             "SQLALCHEMY_DATABASE_URI": self.uri,
             "PLAN_REGEN_REDIS_URL": self.redis_url,
+            # RQ keeps finished jobs: the drain is timed from its finished registry.
+            "FLASK_PLAN_REGEN_RESULT_TTL": str(KEEP_FINISHED_JOBS),
         }
 
     def app(self) -> Flask:
         return create_app(
-            {"SQLALCHEMY_DATABASE_URI": self.uri, "PLAN_REGEN_REDIS_URL": self.redis_url}
+            {
+                "SQLALCHEMY_DATABASE_URI": self.uri,
+                "PLAN_REGEN_REDIS_URL": self.redis_url,
+                "PLAN_REGEN_RESULT_TTL": KEEP_FINISHED_JOBS,
+            }
         )
 
     def create_plans(self, count: int) -> None:

@@ -27,11 +27,17 @@ class Row:
     target: str = ""
     higher_is_better: bool = True
     limit: float | None = None
+    goal: float | None = None
+    """A goal for the package's median value itself (the ratio is then informative)."""
 
     def ratios(self) -> list[float]:
         return [p / b for p, b in zip(self.package, self.baseline, strict=True) if b]
 
     def verdict(self) -> str:
+        if self.goal is not None:
+            value = median_range(self.package)[0]
+            met = value >= self.goal if self.higher_is_better else value <= self.goal
+            return "met" if met else "**missed**"
         if self.limit is None:
             return ""
         ratio = median_range(self.ratios())[0]

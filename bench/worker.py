@@ -189,17 +189,23 @@ def wait_until_drained(database: Database, queue_names: list[str], jobs: int) ->
 
 def job_span(database: Database, queue_names: list[str], serializer: Any) -> float:
     """Seconds from the first job's start to the last job's end."""
+    times = job_times(database, queue_names, serializer)
+    return (max(end for _, end in times) - min(start for start, _ in times)).total_seconds()
+
+
+def job_times(
+    database: Database, queue_names: list[str], serializer: Any
+) -> list[tuple[datetime, datetime]]:
+    """(started_at, ended_at) of every finished job of the queues."""
     connection = Redis.from_url(database.redis_url)
-    starts: list[datetime] = []
-    ends: list[datetime] = []
+    times = []
     for name in queue_names:
         ids = FinishedJobRegistry(name, connection=connection).get_job_ids()
         for job in Job.fetch_many(ids, connection=connection, serializer=serializer):
             if job is None or job.started_at is None or job.ended_at is None:
                 raise RuntimeError(f"a finished job of {name} lacks its timestamps")
-            starts.append(job.started_at)
-            ends.append(job.ended_at)
-    return (max(ends) - min(starts)).total_seconds()
+            times.append((job.started_at, job.ended_at))
+    return times
 
 
 def check_all_succeeded(database: Database, jobs: int) -> None:

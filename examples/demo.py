@@ -164,6 +164,11 @@ class Demo:
             "PYTHONUNBUFFERED": "1",
             "PLAN_REGEN_REDIS_URL": redis_url,
             "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}",
+            # A "slow model": the built-in provider spreads this delay over its modules,
+            # so the page and the status route show them arriving one by one.
+            "FLASK_PLAN_REGEN_BUILTIN_DELAY": os.environ.get(
+                "FLASK_PLAN_REGEN_BUILTIN_DELAY", "2.0"
+            ),
         }
         self.env.pop("FLASK_DEBUG", None)
         print(f"SQLite database at {db_path}")
@@ -235,6 +240,8 @@ class Demo:
             if status != 200 or not isinstance(body, dict):
                 raise DemoError(f"GET regeneration: expected 200, got {status}: {body}")
             current = str(body.get("status"))
+            if body.get("modulesReady"):  # streamed modules, before the plan is saved
+                current += f" ({body['modulesReady']} modules written)"
             if current != last:
                 extra = f" error={body['error']}" if body.get("error") else ""
                 print(f"  [{time.monotonic() - started:5.1f}s] status: {current}{extra}")

@@ -13,7 +13,6 @@ from typing import Any
 import click
 from flask import Flask, current_app
 from flask.cli import ScriptInfo
-from redis import Redis
 from werkzeug.utils import import_string
 
 from . import admin, metrics, queue
@@ -28,9 +27,19 @@ from .openapi import build_document
 from .quota import current_period
 from .recovery import sweep
 from .redact import masked_url
-from .redis_client import is_in_process
+from .redis_client import (
+    PUBLIC_URL_OPTIONS,
+    connect,
+    is_in_process,
+    is_sentinel,
+    warn_unless_noeviction,
+)
 from .state import get_state
 from .store import create_tables
+from .threaded_worker import ThreadedWorker
+
+DEFAULT_WORKER = "flask_plan_regen.recovery.RecoveringWorker"
+THREADED_WORKER = "flask_plan_regen.threaded_worker.ThreadedWorker"
 
 _MONTH = re.compile(r"\d{4}-\d{2}")
 
@@ -63,7 +72,7 @@ def init_db() -> None:
 )
 @click.option(
     "--worker-class",
-    default="flask_plan_regen.recovery.RecoveringWorker",
+    default=DEFAULT_WORKER,
     show_default=True,
     help="RQ worker class (import path). The default outlives Redis outages and recovers "
     "the attempts of killed workers (docs/operations.md).",
@@ -75,6 +84,13 @@ def init_db() -> None:
     show_default=True,
     help="Run this many workers from one process, forked after the app is loaded "
     "(docs/operations.md). A worker that exits is replaced, except with --burst.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run up to N jobs at once in threads of each worker process "
+    f"({THREADED_WORKER}; docs/operations.md, 'Threads or processes').",
 )
 @click.option("--name", default=None, help="Worker name (default: RQ's); with --workers, a prefix.")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
@@ -112,6 +128,7 @@ def worker(
     with_scheduler: bool,
     worker_class: str,
     workers: int,
+    threads: int | None,
     name: str | None,
     max_jobs: int | None,
     logging_level: str,
@@ -135,16 +152,25 @@ def worker(
     # The work horses are forked from this process: warm it up, hold no pooled connections.
     state.prepare_for_fork()
     # No socket timeout here: RQ blocks on Redis while it waits for jobs.
-    connection = Redis.from_url(app.config["PLAN_REGEN_REDIS_URL"])
+    connection = connect(app.config["PLAN_REGEN_REDIS_URL"])
+    warn_unless_noeviction(connection)
     names = list(queues) or rq_queue_names(app.config)
-    worker_cls = import_string(worker_class)
+    worker_cls = import_string(
+        THREADED_WORKER if threads and worker_class == DEFAULT_WORKER else worker_class
+    )
+    if threads is not None:
+        if not issubclass(worker_cls, ThreadedWorker):
+            raise click.UsageError(f"--threads needs {THREADED_WORKER} (or a subclass).")
+        rq_options["threads"] = threads
     if log_format == "json":
         install_json_logging(logging_level.upper())
     else:
         logging.basicConfig(level=logging_level.upper())
     if metrics_port is not None:
         serve_worker_metrics(app, worker_cls, metrics_host, metrics_port)
-    click.echo(f"{_workers_label(workers)} on queues {', '.join(names)} (in priority order)")
+    click.echo(
+        f"{_workers_label(workers, threads)} on queues {', '.join(names)} (in priority order)"
+    )
     options: dict[str, Any] = {
         "name": name,
         # RQ's own defaults for the options not given.
@@ -178,8 +204,9 @@ def refuse_in_process_redis(app: Flask) -> None:
         )
 
 
-def _workers_label(workers: int) -> str:
-    return "Worker" if workers == 1 else f"{workers} workers"
+def _workers_label(workers: int, threads: int | None) -> str:
+    label = "Worker" if workers == 1 else f"{workers} workers"
+    return f"{label} ({threads} threads each)" if threads else label
 
 
 def serve_worker_metrics(app: Flask, worker_cls: type, host: str, port: int) -> None:
@@ -219,15 +246,22 @@ def rq_command() -> None:
     """Print the equivalent plain ``rq worker`` command line for this app.
 
     Credentials in the Redis URL (password, query values) are masked (``***``):
-    put them back, or give the URL in ``RQ_REDIS_URL``.
+    put them back, or give the URL in ``RQ_REDIS_URL``. Paths and switches
+    (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, timeouts) are printed as they are.
     """
     refuse_in_process_redis(current_app)
+    url = current_app.config["PLAN_REGEN_REDIS_URL"]
+    if is_sentinel(url):
+        raise click.UsageError(
+            "PLAN_REGEN_REDIS_URL names Redis Sentinels, which `rq worker --url` cannot "
+            "follow: run `flask plan-regen worker` (docs/operations.md, 'Redis Sentinel')."
+        )
     app_path = app_import_path()
     prefix = f"FLASK_APP={app_path} " if app_path else ""
     click.echo(
         f"{prefix}rq worker --with-scheduler -w flask_plan_regen.recovery.RecoveringWorker "
         "-S rq.serializers.JSONSerializer "
-        f"--url {shlex.quote(masked_url(current_app.config['PLAN_REGEN_REDIS_URL']))} "
+        f"--url {shlex.quote(masked_url(url, keep=PUBLIC_URL_OPTIONS))} "
         f"{' '.join(rq_queue_names(current_app.config))}"
     )
 

@@ -54,11 +54,21 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_MAX_BODY_BYTES": 64 * 1024,
     # None: derived from the provider timeout (see job_timeout()).
     "PLAN_REGEN_JOB_TIMEOUT": None,
-    "PLAN_REGEN_RESULT_TTL": 24 * 3600,
+    # Seconds RQ keeps a finished job (and its result), a failed one: the database is the
+    # record, so Redis keeps next to nothing per regeneration (docs/operations.md).
+    "PLAN_REGEN_RESULT_TTL": 0,
+    "PLAN_REGEN_FAILURE_TTL": 3600,
+    # PostgreSQL behind PgBouncer in transaction mode: psycopg 3 prepares no statements.
+    "PLAN_REGEN_PGBOUNCER": False,
     # Recovery (docs/operations.md): a running attempt renews its lease in Redis every
     # third of the TTL; workers sweep for lapsed leases and lost jobs every interval.
     "PLAN_REGEN_LEASE_TTL": 15,
     "PLAN_REGEN_SWEEP_INTERVAL": 10,
+    # Threaded workers (flask_plan_regen.threaded_worker): jobs run at once per process
+    # (`rq worker -w`; `flask plan-regen worker --threads N` overrides it), and the
+    # seconds a first SIGTERM gives running jobs before they go to other workers.
+    "PLAN_REGEN_WORKER_THREADS": 10,
+    "PLAN_REGEN_SHUTDOWN_GRACE": 25,
     "PLAN_REGEN_PAGE_SIZE": 20,
     "PLAN_REGEN_BUILTIN_DELAY": 0.0,
     "PLAN_REGEN_BUILTIN_FAILURE": None,
@@ -89,6 +99,14 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_PROVIDER_MODEL": "gpt-4o-mini",
     "PLAN_REGEN_PROVIDER_TIER_MODELS": {},
     "PLAN_REGEN_PROVIDER_TIMEOUT": 120.0,
+    # Streamed calls (docs/providers.md): the overall limit above is extended once by
+    # this when the first module has arrived; a call also fails as "timeout" when its
+    # first chunk takes longer than this, or when it is silent this long between chunks.
+    "PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION": 60.0,
+    "PLAN_REGEN_PROVIDER_FIRST_TOKEN_TIMEOUT": 60.0,
+    "PLAN_REGEN_PROVIDER_IDLE_TIMEOUT": 30.0,
+    # Ask servers to stream (falls back to the plain call, per server, when one cannot).
+    "PLAN_REGEN_PROVIDER_STREAM": True,
     # "json_schema" (structured outputs) or "json_object" (JSON mode) for servers without it.
     "PLAN_REGEN_PROVIDER_RESPONSE_FORMAT": "json_schema",
     # The output cap of one call, and the request field that carries it.
@@ -177,6 +195,8 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_queues(config)
     _check_int(config, "PLAN_REGEN_LEASE_TTL", minimum=3, maximum=3600)
     _check_int(config, "PLAN_REGEN_SWEEP_INTERVAL", minimum=1, maximum=3600)
+    _check_int(config, "PLAN_REGEN_WORKER_THREADS", minimum=1, maximum=10_000)
+    _check_number(config, "PLAN_REGEN_SHUTDOWN_GRACE", minimum=0)
     tiers = config["PLAN_REGEN_TIER_PRIORITY"]
     _check(
         isinstance(tiers, Mapping)
@@ -218,7 +238,17 @@ def validate(config: Mapping[str, Any]) -> None:
         )
     _check_int(config, "PLAN_REGEN_MAX_BODY_BYTES", minimum=1)
     _check_number(config, "PLAN_REGEN_PROVIDER_TIMEOUT", minimum=0.1)
-    provider_timeout = config["PLAN_REGEN_PROVIDER_TIMEOUT"]
+    for key in ("PLAN_REGEN_PROVIDER_FIRST_TOKEN_TIMEOUT", "PLAN_REGEN_PROVIDER_IDLE_TIMEOUT"):
+        _check_number(config, key, minimum=0.1)
+    _check_number(config, "PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION", minimum=0)
+    _check(
+        isinstance(config["PLAN_REGEN_PROVIDER_STREAM"], bool),
+        "PLAN_REGEN_PROVIDER_STREAM",
+        "True or False",
+        config,
+    )
+    # The longest a provider call may run: RQ's job timeout must stay above it.
+    provider_timeout = longest_call(config)
     _check(
         config["PLAN_REGEN_JOB_TIMEOUT"] is None
         or (
@@ -226,10 +256,13 @@ def validate(config: Mapping[str, Any]) -> None:
             and config["PLAN_REGEN_JOB_TIMEOUT"] > provider_timeout
         ),
         "PLAN_REGEN_JOB_TIMEOUT",
-        f"None (derived) or an integer above PLAN_REGEN_PROVIDER_TIMEOUT ({provider_timeout})",
+        "None (derived) or an integer above PLAN_REGEN_PROVIDER_TIMEOUT + "
+        f"PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION ({provider_timeout})",
         config,
     )
     _check_int(config, "PLAN_REGEN_RESULT_TTL", minimum=0)
+    _check_int(config, "PLAN_REGEN_FAILURE_TTL", minimum=1)
+    _check_bool(config, "PLAN_REGEN_PGBOUNCER")
     _check_int(config, "PLAN_REGEN_PAGE_SIZE", minimum=1, maximum=100)
     _check_number(config, "PLAN_REGEN_BUILTIN_DELAY", minimum=0)
     _check(
@@ -305,9 +338,15 @@ def _check_redis_url(config: Mapping[str, Any]) -> None:
     url = config["PLAN_REGEN_REDIS_URL"]
     _check(
         isinstance(url, str)
-        and (url == MEMORY_REDIS_URL or url.startswith(("redis://", "rediss://", "unix://"))),
+        and (
+            url == MEMORY_REDIS_URL
+            or url.startswith(
+                ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+            )
+        ),
         "PLAN_REGEN_REDIS_URL",
-        f"a redis://, rediss:// or unix:// URL, or {MEMORY_REDIS_URL!r} (tests)",
+        "a redis://, rediss://, unix:// or redis+sentinel:// URL (docs/operations.md), or "
+        f"{MEMORY_REDIS_URL!r} (tests)",
         config,
     )
     _check(
@@ -334,11 +373,21 @@ def rq_queue_names(config: Mapping[str, Any]) -> list[str]:
 
 
 def job_timeout(config: Mapping[str, Any]) -> int:
-    """RQ's job timeout: ``PLAN_REGEN_JOB_TIMEOUT``, else the provider timeout + a margin."""
+    """RQ's job timeout: ``PLAN_REGEN_JOB_TIMEOUT``, else the longest call + a margin."""
     configured = config["PLAN_REGEN_JOB_TIMEOUT"]
     if configured is not None:
         return int(configured)
-    return math.ceil(float(config["PLAN_REGEN_PROVIDER_TIMEOUT"])) + JOB_TIMEOUT_MARGIN
+    return math.ceil(longest_call(config)) + JOB_TIMEOUT_MARGIN
+
+
+def longest_call(config: Mapping[str, Any]) -> float:
+    """The longest a provider call may run: the overall limit and its one extension.
+
+    The first-token and idle limits end a call sooner, never later, so they add nothing.
+    """
+    return float(config["PLAN_REGEN_PROVIDER_TIMEOUT"]) + float(
+        config["PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION"]
+    )
 
 
 def _is_http_url(value: Any) -> bool:

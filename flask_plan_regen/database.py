@@ -92,3 +92,22 @@ class OutageLog:
 
     def _statement_ran(self, *args: object) -> None:
         self.recovered()
+
+
+def prepare_no_statements(engines: Iterable[Engine]) -> None:
+    """Make every new psycopg 3 connection of ``engines`` prepare no statements.
+
+    PgBouncer in transaction mode hands each transaction to any server
+    connection: a statement psycopg prepared on one is missing on the next
+    (``InvalidSqlStatementName``) or already there (``DuplicatePreparedStatement``).
+    ``prepare_threshold = None`` is psycopg's switch for that; other drivers are
+    left as they are.
+    """
+    for engine in engines:
+        if not event.contains(engine, "connect", _prepare_nothing):
+            event.listen(engine, "connect", _prepare_nothing)
+
+
+def _prepare_nothing(dbapi_connection: object, connection_record: object) -> None:
+    if hasattr(dbapi_connection, "prepare_threshold"):
+        dbapi_connection.prepare_threshold = None

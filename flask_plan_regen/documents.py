@@ -152,6 +152,14 @@ class RegenerationSchema(RegenerationSummarySchema):
     attempt_log = fields.List(
         fields.Nested(AttemptSchema), attribute="attempt_rows", data_key="attemptLog"
     )
+    modules_ready = fields.Integer(
+        data_key="modulesReady",
+        allow_none=True,
+        metadata={
+            "description": "While processing: how many modules the running attempt has "
+            "completed so far (each also sent as a `module` event); null otherwise."
+        },
+    )
 
 
 class RegenerationEventSchema(ResponseSchema):
@@ -174,6 +182,24 @@ class RegenerationEventSchema(ResponseSchema):
     result = fields.Dict(
         allow_none=True, metadata={"description": "Once succeeded: modules, tasks, provider..."}
     )
+
+
+class ModuleTaskPreviewSchema(ResponseSchema):
+    title = fields.String()
+    minutes = fields.Integer(metadata={"description": "Estimated minutes, within the rules."})
+
+
+class ModuleEventSchema(ResponseSchema):
+    """The ``data`` of a ``module`` event: a module of the running attempt, complete and
+    checked against the output rules, before pacing (previews.ModuleEvent)."""
+
+    generation_id = fields.String(data_key="generationId")
+    plan_id = fields.String(data_key="planId")
+    attempt = fields.Integer(metadata={"description": "The attempt that wrote it."})
+    index = fields.Integer(metadata={"description": "Its position in the plan, from 0."})
+    title = fields.String()
+    minutes = fields.Integer(metadata={"description": "The module's estimated minutes."})
+    tasks = fields.List(fields.Nested(ModuleTaskPreviewSchema))
 
 
 class RegenerationPageSchema(ResponseSchema):
@@ -290,6 +316,7 @@ regeneration_schema = RegenerationSchema()
 regeneration_summary_schema = RegenerationSummarySchema()
 regeneration_page_schema = RegenerationPageSchema()
 regeneration_event_schema = RegenerationEventSchema()
+module_event_schema = ModuleEventSchema()
 plan_document_schema = PlanDocumentSchema()
 usage_schema = UsageSchema()
 webhook_receipt_schema = WebhookReceiptSchema()

@@ -14,6 +14,7 @@ from redis import Redis
 from . import config as settings
 from . import fallbacks, spend
 from .cli import plan_regen_cli
+from .database import prepare_no_statements
 from .errors import ConfigurationError
 from .hooks import F, Hooks, load_object
 from .providers import BuiltinProvider, GenerationProvider
@@ -78,10 +79,13 @@ class PlanRegen:
         settings.validate(app.config)
         spend.check_config(app.config)
         fallbacks.check_prices(app.config)
-        redis = connect(
-            app.config["PLAN_REGEN_REDIS_URL"],
-            timeout=float(app.config["PLAN_REGEN_REDIS_TIMEOUT"]),
-        )
+        try:
+            redis = connect(
+                app.config["PLAN_REGEN_REDIS_URL"],
+                timeout=float(app.config["PLAN_REGEN_REDIS_TIMEOUT"]),
+            )
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
         app.extensions[EXTENSION_KEY] = RegenState(
             db=db,
             store=_make_store(app, db, store or self._store),
@@ -94,6 +98,9 @@ class PlanRegen:
             stream_slots=threading.BoundedSemaphore(max_open_streams(app.config)),
             billing=_make_billing(app, redis),
         )
+        if app.config["PLAN_REGEN_PGBOUNCER"]:
+            with app.app_context():
+                prepare_no_statements(db.engines.values())
         app.before_request(json_routing_errors)
         if app.config["PLAN_REGEN_STRIPE_WEBHOOK_SECRET"]:
             # Imported here: it needs the stripe extra, which _make_billing has checked.

@@ -18,6 +18,7 @@ from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
 
 from . import breaker, fallbacks, lifecycle, provider_limits, queue, spend
+from .checkpoints import Checkpoints, GenerationCanceled
 from .database import UNAVAILABLE_ERRORS
 from .errors import (
     GenerationError,
@@ -40,6 +41,7 @@ from .models import (
 )
 from .output import parse_output
 from .pacing import fit_to_schedule
+from .previews import ModulePreviews
 from .providers import GenerationRequest, GenerationResult
 from .schemas import overrides_schema
 from .state import RegenState, get_state
@@ -208,12 +210,18 @@ def attempt(
         fallbacks.release(state, routing.grant)  # no call: its capacity goes back
         lifecycle.plan_deleted(state, regeneration, None)
         return None
+    # No database connection is held while the model writes: a threaded worker runs
+    # many attempts on one pool (docs/operations.md, "Threads or processes").
+    state.db.session.close()
     overrides = overrides_schema.load(regeneration.overrides)
+    checkpoints = Checkpoints.for_attempt(state, regeneration.id, current_app.config)
     request = GenerationRequest(
         plan=plan.with_overrides(overrides),
         tier=regeneration.tier,
         generation_id=regeneration.id,
         attempt=regeneration.attempts,
+        checkpoints=checkpoints,
+        module_ready=ModulePreviews(state, regeneration, checkpoints, current_app.config),
     )
     started = time.monotonic()
     result: GenerationResult | None = None
@@ -227,6 +235,18 @@ def attempt(
         result = routing.call(state, request)
         modules, adjustments = parse_output(result.content)
         modules, schedule = fit_to_schedule(request.plan, modules, utcnow().date())
+    except GenerationCanceled:
+        logger.info("regeneration %s: canceled during its provider call", regeneration.id)
+        record = attempt_row(
+            state,
+            regeneration,
+            request,
+            started,
+            result or _spent(state, request),
+            grant=routing.grant,
+        )
+        lifecycle.canceled_attempt(state, regeneration, record)
+        return None
     except GenerationError as error:
         return _failed(state, regeneration, request, started, result, error, routing.grant)
     except queue.JobTimeout:
@@ -291,8 +311,30 @@ def _failed(
     error: GenerationError,
     grant: fallbacks.Grant,
 ) -> Any:
-    record = attempt_row(state, regeneration, request, started, result, error=error, grant=grant)
+    # The usage the failure carries (the server's own report) comes first.
+    spent = result or (None if error.usage is not None else _spent(state, request))
+    record = attempt_row(state, regeneration, request, started, spent, error=error, grant=grant)
     return _after_failure(lifecycle.fail(state, regeneration, record, error))
+
+
+def _spent(state: RegenState, request: GenerationRequest) -> GenerationResult | None:
+    """What a call that ended without a result used, as its provider reported it so far.
+
+    A stream cut before its usage chunk counts one output token per chunk received.
+    """
+    spent = request.checkpoints.spent
+    completion_tokens = spent.completion_tokens
+    if completion_tokens is None and spent.chunks:
+        completion_tokens = spent.chunks
+    if spent.model is None and completion_tokens is None and spent.prompt_tokens is None:
+        return None
+    return GenerationResult(
+        content="",
+        provider=state.provider.name,
+        model=spent.model,
+        prompt_tokens=spent.prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
 
 
 def _after_failure(outcome: int | GenerationError | None) -> Any:

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Table, Update, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import leases, progress, queue, signals, spend
+from . import checkpoints, leases, progress, queue, signals, spend
 from .errors import ApiError, GenerationError, ProviderError, queue_unavailable
 from .logs import context_of
 from .metrics import count_enqueue
@@ -562,9 +562,31 @@ def cancel(state: RegenState, regeneration: Regeneration) -> Regeneration:
             details={"generationId": regeneration.id, "status": regeneration.status},
         )
     progress.publish(state, regeneration.id, Status.CANCELED)
-    queue.stop_job(state.redis, regeneration.id)
+    checkpoints.request_cancel(state, regeneration.id, current_app.config)
+    # A running attempt of an interruptible provider stops itself at its next checkpoint
+    # and records what its call cost (canceled_attempt); killing it would lose that.
+    interruptible = bool(getattr(state.provider, "interruptible", False))
+    queue.stop_job(state.redis, regeneration.id, kill_running=not interruptible)
     signals.send(signals.regeneration_canceled, session, regeneration.id)
     return regeneration
+
+
+def canceled_attempt(
+    state: RegenState, regeneration: Regeneration, attempt: GenerationAttempt
+) -> None:
+    """Record the attempt that stopped because its regeneration was canceled meanwhile.
+
+    The row is already ``canceled`` (by :func:`cancel`); the attempt's row keeps
+    the tokens its provider call used up to then, and what they cost is charged
+    (a paid call is never unrecorded).
+    """
+    attempt.outcome, attempt.error = Status.CANCELED, "Canceled during the provider call."
+    session = state.db.session
+    try:
+        _record(state, regeneration, attempt)
+        session.commit()
+    except IntegrityError:  # recorded by a takeover in the meantime
+        session.rollback()
 
 
 PLAN_DELETED = "The plan was deleted during its regeneration."

@@ -42,6 +42,7 @@ from .metrics import count_provider_quota
 from .output import plan_json_schema
 from .providers import GenerationRequest, GenerationResult
 from .state import get_state
+from .streaming_call import create
 
 logger = logging.getLogger("flask_plan_regen.openai_provider")
 
@@ -75,6 +76,8 @@ class OpenAIProvider:
     """
 
     name = "openai"
+    interruptible = True
+    """Streamed calls stop at ``request.checkpoints`` (streaming_call.py)."""
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings = dict(settings or {})
@@ -105,7 +108,7 @@ class OpenAIProvider:
             ) from error
         with client:
             try:
-                completion = _complete(client, config, model, messages)
+                completion = _complete(client, config, model, messages, request)
             except openai.OpenAIError as error:
                 raise _failure(error, model, client.api_key) from error
         return _result(completion, model, config, client.api_key)
@@ -116,6 +119,7 @@ def _complete(
     config: Mapping[str, Any],
     model: str,
     messages: list[ChatCompletionMessageParam],
+    request: GenerationRequest,
 ) -> Any:
     """One chat completion; in JSON mode again, once, if the server refuses json_schema."""
     server = (str(client.base_url), model)
@@ -125,7 +129,12 @@ def _complete(
     )
     try:
         return _create(
-            client, config, model, messages, STRUCTURED_OUTPUT if structured else JSON_MODE
+            client,
+            config,
+            model,
+            messages,
+            STRUCTURED_OUTPUT if structured else JSON_MODE,
+            request,
         )
     except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
         if not structured or not _refuses_json_schema(error):
@@ -139,7 +148,7 @@ def _complete(
             server[0],
             _server_message(error, client.api_key),
         )
-    return _create(client, config, model, messages, JSON_MODE)
+    return _create(client, config, model, messages, JSON_MODE, request)
 
 
 def _create(
@@ -148,10 +157,14 @@ def _create(
     model: str,
     messages: list[ChatCompletionMessageParam],
     response_format: ResponseFormat,
+    request: GenerationRequest,
 ) -> Any:
     cap = int(config["PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS"])
     cap_field = config["PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM"]
-    return client.chat.completions.create(
+    return create(
+        client,
+        request,
+        stream=bool(config["PLAN_REGEN_PROVIDER_STREAM"]),
         model=model,
         messages=messages,
         response_format=response_format,

@@ -32,6 +32,7 @@ COMPONENTS: dict[str, type[Schema]] = {
     "Regeneration": documents.RegenerationSchema,
     "RegenerationPage": documents.RegenerationPageSchema,
     "RegenerationEvent": documents.RegenerationEventSchema,
+    "ModuleEvent": documents.ModuleEventSchema,
     "TaskDocument": documents.TaskDocumentSchema,
     "ModuleDocument": documents.ModuleDocumentSchema,
     "PlanDocument": documents.PlanDocumentSchema,
@@ -107,21 +108,29 @@ ACCEPTED = {
     "content": _json("Accepted"),
 }
 
+
 # One event of an event stream, as OpenAPI 3.2 describes one (and schemathesis checks
-# every event against it): ``data`` is a RegenerationEvent in JSON.
-EVENT = {
-    "type": "object",
-    "required": ["id", "data"],
-    "properties": {
-        "id": {"type": "string", "pattern": "^[0-9]+$"},
-        "event": {"type": "string", "enum": ["message"]},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {"$ref": "#/components/schemas/RegenerationEvent"},
+# every event against it): a state (unnamed, ``data`` a RegenerationEvent in JSON) or a
+# ``module`` event (``data`` a ModuleEvent).
+def _event(id_pattern: str, name: str, data: str, *, named: bool) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["id", "event", "data"] if named else ["id", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": id_pattern},
+            "event": {"type": "string", "enum": [name]},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": f"#/components/schemas/{data}"},
+            },
         },
-    },
-}
+    }
+
+
+STATE_EVENT = _event("^[0-9]+$", "message", "RegenerationEvent", named=False)
+MODULE_EVENT = _event("^[0-9]+[.][0-9]+$", "module", "ModuleEvent", named=True)
+EVENT = {"oneOf": [STATE_EVENT, MODULE_EVENT]}
 
 # (path below the prefix, method, operation), in the order the document lists them.
 OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
@@ -218,14 +227,16 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     "in": "header",
                     "required": False,
                     "description": "The id of the last event received: resume after it.",
-                    "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,9}([.][0-9]{1,2})?$"},
                 },
             ],
             "responses": {
                 200: {
                     "description": "An event stream: each event has an increasing `id` and "
-                    "`data` holding a RegenerationEvent as JSON; comment lines keep it open; "
-                    "the server closes it once the regeneration has ended.",
+                    "`data` holding a RegenerationEvent as JSON, or, for a `module` event "
+                    "(id `3n.k`), a ModuleEvent: a module the running attempt has written; "
+                    "comment lines keep it open; the server closes it once the "
+                    "regeneration has ended.",
                     "content": {MIMETYPE: {"schema": EVENT}},
                 },
                 204: {"description": "It has ended and Last-Event-ID was its last event."},

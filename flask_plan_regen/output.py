@@ -268,3 +268,12 @@ def _minutes(
     if clamped != rounded:
         adjustments[counter] += 1
     return clamped
+
+
+def check_module(item: Any) -> GeneratedModule:
+    """One module checked against the rules as it arrives (while the answer is streamed).
+
+    Raises :class:`OutputValidationError` when it breaks them, as :func:`parse_output`
+    would for the whole plan; what is adjusted is counted there, not here.
+    """
+    return _module(item, dict.fromkeys(ADJUSTMENTS, 0))

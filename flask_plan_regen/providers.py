@@ -8,12 +8,13 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from flask import current_app
 
+from .checkpoints import Checkpoints
 from .errors import ProviderError, ProviderRateLimited, ProviderTimeout
 from .output import MAX_MODULES, MAX_TASKS, MODULE_MINUTES, TASK_MINUTES
 from .pacing import plan_weeks, task_capacity
@@ -48,6 +49,15 @@ class GenerationRequest:
     tier: str
     generation_id: str
     attempt: int
+    checkpoints: Checkpoints = dataclasses.field(default_factory=Checkpoints, compare=False)
+    """The attempt's cancel and time-limit control: a provider that streams checks it
+    between chunks (checkpoints.py); the default one never interrupts."""
+    module_ready: Callable[[int, Any], None] = dataclasses.field(
+        default=lambda index, module: None, compare=False
+    )
+    """Call with ``(index, module)`` as each module of the answer is complete: the job
+    checks it against the output rules (raising ``OutputValidationError`` if it breaks
+    them), shows it as a preview and extends the overall time limit at the first one."""
 
     def prompt(self) -> tuple[str, str]:
         """The (system, user) messages describing the plan to generate.
@@ -132,13 +142,15 @@ class BuiltinProvider:
 
     name = "builtin"
     model = "builtin-deterministic-1"
+    interruptible = True
+    """It stops at ``request.checkpoints`` when canceled: a cancel need not kill its job."""
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         config = current_app.config
         delay = float(config["PLAN_REGEN_BUILTIN_DELAY"])
-        if delay:
-            time.sleep(delay)
         failure = config["PLAN_REGEN_BUILTIN_FAILURE"]
+        if failure:
+            request.checkpoints.sleep(delay)
         if failure == "timeout":
             raise ProviderTimeout("builtin provider: forced timeout")
         if failure == "rate_limit":
@@ -151,7 +163,18 @@ class BuiltinProvider:
             return self._result('{"modules": [', **usage)
         if failure == "validation":
             return self._result(json.dumps({"modules": []}), **usage)
-        document = json.dumps(self._plan(request.plan))
+        plan = self._plan(request.plan)
+        # "Streamed": the delay spread over the modules, each shown once it is written.
+        # Without a delay the plan is written at once: no preview to show, no Redis
+        # round trips spent on one.
+        # Paced from the start, so the whole answer takes the delay however long each
+        # module's handling took (under load it would otherwise add up).
+        started = time.monotonic()
+        for index, module in enumerate(plan["modules"] if delay else ()):
+            due = started + delay * (index + 1) / len(plan["modules"])
+            request.checkpoints.sleep(max(due - time.monotonic(), 0.0))
+            request.module_ready(index, module)
+        document = json.dumps(plan)
         return self._result(document, completion_tokens=len(document.split()), **usage)
 
     def _result(self, content: str, **usage: int) -> GenerationResult:

@@ -21,9 +21,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from redis import ConnectionPool, Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue, Retry, SimpleWorker, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
@@ -32,10 +30,11 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now, utcparse
-from rq.worker import DequeueStrategy
+from rq.worker import DequeueStrategy, WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from .config import job_timeout
+from .redis_client import TRANSIENT_ERRORS, is_transient
 
 JOB_FUNCTION = "flask_plan_regen.jobs.run_regeneration"
 # Called by RQ when a job raised, or when a worker finds it abandoned by a dead worker.
@@ -49,7 +48,7 @@ Redelivery = Retry
 
 SERIALIZER = JSONSerializer
 _LIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED})
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+_REDIS_DOWN = TRANSIENT_ERRORS
 # The pool's workers are forked: they start with the app its process loaded.
 _FORK = multiprocessing.get_context("fork")
 
@@ -98,7 +97,7 @@ def enqueue(redis: Redis, regeneration: Enqueueable, config: Mapping[str, Any]) 
             timeout=job_timeout(config),
             on_failure=Callback(FAILURE_CALLBACK),
             result_ttl=config["PLAN_REGEN_RESULT_TTL"],
-            failure_ttl=config["PLAN_REGEN_RESULT_TTL"],
+            failure_ttl=config["PLAN_REGEN_FAILURE_TTL"],
             description=f"{regeneration.kind} of plan {regeneration.plan_id}",
             pipeline=pipe,
         )
@@ -135,18 +134,66 @@ def job_is_live(redis: Redis, job_id: str) -> bool:
     return job.get_status(refresh=False) in _LIVE
 
 
+def live_job_ids(redis: Redis, names: Iterable[str]) -> tuple[set[str], set[str]]:
+    """``(every live job id, the running ones)`` on queues ``names``: queued, scheduled,
+    deferred or running.
+
+    One round trip of four commands a queue, whatever the backlog: the sweep's
+    cost must not grow with the number of pending jobs.
+    """
+    parsers: list[tuple[Callable[[Any], str], bool]] = []
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            rq = rq_queue(redis, name)
+            pipe.lrange(rq.key, 0, -1)
+            parsers.append((_decoded, False))
+            started = rq.started_job_registry
+            for registry in (started, rq.scheduled_job_registry, rq.deferred_job_registry):
+                pipe.zrange(registry.key, 0, -1)
+                parsers.append((registry.parse_job_id, registry is started))
+        answers = pipe.execute()
+    live: set[str] = set()
+    running: set[str] = set()
+    for (parse, is_started), members in zip(parsers, answers, strict=True):
+        ids = {parse(member) for member in members}
+        live |= ids
+        if is_started:
+            running |= ids
+    return live, running
+
+
+def _decoded(raw: bytes) -> str:
+    return raw.decode()
+
+
+def silent_for(redis: Redis, job_ids: Iterable[str]) -> dict[str, float]:
+    """Seconds since each running job's worker last reported it alive (RQ's heartbeat)."""
+    ids = list(job_ids)
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id), "last_heartbeat")
+        beats = pipe.execute()
+    current = now()
+    return {
+        job_id: (current - utcparse(raw.decode())).total_seconds() if raw else float("inf")
+        for job_id, raw in zip(ids, beats, strict=True)
+    }
+
+
 def delete_job(redis: Redis, job_id: str) -> None:
     """Delete whatever RQ has under ``job_id`` (its queue and registry entries too)."""
     with contextlib.suppress(NoSuchJobError):
         Job.fetch(job_id, connection=redis, serializer=SERIALIZER).delete()
 
 
-def stop_job(redis: Redis, job_id: str) -> None:
-    """Stop the job if a worker runs it, else take it off its queue; best effort."""
+def stop_job(redis: Redis, job_id: str, *, kill_running: bool = True) -> None:
+    """Stop the job if a worker runs it (unless not ``kill_running``: it stops itself),
+    else take it off its queue; best effort."""
     try:
         job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
         if job.get_status() == JobStatus.STARTED:
-            send_stop_job_command(redis, job_id, serializer=SERIALIZER)
+            if kill_running:
+                send_stop_job_command(redis, job_id, serializer=SERIALIZER)
         else:
             job.cancel()
     except (NoSuchJobError, InvalidJobOperation):
@@ -246,7 +293,9 @@ def run_queued(redis: Redis, names: Iterable[str]) -> int:
 
 def is_forking(worker_class: type) -> bool:
     """Whether the worker class runs each job in a forked work horse."""
-    return not issubclass(worker_class, SimpleWorker)
+    return not issubclass(worker_class, SimpleWorker) and getattr(
+        worker_class, "forks_work_horses", True
+    )
 
 
 def start_worker(
@@ -398,11 +447,26 @@ def _run_pool_worker(
     )
 
 
+class _OneLinePerOutage(logging.Filter):
+    """Drops RQ's own line per failed dequeue: :class:`ResilientWorker` logs the outage once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Worker %s: could not connect to Redis instance")
+
+
+_ONE_LINE_PER_OUTAGE = _OneLinePerOutage()
+
+
 class ResilientWorker(Worker):
     """RQ's forking ``Worker``, made to run unattended.
 
-    * A Redis outage, idle or mid-job, never ends it: it waits for Redis with
-      backoff and carries on (plain RQ quits on an error after a job ends).
+    * A Redis error that ends by itself (:data:`~flask_plan_regen.redis_client.TRANSIENT_ERRORS`:
+      connection lost, timeout, READONLY from a demoted primary, LOADING, OOM under
+      ``noeviction``, MASTERDOWN), idle, mid-job or at start-up, never ends it: it
+      waits for Redis with backoff and carries on, logging one line when the outage
+      starts and one when it ends (plain RQ quits, or logs every retry).
+    * A stop request (SIGTERM/SIGINT, RQ's ``StopRequested``) is never swallowed,
+      whatever the worker was doing: sweeping, waiting for Redis.
     * :meth:`maintain` runs every :attr:`maintain_every` seconds whether the worker
       is idle (the blocking dequeue is bounded by it) or busy (the work horse
       monitor wakes up as often).
@@ -417,19 +481,86 @@ class ResilientWorker(Worker):
     """
 
     maintain_every: int = 10
+    max_redis_backoff: float = 5.0
+    """The longest wait, in seconds, between two tries while Redis is unavailable."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("work_horse_killed_handler", self._on_horse_killed)
+        self._outage_since: float | None = None  # RQ's __init__ already talks to Redis
+        self._stop_asked = False
         super().__init__(*args, **kwargs)
         self.job_monitoring_interval = min(self.job_monitoring_interval, self.maintain_every)
         self._next_maintenance = 0.0
         self._killed: tuple[str, str] | None = None
+        if _ONE_LINE_PER_OUTAGE not in self.log.filters:
+            self.log.addFilter(_ONE_LINE_PER_OUTAGE)
 
     def maintain(self) -> None:
         """Periodic work of the subclass; exceptions are logged, never raised."""
 
     def horse_killed(self, job_id: str, why: str) -> None:
         """A work horse died while running ``job_id``."""
+
+    def stop_asked(self) -> bool:
+        """Whether SIGTERM/SIGINT asked this worker to stop (long work checks it as it goes).
+
+        RQ raises ``StopRequested`` wherever the signal lands, and code that catches
+        every exception (a logging handler, a finalizer) may swallow it: the flag stays.
+        """
+        return self._stop_asked
+
+    def handle_warm_shutdown_request(self) -> None:
+        self._stop_asked = True
+        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
+
+    def _stop_if_asked(self) -> None:
+        """Raise ``StopRequested`` again if it was asked for while idle (it may have been lost)."""
+        if self._stop_asked and self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()
+
+    def redis_unavailable(self, error: BaseException, doing: str) -> None:
+        """Note a Redis error that ends by itself; the first of an outage is logged."""
+        if self._outage_since is not None:
+            return
+        self._outage_since = time.monotonic()
+        self.log.warning(
+            "Worker %s: Redis unavailable while %s (%s: %s); waiting it out with backoff "
+            "(logged once per outage)",
+            self.name,
+            doing,
+            type(error).__name__,
+            error,
+        )
+
+    def redis_available(self) -> None:
+        """Redis answered a write: end the outage, if there is one."""
+        if self._outage_since is None:
+            return
+        lasted, self._outage_since = time.monotonic() - self._outage_since, None
+        self.log.info("Worker %s: Redis is back after %.1f s", self.name, lasted)
+
+    def _until_redis_answers(self, action: Callable[[], None], doing: str) -> None:
+        """Run ``action`` until Redis lets it through, waiting with backoff in between.
+
+        A stop request while waiting stops the worker (RQ raises ``StopRequested``).
+        """
+        delay = 1.0
+        while True:
+            self._stop_if_asked()
+            try:
+                action()
+            except _REDIS_DOWN as error:
+                self.redis_unavailable(error, doing)
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_redis_backoff)
+            else:
+                self.redis_available()
+                return
+
+    def _set_ip_address(self, connection: Redis) -> None:
+        # The first Redis command of a worker: it may start during an outage.
+        set_ip_address = super()._set_ip_address
+        self._until_redis_answers(lambda: set_ip_address(connection), "starting")
 
     def _on_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         self._killed = (job.id, f"work horse {retpid} killed (waitpid status {ret_val})")
@@ -448,7 +579,7 @@ class ResilientWorker(Worker):
             try:
                 super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
             except _REDIS_DOWN as error:
-                self.log.warning("Worker %s: RQ maintenance skipped: %s", self.name, error)
+                self.redis_unavailable(error, "running RQ's maintenance")
         self._maintain_when_due()
 
     def _maintain_when_due(self) -> None:
@@ -459,8 +590,14 @@ class ResilientWorker(Worker):
             self._keep_registered()
             self._keep_scheduler_running()
             self.maintain()
+        except StopRequested:
+            raise  # SIGTERM/SIGINT arrived mid-pass: the worker must stop, not sweep on
+        except _REDIS_DOWN as error:
+            self.redis_unavailable(error, "sweeping")
         except Exception:  # the worker must outlive whatever its maintenance meets
-            logger.exception("maintenance failed; the next pass tries again")
+            if not self._stop_asked:
+                logger.exception("maintenance failed; the next pass tries again")
+        self._stop_if_asked()
 
     def _keep_registered(self) -> None:
         if not self.connection.hexists(self.key, "birth"):
@@ -476,7 +613,8 @@ class ResilientWorker(Worker):
             scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
 
     def register_birth(self) -> None:
-        """Register, first waiting out the record of a namesake that died without a word.
+        """Register, first waiting for Redis (a worker may start during an outage) and out
+        the record of a namesake that died without a word.
 
         A live ``ResilientWorker`` heartbeats every :attr:`maintain_every` seconds, so
         a record silent for three of those belongs to a dead worker: it is taken over.
@@ -484,7 +622,7 @@ class ResilientWorker(Worker):
         stale_after = 3 * self.maintain_every
         while True:
             try:
-                super().register_birth()  # type: ignore[no-untyped-call]
+                self._until_redis_answers(super().register_birth, "registering")
                 return
             except ValueError:  # "There exists an active worker named ... already"
                 silent = self._silent_for()
@@ -509,22 +647,38 @@ class ResilientWorker(Worker):
         last = utcparse(raw.decode() if isinstance(raw, bytes) else str(raw))
         return (now() - last).total_seconds()
 
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        # RQ's loop retries a lost connection itself; the other transient errors
+        # (READONLY, UNBLOCKED, OOM, MASTERDOWN) would end the worker.
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except RedisError as error:
+                if not is_transient(error):
+                    raise
+                self.redis_unavailable(error, "waiting for a job")
+                self.wait_for_redis()
+
     def maintain_heartbeats(self, job: Job, execution: Any) -> None:
         try:
             super().maintain_heartbeats(job, execution)
         except _REDIS_DOWN as error:
-            self.log.warning(
-                "Worker %s: heartbeat not sent, Redis unavailable: %s", self.name, error
-            )
+            self.redis_unavailable(error, f"running job {job.id}")
         self._maintain_when_due()
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         try:
             super().heartbeat(timeout, pipeline)
         except _REDIS_DOWN as error:
-            self.log.warning(
-                "Worker %s: heartbeat not sent, Redis unavailable: %s", self.name, error
-            )
+            self.redis_unavailable(error, "sending a heartbeat")
+            if self.get_state() != WorkerStatus.BUSY:
+                # Idle: nothing to do until Redis is back (a busy worker watches its horse).
+                self.wait_for_redis()
+        else:
+            if pipeline is None:
+                self.redis_available()
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         # RQ keeps the state in memory before writing it: only Redis's copy goes stale.
@@ -535,7 +689,7 @@ class ResilientWorker(Worker):
         try:
             super().check_for_suspension(burst)
         except _REDIS_DOWN as error:
-            self.log.warning("Worker %s: suspension not checked: %s", self.name, error)
+            self.redis_unavailable(error, "checking for suspension")
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
@@ -545,26 +699,24 @@ class ResilientWorker(Worker):
                 self.horse_killed(*killed)
         except _REDIS_DOWN as error:
             # The job's outcome is in the database; only RQ's record of it is lost.
-            self.log.warning(
-                "Worker %s: Redis went away around job %s (%s); waiting for it",
-                self.name,
-                job.id,
-                error,
-            )
+            self.redis_unavailable(error, f"recording job {job.id}")
             self.wait_for_redis()
 
+    def teardown(self) -> None:
+        try:
+            super().teardown()  # type: ignore[no-untyped-call]
+        except _REDIS_DOWN as error:
+            # Stopping during an outage: the record expires by itself (worker_ttl).
+            self.log.warning("Worker %s: not unregistered, Redis unavailable: %s", self.name, error)
+
     def wait_for_redis(self) -> None:
-        """Block until Redis answers again (backoff up to 2 s), then re-register."""
-        delay = 1.0
-        started = time.monotonic()
-        while True:
-            try:
-                self.connection.ping()
-                self._keep_registered()
-                break
-            except _REDIS_DOWN:
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        self.log.info(
-            "Worker %s: Redis is back after %.1f s", self.name, time.monotonic() - started
-        )
+        """Block until Redis takes a write again (backoff up to :attr:`max_redis_backoff`),
+        then re-register. A stop request while waiting stops the worker.
+        """
+        heartbeat = super().heartbeat
+
+        def write_and_register() -> None:
+            heartbeat()
+            self._keep_registered()
+
+        self._until_redis_answers(write_and_register, "waiting for Redis")

@@ -9,10 +9,13 @@
   it again. A job that raised calls :func:`on_job_failure`, which releases the
   attempt; RQ then records the job as failed, and the sweep queues it again.
 * The sweep also queues again the ``pending`` rows whose RQ job is gone (Redis
-  lost its data, or a worker lost a job between dequeue and start), and moves
-  the ``pending`` rows left on a queue that is no longer configured (renamed in
-  ``PLAN_REGEN_QUEUES``) to the queue their priority goes to now: only this
-  app's rows, so it never touches another app's jobs.
+  lost its data, a failover lost the last writes), or was taken by a worker
+  that went silent before claiming the row (killed between dequeue and claim).
+* One worker sweeps at a time (:func:`sweep_if_due`, a lease on the sweep), and
+  a sweep's Redis commands do not grow with the backlog (:func:`sweep`).
+* The sweep also moves the ``pending`` rows left on a queue that is no longer
+  configured (renamed in ``PLAN_REGEN_QUEUES``) to the queue their priority
+  goes to now: only this app's rows, so it never touches another app's jobs.
 
 Use the worker with plain RQ too:
 ``rq worker -w flask_plan_regen.recovery.RecoveringWorker``.
@@ -22,12 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from . import leases, lifecycle, queue
 from .config import job_timeout, rq_queue_names
@@ -39,29 +42,89 @@ from .state import RegenState, get_state
 logger = logging.getLogger("flask_plan_regen.recovery")
 
 
-def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
-    """Release lost attempts and requeue lost jobs; return how many of each."""
+SWEEP_BATCH = 1000
+"""Pending rows read from the database at a time."""
+
+
+def sweep(
+    state: RegenState,
+    now: datetime | None = None,
+    *,
+    stopping: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """Release lost attempts and requeue lost jobs; return how many of each.
+
+    Its Redis cost does not grow with the backlog: one pipelined look at each
+    queue and its registries (:func:`queue.live_job_ids`), then only the rows that
+    can be lost are looked at one by one: attempts running (their leases), and
+    pending rows whose job is missing, or taken by a worker that went silent
+    before claiming the row (a worker killed between dequeue and claim).
+
+    It ends early once ``stopping()`` says so (a worker asked to stop): what it
+    did not reach is found by the next sweep.
+    """
     now = now or utcnow()
+    config = current_app.config
+    released = _release_lapsed(state, now, stopping)
+    moved = move_off_unconfigured_queues(state, now)
+    live, running = queue.live_job_ids(state.redis, rq_queue_names(config))
+    silent_after = 3 * int(config["PLAN_REGEN_SWEEP_INTERVAL"])
+    session = state.db.session
+    lost: list[str] = []
+    query = (
+        select(Regeneration.id)
+        .where(
+            Regeneration.status == Status.PENDING,
+            Regeneration.updated_at < now - lifecycle.PENDING_GRACE,
+        )
+        .execution_options(yield_per=SWEEP_BATCH)
+    )
+    for batch in session.execute(query).scalars().partitions():
+        if stopping():
+            break
+        # Confirmed one by one (there are few): a job between a worker's pop and its
+        # start is in neither the queue nor a registry for a moment.
+        lost += [
+            row_id
+            for row_id in batch
+            if row_id not in live and not queue.job_is_live(state.redis, row_id)
+        ]
+        unclaimed = [row_id for row_id in batch if row_id in running]
+        if unclaimed:
+            silent = queue.silent_for(state.redis, unclaimed)
+            lost += [row_id for row_id in unclaimed if silent[row_id] > silent_after]
+    session.rollback()
+    requeued = moved
+    for row_id in lost:
+        if stopping():
+            break
+        regeneration = session.get(Regeneration, row_id)
+        if regeneration is not None and regeneration.status == Status.PENDING:
+            requeued += lifecycle.requeue_job(state, regeneration)
+        session.rollback()
+    if released or requeued:
+        logger.warning("sweep released %s attempts, requeued %s jobs", released, requeued)
+    return {"released": released, "requeued": requeued}
+
+
+def _release_lapsed(state: RegenState, now: datetime, stopping: Callable[[], bool]) -> int:
+    """Release the running attempts whose lease lapsed or that ran past the job timeout."""
     config = current_app.config
     lease_ttl = timedelta(seconds=config["PLAN_REGEN_LEASE_TTL"])
     # A backstop for an attempt whose process renews its lease but never ends.
     hung_before = now - timedelta(seconds=job_timeout(config)) - 2 * lease_ttl
-    moved = move_off_unconfigured_queues(state, now)
     session = state.db.session
     rows = session.execute(
-        select(Regeneration.id, Regeneration.status, Regeneration.started_at).where(
-            Regeneration.status.in_((Status.PROCESSING, Status.PENDING)),
-            or_(
-                Regeneration.status == Status.PROCESSING,
-                Regeneration.updated_at < now - lifecycle.PENDING_GRACE,
-            ),
+        select(Regeneration.id, Regeneration.started_at).where(
+            Regeneration.status == Status.PROCESSING
         )
     ).all()
     session.rollback()
-    running = [row for row in rows if row.status == Status.PROCESSING]
-    lapsed = leases.lapsed(state, [row.id for row in running])
-    released = requeued = 0
-    for row in running:
+    lapsed = leases.lapsed(state, [row.id for row in rows])
+    released = 0
+    for row in rows:
+        if stopping():
+            break
         started = as_utc(row.started_at) if row.started_at else now
         if started >= now - lease_ttl:
             continue  # just claimed: its lease may not be set yet
@@ -73,17 +136,24 @@ def sweep(state: RegenState, now: datetime | None = None) -> dict[str, int]:
             continue
         if lifecycle.release(state, row.id, why, requeue=True) is not None:
             released += 1
-    for row in rows:
-        if row.status != Status.PENDING or queue.job_is_live(state.redis, row.id):
-            continue
-        regeneration = session.get(Regeneration, row.id)
-        if regeneration is not None and regeneration.status == Status.PENDING:
-            requeued += lifecycle.requeue_job(state, regeneration)
-        session.rollback()
-    requeued += moved
-    if released or requeued:
-        logger.warning("sweep released %s attempts, requeued %s jobs", released, requeued)
-    return {"released": released, "requeued": requeued}
+    return released
+
+
+def sweep_if_due(
+    state: RegenState, holder: str, *, stopping: Callable[[], bool] = lambda: False
+) -> dict[str, int] | None:
+    """Sweep unless another process swept in the last ``PLAN_REGEN_SWEEP_INTERVAL`` seconds.
+
+    A lease on the sweep itself (one ``SET NX``) makes one worker of a fleet
+    sweep at a time, so the fleet's sweep cost does not grow with its size.
+    ``None`` when another holds the lease.
+    """
+    interval = int(current_app.config["PLAN_REGEN_SWEEP_INTERVAL"])
+    # Slightly under the interval: the holder's next pass finds it free again.
+    lease_ms = max(500, interval * 1000 - 500)
+    if not state.redis.set(state.key("sweep_lease"), holder, nx=True, px=lease_ms):
+        return None
+    return sweep(state, stopping=stopping)
 
 
 def move_off_unconfigured_queues(state: RegenState, now: datetime) -> int:
@@ -194,8 +264,9 @@ class RecoveringWorker(queue.ResilientWorker):
         super().__init__(*args, **kwargs)
 
     def maintain(self) -> None:
-        with _worker_state() as state:
-            sweep(state)
+        # A worker that runs its jobs in threads shares its pool with them: kept.
+        with _worker_state(dispose_pool=queue.is_forking(type(self))) as state:
+            sweep_if_due(state, str(self.name), stopping=self.stop_asked)
 
     def horse_killed(self, job_id: str, why: str) -> None:
         with _worker_state() as state:

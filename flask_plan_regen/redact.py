@@ -20,8 +20,12 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _BARE_CREDENTIALS = re.compile(r"(?<![^\s'\"<>/])([^\s'\"<>/@:]*)(:?)[^\s'\"<>/@]*@")
 
 
-def masked_url(url: str) -> str:
-    """``url`` safe to print: its password (or lone user name) and query values masked."""
+def masked_url(url: str, keep: frozenset[str] = frozenset()) -> str:
+    """``url`` safe to print: its password (or lone user name) and query values masked.
+
+    The values of the query options named in ``keep`` (known to hold no secret,
+    such as a certificate's path) are left as they are.
+    """
     scheme, separator, _ = url.partition("://")
     if not separator:
         return _mask_bare_credentials(url)
@@ -37,8 +41,9 @@ def masked_url(url: str) -> str:
     masked = f"{scheme}://{netloc}{parts.path}"
     if parts.query:
         masked += "?" + "&".join(
-            f"{name}={MASK}" if has_value else MASK
-            for name, has_value, _ in (pair.partition("=") for pair in parts.query.split("&"))
+            pair if name in keep else f"{name}={MASK}" if has_value else MASK
+            for pair in parts.query.split("&")
+            for name, has_value, _ in (pair.partition("="),)
         )
     return masked + (f"#{MASK}" if parts.fragment else "")
 

@@ -11,7 +11,7 @@ from marshmallow import Schema, ValidationError
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from . import documents, lifecycle
+from . import documents, lifecycle, previews
 from .bodies import read_body, require_json_content_type
 from .cost_report import monthly_spend
 from .database import UNAVAILABLE_ERRORS, database_unavailable
@@ -293,7 +293,7 @@ def regeneration_status(plan_id: str, generation_id: str) -> Response:
     """One regeneration with its attempts."""
     state = get_state()
     regeneration = owned_regeneration(state, plan_id, generation_id)
-    return jsonify(documents.dump(documents.regeneration_schema, regeneration))
+    return jsonify(previews.regeneration_document(state, regeneration))
 
 
 @regen_bp.get("/plans/<plan_id>/regenerations/<generation_id>/events")

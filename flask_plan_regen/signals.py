@@ -27,8 +27,9 @@ from flask import current_app
 from flask_sqlalchemy.session import Session
 from sqlalchemy.orm import scoped_session
 
-from .documents import dump, regeneration_schema
 from .models import Regeneration
+from .previews import regeneration_document
+from .state import get_state
 
 logger = logging.getLogger("flask_plan_regen.signals")
 
@@ -52,7 +53,7 @@ def send(signal: NamedSignal, session: scoped_session[Session], generation_id: s
     regeneration = session.get(Regeneration, generation_id)
     if regeneration is None:
         return
-    document = dump(regeneration_schema, regeneration)
+    document = regeneration_document(get_state(app), regeneration)
     for receiver in signal.receivers_for(app):
         try:
             receiver(app, regeneration=document)

@@ -38,9 +38,11 @@ from redis.client import PubSub
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import documents, progress
+from . import documents, previews, progress
 from .errors import ApiError
 from .models import TERMINAL_STATUSES, Regeneration, Status
+from .output import MAX_MODULES
+from .previews import Cursor, ModuleEvent
 from .progress import ProgressEvent
 from .state import RegenState
 from .stream_limits import claim_user_stream, release_user_stream
@@ -61,7 +63,7 @@ def event_stream(
 ) -> Response:
     """The answer of the events route for ``regeneration`` (owned by the caller)."""
     after = parse_last_event_id(last_event_id, regeneration)
-    events = progress.events_after(regeneration, after)
+    events = previews.events_after(state, regeneration, after)
     ended = Status(regeneration.status) in TERMINAL_STATUSES
     generation_id = regeneration.id
     state.db.session.close()  # no database connection held while the stream waits
@@ -83,7 +85,7 @@ def event_stream(
     except ApiError:
         state.stream_slots.release()
         raise
-    follow = _follow(state, generation_id, events, after or 0, current_app.config)
+    follow = _follow(state, generation_id, events, after or (0, 0), current_app.config)
     response = Response(stream_with_context(follow), mimetype=MIMETYPE, headers=HEADERS)
     # Called when the server closes the response, even one never iterated.
     response.call_on_close(state.stream_slots.release)
@@ -91,31 +93,54 @@ def event_stream(
     return response
 
 
-def parse_last_event_id(value: str | None, regeneration: Regeneration) -> int | None:
-    """The client's ``Last-Event-ID``: ``None`` when absent, 400 unless one of our ids."""
+def parse_last_event_id(value: str | None, regeneration: Regeneration) -> Cursor | None:
+    """The client's ``Last-Event-ID``: ``None`` when absent, 400 unless one of our ids.
+
+    A state's id is a number (progress.py), a module's ``<number>.<module>`` (previews.py).
+    """
     if value is None or not value.strip():
         return None
     current = progress.event_id(Status(regeneration.status), regeneration.attempts)
-    text = value.strip()
-    if not (len(text) <= 9 and text.isascii() and text.isdigit() and int(text) <= current):
+    state_id, dot, module = value.strip().partition(".")
+    if not (
+        len(state_id) <= 9
+        and state_id.isascii()
+        and state_id.isdigit()
+        and int(state_id) <= current
+        and (
+            not dot
+            or (
+                len(module) <= 2
+                and module.isascii()
+                and module.isdigit()
+                and 1 <= int(module) <= MAX_MODULES
+                and int(state_id) % 3 == 0  # after an attempt's processing state
+            )
+        )
+    ):
         raise ApiError(
             400,
             "INVALID_LAST_EVENT_ID",
             f"{LAST_EVENT_ID_HEADER} must be the id of an event this stream sent.",
         )
-    return int(text)
+    return int(state_id), int(module) if dot else 0
 
 
-def format_event(event: ProgressEvent) -> str:
-    data = documents.dump(documents.regeneration_event_schema, event)
-    return f"id: {event.id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+def format_event(event: ProgressEvent | ModuleEvent) -> str:
+    if isinstance(event, ModuleEvent):
+        data = documents.dump(documents.module_event_schema, event)
+        kind = f"event: {previews.MODULE_EVENT}\n"
+    else:
+        data = documents.dump(documents.regeneration_event_schema, event)
+        kind = ""
+    return f"id: {event.id}\n{kind}data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 def _follow(
     state: RegenState,
     generation_id: str,
-    first: list[ProgressEvent],
-    last_id: int,
+    first: list[ProgressEvent | ModuleEvent],
+    last_id: Cursor,
     config: Mapping[str, Any],
 ) -> Iterator[str]:
     keepalive = float(config["PLAN_REGEN_STREAM_KEEPALIVE"])
@@ -123,7 +148,7 @@ def _follow(
     close_at = time.monotonic() + float(config["PLAN_REGEN_STREAM_MAX_LIFE"])
     for event in first:
         yield format_event(event)
-        last_id = event.id
+        last_id = previews.cursor_of(event)
     if not first:  # the client is up to date: a comment, since servers hold headers till a byte
         yield KEEPALIVE
     with _Subscription(state, generation_id, float(config["PLAN_REGEN_REDIS_TIMEOUT"])) as changes:
@@ -134,7 +159,7 @@ def _follow(
                 events, ended = _read(state, generation_id, last_id)
                 for event in events:
                     yield format_event(event)
-                    last_id = event.id
+                    last_id = previews.cursor_of(event)
                     last_write = time.monotonic()
                 if ended:
                     return
@@ -149,14 +174,17 @@ def _follow(
                 read_at = 0.0
 
 
-def _read(state: RegenState, generation_id: str, after: int) -> tuple[list[ProgressEvent], bool]:
+def _read(
+    state: RegenState, generation_id: str, after: Cursor
+) -> tuple[list[ProgressEvent | ModuleEvent], bool]:
     """The states after ``after``, and whether the regeneration has ended (or is gone)."""
     session = state.db.session
     try:
         regeneration = session.get(Regeneration, generation_id)
         if regeneration is None:
             return [], True
-        return progress.events_after(regeneration, after), regeneration.status in TERMINAL_STATUSES
+        events = previews.events_after(state, regeneration, after)
+        return events, regeneration.status in TERMINAL_STATUSES
     except SQLAlchemyError as error:
         logger.warning(
             "event stream of %s: database unavailable, reading again later: %s",

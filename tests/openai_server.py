@@ -16,7 +16,7 @@ behaviour scripted for its plan's topic (``server.script("Rust", "status_500",
 * ``status_<code>``   an error answer with that status and an OpenAI-style message (a 401
   echoes the key it was given, as some servers do); ``status_429@30`` adds
   ``Retry-After: 30``
-* ``slow``            a good answer, but only after ``server.slow_seconds``
+* ``slow``            a good answer, but only after ``server.slow_seconds`` (``slow@4``: 4 s)
 * ``malformed``       content that is not JSON
 * ``bad_usage``       a good plan, but token counts no column can keep and a model name
   with a NUL and 300 characters
@@ -31,9 +31,21 @@ behaviour scripted for its plan's topic (``server.script("Rust", "status_500",
 * ``no_usage``        a good plan without ``usage`` (some servers report none)
 * ``prompt_filtered`` HTTP 400 with ``error.code: "content_filter"`` (Azure's prompt filter)
 * ``out_of_credit``   HTTP 429 with ``error.code: "insufficient_quota"`` (OpenAI, no credit)
+* ``long``            a 6-module plan (``LONG_PLAN``, about 800 tokens)
+* ``stall``           ``long``, but silent for ``server.stall_seconds`` after
+  ``server.stall_after`` tokens
+* ``no_stream``       a 400 about ``stream`` when streaming is asked for, else ``good``
+* ``plain``           ``good`` as a plain completion even when streaming is asked for
 
 Answers report usage: 123 prompt and 456 completion tokens (a ``length`` answer
 ``MAX_OUTPUT`` completion tokens, an error answer none).
+
+A request with ``stream: true`` gets its answer as server-sent events, one token
+(about 4 characters) per chunk, ``server.tokens_per_second`` of them a second
+(``None``: as fast as it can), then the finish reason and, with
+``stream_options.include_usage``, a last chunk with the usage. The request's
+record counts the tokens written (``sent_tokens``) and notes when a write found
+the client gone (``disconnected_at``).
 
 With ``server.supports_json_schema = False`` a request asking for
 ``response_format: json_schema`` answers 400 (as servers without structured
@@ -92,6 +104,24 @@ NUMERIC_STRINGS = {
         for module in GOOD_PLAN["modules"]
     ]
 }
+LONG_PLAN = {
+    "modules": [
+        {
+            "title": f"Streamed module {m}",
+            "description": f"Part {m} of six, written a token at a time by the fake model.",
+            "estimatedMinutes": 160,
+            "tasks": [
+                {
+                    "title": f"Streamed task {m}.{t}",
+                    "description": "Read, practise, then explain it back in your own words.",
+                    "estimatedMinutes": 40,
+                }
+                for t in range(1, 5)
+            ],
+        }
+        for m in range(1, 7)
+    ]
+}
 REFUSAL = "I'm sorry, but I can't help with that request.\n\x07It breaks the usage policy."
 ERROR_MESSAGES = {
     400: "Unsupported parameter: 'frobnicate' is not supported with this model.",
@@ -112,6 +142,9 @@ class FakeOpenAI:
         self.default = "good"
         self.slow_seconds = 3.0
         self.supports_json_schema = True
+        self.tokens_per_second: float | None = None
+        self.stall_after = 100
+        self.stall_seconds = 5.0
         self.behaviours: deque[str] = deque()
         self.scripts: dict[str, deque[str]] = defaultdict(deque)
         self.requests: list[dict[str, Any]] = []
@@ -166,7 +199,7 @@ class FakeOpenAI:
         self.rejected += 1
         return f"over_limit@{math.ceil(recent[-count] + seconds - now)}"
 
-    def _next(self, body: dict[str, Any], authorization: str | None) -> str:
+    def _next(self, body: dict[str, Any], authorization: str | None) -> dict[str, Any]:
         messages = body.get("messages") or [{}]
         match = _TOPIC.search(str(messages[-1].get("content", "")))
         topic = match.group(1) if match else None
@@ -182,16 +215,19 @@ class FakeOpenAI:
                 behaviour = self.scripts[topic].popleft()
             else:
                 behaviour = self.behaviours.popleft() if self.behaviours else self.default
-            self.requests.append(
-                {
-                    "body": body,
-                    "authorization": authorization,
-                    "topic": topic,
-                    "behaviour": behaviour.partition("@")[0],
-                    "at": now,
-                }
-            )
-            return behaviour
+            name, _, argument = behaviour.partition("@")
+            record = {
+                "body": body,
+                "authorization": authorization,
+                "topic": topic,
+                "behaviour": name,
+                "argument": argument,
+                "at": now,
+                "sent_tokens": 0,
+                "disconnected_at": None,
+            }
+            self.requests.append(record)
+            return record
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -207,7 +243,8 @@ class FakeOpenAI:
                     self._send(404, {"error": {"message": "not found"}})
                     return
                 authorization = self.headers.get("Authorization")
-                behaviour, _, argument = fake._next(body, authorization).partition("@")
+                record = fake._next(body, authorization)
+                behaviour, argument = record["behaviour"], record["argument"]
                 model = body.get("model", "unknown")
                 if behaviour == "no_json_schema":
                     error = {
@@ -256,10 +293,73 @@ class FakeOpenAI:
                     self._send(200, {"error": error, "id": "gen-fake", "model": model})
                 elif behaviour == "sse":
                     self._stream(model, json.dumps(GOOD_PLAN))
+                elif behaviour == "no_stream" and body.get("stream"):
+                    error = {
+                        "message": "Streaming is not supported by this server.",
+                        "type": "invalid_request_error",
+                        "param": "stream",
+                    }
+                    self._send(400, {"error": error})
+                elif behaviour == "plain":
+                    self._send(200, answer(model, "good"))
                 else:
-                    if behaviour == "slow":
-                        time.sleep(fake.slow_seconds)
-                    self._send(200, answer(model, behaviour))
+                    if behaviour == "slow":  # "slow@4": 4 s instead of server.slow_seconds
+                        time.sleep(float(argument or fake.slow_seconds))
+                    answered = answer(model, behaviour)
+                    if body.get("stream"):
+                        usage = (body.get("stream_options") or {}).get("include_usage")
+                        self._stream_answer(answered, record, stall=behaviour == "stall")
+                        if usage and "usage" in answered:
+                            self._event(
+                                {**_chunk(answered, {}), "choices": [], "usage": answered["usage"]},
+                                record,
+                            )
+                        self._event("[DONE]", record)
+                    else:
+                        self._send(200, answer(model, behaviour))
+
+            def _stream_answer(
+                self, answered: dict[str, Any], record: dict[str, Any], stall: bool
+            ) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                choice = answered["choices"][0]
+                message = choice["message"]
+                field = "refusal" if message.get("refusal") else "content"
+                text = message.get(field) or ""
+                pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
+                self._event(_chunk(answered, {"role": "assistant", "content": ""}), record)
+                started = time.monotonic()
+                for number, piece in enumerate(pieces):
+                    if fake.tokens_per_second:  # paced from the start: no drift under load
+                        wait = started + number / fake.tokens_per_second - time.monotonic()
+                        time.sleep(max(wait, 0))
+                    if stall and number == fake.stall_after:
+                        time.sleep(fake.stall_seconds)
+                        started += fake.stall_seconds
+                    if not self._event(_chunk(answered, {field: piece}), record):
+                        return
+                    record["sent_tokens"] += 1
+                ending = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
+                if "error" in choice:  # OpenRouter's upstream error rides on the last chunk
+                    ending["error"] = choice["error"]
+                finish = {**_chunk(answered, {}), "choices": [ending]}
+                self._event(finish, record)
+
+            def _event(self, event: Any, record: dict[str, Any]) -> bool:
+                """Write one server-sent event; ``False`` once the client has gone."""
+                data = event if isinstance(event, str) else json.dumps(event)
+                if record["disconnected_at"] is not None:
+                    return False
+                try:
+                    self.wfile.write(f"data: {data}\n\n".encode())
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    record["disconnected_at"] = time.monotonic()
+                    return False
+                return True
 
             def _stream(self, model: str, content: str) -> None:
                 chunks = [content[i : i + 40] for i in range(0, len(content), 40)]
@@ -322,6 +422,8 @@ def answer(model: str, behaviour: str) -> dict[str, Any]:
         "filtered": plan[:40],
         "finish_error": plan[:40],
         "refusal": None,
+        "long": json.dumps(LONG_PLAN),
+        "stall": json.dumps(LONG_PLAN),
     }.get(behaviour, json.dumps(GOOD_PLAN))
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if behaviour == "refusal":
@@ -341,6 +443,16 @@ def answer(model: str, behaviour: str) -> dict[str, Any]:
         answered["model"] = "m\x00" + "x" * 300
         answered["usage"] = {"prompt_tokens": "x", "completion_tokens": 10**30}
     return answered
+
+
+def _chunk(answered: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": answered["id"],
+        "object": "chat.completion.chunk",
+        "created": answered["created"],
+        "model": answered["model"],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
 
 
 def completion(model: str, message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:

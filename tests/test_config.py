@@ -62,6 +62,10 @@ def test_defaults_are_set_without_overwriting_the_hosts_values() -> None:
         ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS", 100),
         ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS", "4096"),
         ("PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM", "max_output_tokens"),
+        ("PLAN_REGEN_PROVIDER_FIRST_TOKEN_TIMEOUT", 0),
+        ("PLAN_REGEN_PROVIDER_IDLE_TIMEOUT", "30"),
+        ("PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION", -1),
+        ("PLAN_REGEN_PROVIDER_STREAM", "yes"),
     ],
 )
 def test_a_wrong_value_is_named_in_a_clear_error(key: str, value: Any) -> None:

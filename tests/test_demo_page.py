@@ -89,6 +89,21 @@ def browser(chromium: tuple[str, str], tmp_path: Path) -> Iterator[WebDriver]:
         driver.quit()
 
 
+SEEN_PREVIEWS = """
+window.previewsSeen = [];
+new MutationObserver((changes) => {
+  for (const change of changes) for (const node of change.addedNodes) {
+    if (node.classList && node.classList.contains("preview")) {
+      window.previewsSeen.push({
+        index: Number(node.dataset.index),
+        status: document.getElementById("status").textContent,
+      });
+    }
+  }
+}).observe(document.getElementById("modules"), {childList: true});
+"""
+
+
 def text_of(driver: WebDriver, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
 
@@ -106,7 +121,7 @@ def test_the_demo_page_regenerates_a_plan_and_shows_it_live(
     worker_procs: WorkerProcs,
     tmp_path: Path,
 ) -> None:
-    env = worker_env(sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_DELAY="1.0")
+    env = worker_env(sqlite_uri, redis_url, PLAN_REGEN_BUILTIN_DELAY="2.0")
     worker = worker_procs.spawn(["flask", "plan-regen", "worker"], env)
     worker_procs.wait_for_log(worker, "Listening on", timeout=30)
     wait = WebDriverWait(browser, 60)
@@ -131,6 +146,8 @@ def test_the_demo_page_regenerates_a_plan_and_shows_it_live(
             "advanced"
         )
         browser.find_element(By.ID, "override-weekly-hours").send_keys("3")
+        # Note, in the page, the status shown when each module preview appears on screen.
+        browser.execute_script(SEEN_PREVIEWS)
         browser.find_element(By.ID, "regenerate-plan").click()
         wait.until(lambda d: "Regeneration with overrides" in text_of(d, "progress-label"))
         wait.until(lambda d: text_of(d, "status") in {"succeeded", "failed", "canceled"})
@@ -141,6 +158,11 @@ def test_the_demo_page_regenerates_a_plan_and_shows_it_live(
         assert seen[-2:] == ["processing", "succeeded"]
         assert set(seen) <= {"pending", "processing", "succeeded"}
         wait.until(lambda d: text_of(d, "modules") != first_plan)
+        previews = browser.execute_script("return window.previewsSeen")
+        print(f"module previews on screen, with the status shown then: {previews}")
+        assert previews and previews[0]["status"] == "processing"  # before the end
+        assert [p["index"] for p in previews] == list(range(len(previews)))
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#modules .preview"))
 
         # The page shows the plan the API has, with its weeks and due dates.
         plan_id = browser.execute_script("return planId")

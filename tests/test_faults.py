@@ -48,15 +48,6 @@ pytestmark = pytest.mark.slow
 # ------------------------------------------------------------------ Redis down
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A redis-server of this test's own, which the test stops and starts again."""
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_redis_stopped_answers_503_fast_and_service_resumes(
     sqlite_uri: str, own_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:

@@ -74,13 +74,13 @@ def test_the_state_module_imports_no_feature_module() -> None:
     assert imported <= allowed
 
 
-def test_only_the_queue_module_imports_rq() -> None:
+def test_only_the_queue_and_threaded_worker_modules_import_rq() -> None:
     importers = {
         path.name
         for path in PACKAGE.glob("*.py")
         if any(name == "rq" or name.startswith("rq.") for name in imports_of(path))
     }
-    assert importers == {"queue.py"}
+    assert importers == {"queue.py", "threaded_worker.py"}
 
 
 def status_spellings(path: Path) -> list[int]:

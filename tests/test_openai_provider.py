@@ -147,7 +147,6 @@ def test_json_mode_can_be_chosen_in_the_config(
         ("status_429", "rate_limit"),
         ("status_500", "provider_error"),
         ("status_401", "provider_rejected"),
-        ("sse", "provider_error"),
         ("refusal", "refused"),
         ("length", "truncated"),
         ("slow", "timeout"),

@@ -213,11 +213,13 @@ def test_too_many_modules_are_trimmed_and_numeric_strings_read_as_numbers(
 
 def test_an_answer_streamed_as_server_sent_events_is_a_clear_provider_error(
     app: Flask,
+    app_config: dict[str, Any],
     openai_server: FakeOpenAI,
     submit: Submit,
     start_worker: Any,
     worker_procs: WorkerProcs,
 ) -> None:
+    app_config["PLAN_REGEN_PROVIDER_STREAM"] = False  # the worker's: a stream not asked for
     streamed = submit("Streamed answers", "sse", "sse", "sse")
     worker = start_worker()
 

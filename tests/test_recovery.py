@@ -16,20 +16,24 @@ from typing import Any
 import pytest
 from conftest import (
     ALICE,
+    plan_factory,
     regenerate,
     run_jobs,
     status_of,
+    statuses,
     wait_for_status,
     wait_until,
     worker_env,
 )
 from flask import Flask
 from servers import WorkerProcs
+from sqlalchemy import create_engine, select
 
 from examples.host_app import db
 from flask_plan_regen import Regeneration, get_state, queue
+from flask_plan_regen.config import rq_queue_names
 from flask_plan_regen.models import utcnow
-from flask_plan_regen.recovery import sweep
+from flask_plan_regen.recovery import sweep, sweep_if_due
 
 
 def children(pid: int) -> set[int]:
@@ -155,6 +159,19 @@ def test_sweep_requeues_pending_rows_whose_job_is_gone(app: Flask, make_plan: An
         assert sweep(state, now=later) == {"released": 0, "requeued": 0}  # its job is queued
     run_jobs(app)
     assert status_of(client, plan_id, generation_id)["status"] == "succeeded"
+
+
+def test_one_worker_of_a_fleet_sweeps_per_interval(app: Flask, make_plan: Any) -> None:
+    generation_id = regenerate(app.test_client(), make_plan())["generationId"]
+    with app.app_context():
+        state = get_state()
+        assert sweep_if_due(state, "worker-1") == {"released": 0, "requeued": 0}
+        queue.delete_job(state.redis, generation_id)  # now there is something to find
+        assert sweep_if_due(state, "worker-2") is None  # worker-1 holds the sweep's lease
+        assert state.redis.get("plan_regen:sweep_lease") == b"worker-1"
+        state.redis.delete("plan_regen:sweep_lease")  # the interval is over
+        swept = sweep_if_due(state, "worker-2")
+        assert swept == {"released": 0, "requeued": 0}  # the row is too young to be lost
 
 
 def test_concurrent_sweeps_requeue_a_row_once(app: Flask, make_plan: Any) -> None:
@@ -295,3 +312,47 @@ def test_a_killed_worker_restarts_under_its_own_name(
     plan_id = make_plan()
     generation_id = regenerate(app.test_client(), plan_id)["generationId"]
     assert wait_for_status(app, [generation_id]) == {generation_id: "succeeded"}
+
+
+@pytest.mark.slow
+def test_a_job_killed_between_dequeue_and_claim_runs_again_within_60s(
+    pg_app: Flask, postgres_url: str, redis_url: str, worker_procs: WorkerProcs
+) -> None:
+    plan_id = plan_factory(pg_app)()
+    client = pg_app.test_client()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    env = worker_env(postgres_url, redis_url)
+    # The test holds the row: the first worker's work horse, which RQ has started the job
+    # in, blocks at its claim. Killed there, the job is RQ's "started" and the row pending.
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as holder:
+            holder.execute(
+                select(Regeneration.id).where(Regeneration.id == generation_id).with_for_update()
+            )
+            first = worker_procs.spawn(["flask", "plan-regen", "worker"], env)
+            horse = work_horse_of(first)
+            with pg_app.app_context():
+                redis = get_state().redis
+                wait_until(
+                    lambda: queue.live_job_ids(redis, rq_queue_names(pg_app.config))[1],
+                    20,
+                    "RQ starting the job",
+                )
+            # The survivor: idle, and nobody runs `sweep`.
+            survivor = worker_procs.spawn(["flask", "plan-regen", "worker"], env)
+            worker_procs.wait_for_log(survivor, "Listening on")
+            os.killpg(first.pid, signal.SIGKILL)  # the worker and its scheduler
+            os.kill(horse, signal.SIGKILL)  # the work horse leads a process group of its own
+            killed = time.monotonic()
+            first.wait()
+            holder.rollback()
+    finally:
+        engine.dispose()
+    assert statuses(pg_app, [generation_id]) == {generation_id: "pending"}
+    assert wait_for_status(pg_app, [generation_id], timeout=90) == {generation_id: "succeeded"}
+    recovered = time.monotonic() - killed
+    doc = status_of(client, plan_id, generation_id)
+    print(f"\nworker killed between dequeue and claim: succeeded {recovered:.1f} s later, lost 0")
+    assert recovered < 60
+    assert doc["attempts"] == 1  # the lost delivery never counted as an attempt

@@ -48,15 +48,21 @@ def test_the_retry_delay_honours_retry_after_up_to_the_cap(
     assert retry_delay(ProviderError("500"), 1, {**config, "PLAN_REGEN_RETRY_BACKOFF_BASE": 0}) == 0
 
 
-def test_job_timeout_is_derived_from_the_provider_timeout() -> None:
+def test_job_timeout_is_derived_from_the_provider_timeout_and_its_extension() -> None:
     config = {**DEFAULTS, "PLAN_REGEN_PROVIDER_TIMEOUT": 120.0}
-    assert job_timeout(config) == 180
-    assert job_timeout({**config, "PLAN_REGEN_PROVIDER_TIMEOUT": 7.5}) == 68
-    with pytest.raises(ConfigurationError, match="PLAN_REGEN_JOB_TIMEOUT"):
-        validate({**config, "PLAN_REGEN_JOB_TIMEOUT": 120})
+    assert job_timeout(config) == 240  # 120 s, extended once by 60 s, + a 60 s margin
+    assert job_timeout({**config, "PLAN_REGEN_PROVIDER_TIMEOUT": 7.5}) == 128
+    assert job_timeout({**config, "PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION": 0}) == 180
+    for too_short in (120, 180):  # not above the overall limit and its extension
+        with pytest.raises(ConfigurationError, match="PLAN_REGEN_JOB_TIMEOUT"):
+            validate({**config, "PLAN_REGEN_JOB_TIMEOUT": too_short})
+    validate({**config, "PLAN_REGEN_JOB_TIMEOUT": 181})
 
 
-@pytest.mark.parametrize("app_config", [{"PLAN_REGEN_PROVIDER_TIMEOUT": 30}])
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PLAN_REGEN_PROVIDER_TIMEOUT": 30, "PLAN_REGEN_PROVIDER_TIMEOUT_EXTENSION": 0}],
+)
 def test_queued_jobs_carry_the_derived_timeout(app: Flask, make_plan: Any) -> None:
     from flask_plan_regen import get_state, queue
 

@@ -138,7 +138,13 @@ def test_worker_pool_drains_jobs_in_forked_workers_and_stops_on_sigterm(
 
     ids = [regenerate(client, make_plan(topic="Terraform"))["generationId"] for _ in range(6)]
     wait_until(lambda: set(statuses(app, ids).values()) == {"succeeded"}, what="6 successes")
-    done = {worker.name: worker.successful_job_count for worker in registered_workers(redis_url)}
+
+    def counted() -> dict[str, int] | None:
+        # RQ counts a job once it ended it, a moment after its row was committed.
+        found = {w.name: w.successful_job_count for w in registered_workers(redis_url)}
+        return found if sum(found.values()) == 6 else None
+
+    done = wait_until(counted, 10, "RQ counting the 6 jobs")
     print(f"jobs per worker: {done}")
     assert sum(done.values()) == 6
     assert all(count > 0 for count in done.values()), done

@@ -107,6 +107,7 @@ async function regenerate(event) {
 function watch(accepted, label) {
   if (events) events.close();
   $("timeline").replaceChildren();
+  delete $("modules").dataset.preview;
   $("progress-label").textContent = `${label} (${accepted.generationId})`;
   setStatus(accepted.status);
   setBusy(true);
@@ -127,6 +128,9 @@ function watch(accepted, label) {
       loadPlan(accepted.planId);
     }
   };
+  // Each module as soon as the model has written it (a preview: the plan is replaced,
+  // paced into weeks, only when the regeneration succeeds).
+  events.addEventListener("module", (message) => showModule(JSON.parse(message.data)));
   events.onerror = () => {
     // EventSource reconnects by itself (sending Last-Event-ID); only a closed one is final.
     if (events && events.readyState === EventSource.CLOSED) {
@@ -162,6 +166,23 @@ function addToTimeline(state) {
 
 // -- the plan ----------------------------------------------------------------------------
 
+function showModule(module) {
+  const list = $("modules");
+  if (!list.dataset.preview) {
+    list.replaceChildren();
+    list.dataset.preview = "yes";
+    $("plan-summary").textContent = "The model is writing the plan: each module shows once written.";
+  }
+  const section = element("section", undefined, "module preview");
+  section.dataset.index = module.index;
+  section.append(element("h3", `${module.index + 1}. ${module.title}`));
+  section.append(element("p", `${module.minutes} min, not yet paced`, "hint"));
+  const tasks = element("ul");
+  for (const task of module.tasks) tasks.append(element("li", `${task.title} (${task.minutes} min)`));
+  section.append(tasks);
+  list.append(section);
+}
+
 async function loadPlan(id) {
   try {
     renderPlan(await api("GET", `${API}/plans/${id}`));
@@ -195,6 +216,7 @@ function renderPlan(plan) {
     section.append(table);
     return section;
   });
+  delete $("modules").dataset.preview;
   $("modules").replaceChildren(...modules);
 }
 
