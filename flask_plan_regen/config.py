@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_REDIS_URL": "redis://127.0.0.1:6379/0",
     "PLAN_REGEN_REDIS_TIMEOUT": 1.5,
     # Prefixes every queue name ("plan_regen_high") and Redis key ("plan_regen:...") of
-    # the package, so that several apps can share one Redis.
+    # the package, so that several apps can share one Redis. Queue names hold no "_", so
+    # "<namespace>_<name>" splits one way only: two namespaces never share a queue.
     "PLAN_REGEN_NAMESPACE": "plan_regen",
     # (queue name, lowest priority it takes), highest priority first; the RQ queue is
     # named "<namespace>_<name>".
@@ -132,12 +133,19 @@ DEFAULTS: dict[str, Any] = {
     "PLAN_REGEN_METRICS": False,
     # Event streams (GET .../events, docs/http-api.md): a comment line after this many idle
     # seconds, a re-read of the row after this many seconds without a pub/sub message, and
-    # at most this many open streams per process (503 beyond).
+    # at most this many open streams per process (503 beyond; None: derived, see
+    # stream_limits.py), per user (429 beyond) and seconds per stream (then the client
+    # resumes with Last-Event-ID).
     "PLAN_REGEN_STREAM_KEEPALIVE": 15.0,
     "PLAN_REGEN_STREAM_RECHECK": 5.0,
-    "PLAN_REGEN_STREAM_MAX_OPEN": 100,
+    "PLAN_REGEN_STREAM_MAX_OPEN": None,
+    "PLAN_REGEN_STREAM_MAX_PER_USER": 3,
+    "PLAN_REGEN_STREAM_MAX_LIFE": 300.0,
     # Run each job in the process that queued it, right after the commit (tests).
     "PLAN_REGEN_EAGER": False,
+    # "memory://" and PLAN_REGEN_EAGER outside TESTING: only for a host that runs exactly
+    # one process and says so here (docs/testing.md).
+    "PLAN_REGEN_ALLOW_IN_PROCESS": False,
 }
 
 # What RQ's job timeout adds to the provider timeout, so that RQ never kills
@@ -164,7 +172,10 @@ BUILTIN_FAILURES = ("validation", "provider_error", "rate_limit", "timeout", "in
 UNLIMITED = "unlimited"
 RATE_FORMAT = "a rate such as '10/hour' or '10 per hour'"
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
+# Matched whole (fullmatch): "$" alone would also match before a final newline.
+_NAMESPACE = re.compile(r"[A-Za-z0-9_-]{1,60}")
+# No "_": it separates the namespace from the name in the RQ queue's name.
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9-]{1,60}")
 
 
 def apply_defaults(config: MutableMapping[str, Any]) -> None:
@@ -179,7 +190,7 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_number(config, "PLAN_REGEN_REDIS_TIMEOUT", minimum=0.1)
     _check(
         isinstance(config["PLAN_REGEN_NAMESPACE"], str)
-        and _QUEUE_NAME.match(config["PLAN_REGEN_NAMESPACE"]) is not None,
+        and _NAMESPACE.fullmatch(config["PLAN_REGEN_NAMESPACE"]) is not None,
         "PLAN_REGEN_NAMESPACE",
         "1-60 letters, digits, '_' or '-'",
         config,
@@ -276,7 +287,15 @@ def validate(config: Mapping[str, Any]) -> None:
     _check_bool(config, "PLAN_REGEN_METRICS")
     _check_number(config, "PLAN_REGEN_STREAM_KEEPALIVE", minimum=0.1)
     _check_number(config, "PLAN_REGEN_STREAM_RECHECK", minimum=0.1)
-    _check_int(config, "PLAN_REGEN_STREAM_MAX_OPEN", minimum=1)
+    max_open = config["PLAN_REGEN_STREAM_MAX_OPEN"]
+    _check(
+        max_open is None or (_is_int(max_open) and max_open >= 1),
+        "PLAN_REGEN_STREAM_MAX_OPEN",
+        "None (derived from the server's threads) or an integer >= 1",
+        config,
+    )
+    _check_int(config, "PLAN_REGEN_STREAM_MAX_PER_USER", minimum=1)
+    _check_number(config, "PLAN_REGEN_STREAM_MAX_LIFE", minimum=1)
     _check(
         not config["PLAN_REGEN_METRICS"]
         or importlib.util.find_spec("prometheus_client") is not None,
@@ -285,6 +304,37 @@ def validate(config: Mapping[str, Any]) -> None:
         config,
     )
     _check_bool(config, "PLAN_REGEN_EAGER")
+    _check_bool(config, "PLAN_REGEN_ALLOW_IN_PROCESS")
+    _check_in_process(config)
+
+
+def _check_in_process(config: Mapping[str, Any]) -> None:
+    """``memory://`` and eager jobs only under ``TESTING`` or for one process, opted in.
+
+    Neither can work across processes, and nothing else would say so: under a server
+    with several processes each has its own in-process Redis (jobs never reach a
+    worker, limits and idempotency keys hold per process), and an eager job runs in
+    the web request (a provider's ``Retry-After`` is not waited for, a slow call dies
+    with the web worker's timeout).
+    """
+    if config.get("TESTING") or config["PLAN_REGEN_ALLOW_IN_PROCESS"]:
+        return
+    opt_in = (
+        "It is for tests: set TESTING = True, or PLAN_REGEN_ALLOW_IN_PROCESS = True in a host "
+        "that runs exactly one process (docs/testing.md)."
+    )
+    if config["PLAN_REGEN_REDIS_URL"] == MEMORY_REDIS_URL:
+        raise ConfigurationError(
+            f"PLAN_REGEN_REDIS_URL is {MEMORY_REDIS_URL!r}, a Redis inside each process: with "
+            "several server processes, jobs never reach a worker, and rate limits and "
+            f"idempotency keys hold per process. {opt_in}"
+        )
+    if config["PLAN_REGEN_EAGER"]:
+        raise ConfigurationError(
+            "PLAN_REGEN_EAGER runs each job inside the web request that queued it: a "
+            "provider's Retry-After is not waited for and a slow call dies with the web "
+            f"worker's timeout. Run workers instead (flask plan-regen worker). {opt_in}"
+        )
 
 
 def _check_redis_url(config: Mapping[str, Any]) -> None:
@@ -402,7 +452,7 @@ def _check_queues(config: Mapping[str, Any]) -> None:
             isinstance(entry, list | tuple)
             and len(entry) == 2
             and isinstance(entry[0], str)
-            and _QUEUE_NAME.match(entry[0]) is not None
+            and _QUEUE_NAME.fullmatch(entry[0]) is not None
             and _is_int(entry[1])
             for entry in queues
         )
@@ -420,7 +470,9 @@ def _check_queues(config: Mapping[str, Any]) -> None:
         ok,
         "PLAN_REGEN_QUEUES",
         "a list of [queue name, lowest priority] pairs, highest priority first, with "
-        "distinct names (letters, digits, '_' and '-') and the last threshold <= 0",
+        "distinct names (letters, digits and '-'; no '_', which joins the namespace to the "
+        "name: 'regen_high' in namespace 'plan' would be 'plan_regen_high', a queue of "
+        "namespace 'plan_regen') and the last threshold <= 0",
         config,
     )
 

@@ -23,6 +23,7 @@ from .redis_client import connect
 from .routes import json_routing_errors
 from .state import EXTENSION_KEY, RegenState, get_state
 from .store import PlanStore, SQLAlchemyPlanStore, create_tables
+from .stream_limits import max_open_streams
 
 if TYPE_CHECKING:
     from .billing import StripeBilling
@@ -94,7 +95,7 @@ class PlanRegen:
             registered_hooks=self._hooks,
             configured_hooks=Hooks.from_config(app.config),
             rate_limiter=RegenRateLimiter(redis, app.config),
-            stream_slots=threading.BoundedSemaphore(app.config["PLAN_REGEN_STREAM_MAX_OPEN"]),
+            stream_slots=threading.BoundedSemaphore(max_open_streams(app.config)),
             billing=_make_billing(app, redis),
         )
         if app.config["PLAN_REGEN_PGBOUNCER"]:

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from flask import Flask, current_app, has_app_context
 from flask.cli import ScriptInfo
+from redis.exceptions import RedisError
 
 from . import breaker, fallbacks, lifecycle, provider_limits, queue, spend
 from .checkpoints import Checkpoints, GenerationCanceled
@@ -113,7 +114,17 @@ def execute(state: RegenState, generation_id: str) -> Any:
         return queue.put_off(int(current_app.config["PLAN_REGEN_BUDGET_RECHECK"]))
     grant: fallbacks.Grant | None = None
     if not current_app.config["PLAN_REGEN_EAGER"]:
-        routed = _route(state, generation_id)
+        try:
+            routed = _route(state, generation_id)
+        except RedisError as error:
+            # The job is already delivered and no worker dequeues while Redis is down:
+            # calling the first entry unmetered beats stranding the row.
+            logger.warning(
+                "regeneration %s: provider limits not checked, Redis unavailable: %s",
+                generation_id,
+                error,
+            )
+            routed = None
         if not isinstance(routed, fallbacks.Grant | None):
             return routed
         grant = routed

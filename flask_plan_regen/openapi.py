@@ -246,6 +246,11 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     "content": _json("Error"),
                 },
                 **_errors(401, 404),
+                429: {
+                    "description": "The user has PLAN_REGEN_STREAM_MAX_PER_USER streams open "
+                    "(TOO_MANY_STREAMS_FOR_USER, with Retry-After).",
+                    "content": _json("Error"),
+                },
                 503: {
                     "description": "This process has PLAN_REGEN_STREAM_MAX_OPEN streams open "
                     "(TOO_MANY_STREAMS, with Retry-After).",

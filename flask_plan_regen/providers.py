@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from flask import current_app
@@ -15,6 +17,7 @@ from flask import current_app
 from .checkpoints import Checkpoints
 from .errors import ProviderError, ProviderRateLimited, ProviderTimeout
 from .output import MAX_MODULES, MAX_TASKS, MODULE_MINUTES, TASK_MINUTES
+from .pacing import plan_weeks, task_capacity
 from .types import PlanInput
 
 OUTPUT_FORMAT = (
@@ -186,22 +189,46 @@ class BuiltinProvider:
         low, high = _TASK_MINUTES.get(plan.skill_level, _TASK_MINUTES["beginner"])
         activity = f"{plan.learning_style.capitalize()} activity, {plan.skill_level} level."
         modules = []
-        for index in range(rng.randint(3, 5)):
-            stage = _STAGES[index]
+        sizes = sized_to_deadline(plan)
+        for index in range(len(sizes) if sizes else rng.randint(3, 5)):
+            stage = _STAGES[index % len(_STAGES)]
             tasks: list[dict[str, Any]] = [
                 {
                     "title": f"{rng.choice(verbs)} {plan.topic} ({stage.lower()}, part {n + 1})",
                     "description": activity,
                     "estimatedMinutes": rng.randint(low, high) // 5 * 5,
                 }
-                for n in range(rng.randint(3, 5))
+                for n in range(sizes[index] if sizes else rng.randint(3, 5))
             ]
+            suffix = f", round {index // len(_STAGES) + 1}" if index >= len(_STAGES) else ""
             modules.append(
                 {
-                    "title": f"{stage} {plan.topic}",
+                    "title": f"{stage} {plan.topic}{suffix}",
                     "description": f"Module {index + 1}, {plan.skill_level} level.",
                     "estimatedMinutes": sum(t["estimatedMinutes"] for t in tasks),
                     "tasks": tasks,
                 }
             )
         return {"modules": modules}
+
+
+TASKS_PER_MODULE = 6
+"""About how many tasks a module gets when the plan is sized to its deadline."""
+
+
+def sized_to_deadline(plan: PlanInput) -> list[int]:
+    """Tasks per module that fill the plan's weeks at its weekly hours; ``[]`` without a deadline.
+
+    A real model is asked for a plan that fits the learner's time: so is the
+    built-in one, so that its schedule spreads over the weeks as a real plan's
+    does (pacing.task_capacity tasks, in modules of about :data:`TASKS_PER_MODULE`,
+    at most 12 modules of 20 tasks).
+    """
+    if plan.deadline_date is None:
+        return []
+    start = plan.start_date or datetime.now(UTC).date()
+    weeks = plan_weeks(start, plan.deadline_date) if plan.deadline_date > start else 1
+    # Never smaller than the smallest unsized plan (3 modules of 3): pacing trims the rest.
+    tasks = min(max(task_capacity(plan, weeks), 9), MAX_MODULES * MAX_TASKS)
+    modules = min(max(math.ceil(tasks / TASKS_PER_MODULE), 3), MAX_MODULES)
+    return [tasks // modules + (index < tasks % modules) for index in range(modules)]

@@ -203,6 +203,15 @@ def stop_job(redis: Redis, job_id: str, *, kill_running: bool = True) -> None:
         logger.warning("could not stop job %s; its row is canceled, so it will not run", job_id)
 
 
+def job_is_running(redis: Redis, job_id: str) -> bool:
+    """Whether a worker has started the job (it is not taken off its queue then)."""
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return False
+    return job.get_status(refresh=False) == JobStatus.STARTED
+
+
 def queue_stats(redis: Redis, names: Iterable[str]) -> list[dict[str, Any]]:
     """Per queue: queued, running, failed and scheduled jobs."""
     stats = []

@@ -13,6 +13,9 @@
   that went silent before claiming the row (killed between dequeue and claim).
 * One worker sweeps at a time (:func:`sweep_if_due`, a lease on the sweep), and
   a sweep's Redis commands do not grow with the backlog (:func:`sweep`).
+* The sweep also moves the ``pending`` rows left on a queue that is no longer
+  configured (renamed in ``PLAN_REGEN_QUEUES``) to the queue their priority
+  goes to now: only this app's rows, so it never touches another app's jobs.
 
 Use the worker with plain RQ too:
 ``rq worker -w flask_plan_regen.recovery.RecoveringWorker``.
@@ -33,6 +36,7 @@ from . import leases, lifecycle, queue
 from .config import job_timeout, rq_queue_names
 from .jobs import worker_app
 from .models import Regeneration, Status, as_utc, utcnow
+from .priority import queue_for_priority
 from .state import RegenState, get_state
 
 logger = logging.getLogger("flask_plan_regen.recovery")
@@ -62,6 +66,7 @@ def sweep(
     now = now or utcnow()
     config = current_app.config
     released = _release_lapsed(state, now, stopping)
+    moved = move_off_unconfigured_queues(state, now)
     live, running = queue.live_job_ids(state.redis, rq_queue_names(config))
     silent_after = 3 * int(config["PLAN_REGEN_SWEEP_INTERVAL"])
     session = state.db.session
@@ -89,7 +94,7 @@ def sweep(
             silent = queue.silent_for(state.redis, unclaimed)
             lost += [row_id for row_id in unclaimed if silent[row_id] > silent_after]
     session.rollback()
-    requeued = 0
+    requeued = moved
     for row_id in lost:
         if stopping():
             break
@@ -149,6 +154,71 @@ def sweep_if_due(
     if not state.redis.set(state.key("sweep_lease"), holder, nx=True, px=lease_ms):
         return None
     return sweep(state, stopping=stopping)
+
+
+def move_off_unconfigured_queues(state: RegenState, now: datetime) -> int:
+    """Move the pending rows on a queue no longer configured to their priority's queue now.
+
+    Queues renamed in ``PLAN_REGEN_QUEUES`` (or a name that no longer fits the
+    namespace rule) strand nothing: this app's rows, read from its own database,
+    move; another app's jobs are never touched. Returns how many moved.
+    """
+    config = current_app.config
+    session = state.db.session
+    rows = session.execute(
+        select(Regeneration.id, Regeneration.priority).where(
+            Regeneration.status == Status.PENDING,
+            Regeneration.queue.not_in(rq_queue_names(config)),
+            Regeneration.updated_at < now - lifecycle.PENDING_GRACE,
+        )
+    ).all()
+    session.rollback()
+    return sum(
+        _move_to_configured_queue(state, row.id, queue_for_priority(row.priority, config))
+        for row in rows
+    )
+
+
+def sweep_eager_leftovers(state: RegenState) -> None:
+    """With eager jobs outside tests (one process that opted in), recover in process.
+
+    No worker sweeps there: at most once per ``PLAN_REGEN_SWEEP_INTERVAL``, a
+    request sweeps first and runs what it queued again (the rows a killed
+    process left behind). Never raises: recovery must not fail the request.
+    """
+    config = current_app.config
+    if not config["PLAN_REGEN_EAGER"] or config.get("TESTING"):
+        return
+    try:
+        due = state.redis.set(
+            state.key("eager-sweep"), 1, nx=True, ex=int(config["PLAN_REGEN_SWEEP_INTERVAL"])
+        )
+        if due and any(sweep(state).values()):
+            queue.run_queued(state.redis, rq_queue_names(config))
+    except Exception:
+        logger.exception("in-process sweep failed; the next one tries again")
+
+
+def _move_to_configured_queue(state: RegenState, generation_id: str, queue_name: str) -> bool:
+    """Put a pending row's job on ``queue_name``, taking it off a queue no longer listened to.
+
+    Left alone while a worker runs it: a retry it asks for lands on the old queue,
+    and the next sweep moves that.
+    """
+    if queue.job_is_running(state.redis, generation_id):
+        return False
+    session = state.db.session
+    regeneration = session.get(Regeneration, generation_id)
+    if regeneration is None or regeneration.status != Status.PENDING:
+        session.rollback()
+        return False
+    regeneration.queue = queue_name  # the new job goes where the row now says
+    if not lifecycle.requeue_job(state, regeneration):
+        session.rollback()  # another sweep moves it
+        return False
+    session.commit()  # an UPDATE of the queue alone: a claim meanwhile keeps its status
+    logger.warning("moved %s to queue %s, where its priority goes now", generation_id, queue_name)
+    return True
 
 
 def on_job_failure(job: Any, connection: Any, *exc_info: Any) -> None:

@@ -27,6 +27,7 @@ from .plans import create_and_generate
 from .priority import compute_priority, queue_for_priority
 from .quota import monthly_usage
 from .ratelimit import add_rate_limit_headers, enforce_rate_limit, rate_limit_usage
+from .recovery import sweep_eager_leftovers
 from .schemas import (
     CreatePlanSchema,
     PaginationSchema,
@@ -98,6 +99,12 @@ def _json_bodies_only() -> None:
     """Every POST takes only JSON: a cross-site form cannot reach a view (bodies.py)."""
     if request.method == "POST":
         require_json_content_type()
+
+
+@regen_bp.before_request
+def _recover_eager_leftovers() -> None:
+    """Eager jobs outside tests have no worker to sweep for them (recovery.py)."""
+    sweep_eager_leftovers(get_state())
 
 
 @regen_bp.errorhandler(Exception)

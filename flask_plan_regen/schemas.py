@@ -76,7 +76,7 @@ class PlanDate(fields.Field[date]):
 # What str.splitlines() breaks on. A single-line field (the topic) is one line of the
 # prompt: a line break in it could forge another (docs/providers.md#the-prompt).
 SINGLE_LINE = validate.Regexp(
-    r"^[^\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]*$",
+    r"^[^\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]*\Z",  # \Z: "$" passes a final "\n"
     error="Must be a single line: no line breaks.",
 )
 TOPIC_RULES = [validate.Length(min=3, max=200), SINGLE_LINE]

@@ -16,8 +16,12 @@ stream keeps re-reading the row on that schedule. A comment line after
 stream and lets the server notice a client that has gone.
 
 An open stream holds one of the process's ``PLAN_REGEN_STREAM_MAX_OPEN`` slots
-(503 beyond), one Redis connection and, under a threaded server, one thread;
-it gives its database connection back between reads.
+(503 beyond), one of its user's ``PLAN_REGEN_STREAM_MAX_PER_USER`` (429 beyond,
+stream_limits.py), one Redis connection and, under a threaded server, one
+thread; it gives its database connection back between reads. After
+``PLAN_REGEN_STREAM_MAX_LIFE`` seconds the server closes it: the client
+(``EventSource`` does it on its own) reconnects with ``Last-Event-ID`` and
+carries on where it was.
 """
 
 from __future__ import annotations
@@ -41,12 +45,15 @@ from .output import MAX_MODULES
 from .previews import Cursor, ModuleEvent
 from .progress import ProgressEvent
 from .state import RegenState
+from .stream_limits import claim_user_stream, release_user_stream
 
 logger = logging.getLogger("flask_plan_regen.streams")
 
 MIMETYPE = "text/event-stream"
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
 KEEPALIVE = ": keepalive\n\n"
+# Before closing a stream at its maximum life: reconnect after 1 s (EventSource's default is ~3).
+RECONNECT = "retry: 1000\n\n"
 # No caching, and no buffering by nginx (which would hold events back).
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -72,10 +79,17 @@ def event_stream(
             "or try again shortly.",
             headers={"Retry-After": "5"},
         )
+    user_id = regeneration.user_id
+    try:
+        user_slot = claim_user_stream(state, user_id, current_app.config)
+    except ApiError:
+        state.stream_slots.release()
+        raise
     follow = _follow(state, generation_id, events, after or (0, 0), current_app.config)
     response = Response(stream_with_context(follow), mimetype=MIMETYPE, headers=HEADERS)
     # Called when the server closes the response, even one never iterated.
     response.call_on_close(state.stream_slots.release)
+    response.call_on_close(lambda: release_user_stream(state, user_id, user_slot))
     return response
 
 
@@ -131,6 +145,7 @@ def _follow(
 ) -> Iterator[str]:
     keepalive = float(config["PLAN_REGEN_STREAM_KEEPALIVE"])
     recheck = float(config["PLAN_REGEN_STREAM_RECHECK"])
+    close_at = time.monotonic() + float(config["PLAN_REGEN_STREAM_MAX_LIFE"])
     for event in first:
         yield format_event(event)
         last_id = previews.cursor_of(event)
@@ -149,10 +164,13 @@ def _follow(
                 if ended:
                     return
                 read_at = time.monotonic() + recheck
+            if time.monotonic() >= close_at:
+                yield RECONNECT
+                return
             if time.monotonic() - last_write >= keepalive:
                 yield KEEPALIVE
                 last_write = time.monotonic()
-            if changes.wait(min(read_at, last_write + keepalive) - time.monotonic()):
+            if changes.wait(min(read_at, last_write + keepalive, close_at) - time.monotonic()):
                 read_at = 0.0
 
 

@@ -18,10 +18,12 @@ from .config import MEMORY_REDIS_URL, rq_queue_names
 from .state import get_state
 
 TEST_CONFIG: dict[str, Any] = {
+    "TESTING": True,
     "PLAN_REGEN_REDIS_URL": MEMORY_REDIS_URL,
     "PLAN_REGEN_EAGER": True,
 }
-"""An in-process Redis for the app, and every job run right after its commit."""
+"""Flask's testing mode, an in-process Redis for the app, and every job run right after
+its commit (both refused outside testing mode, docs/testing.md)."""
 
 
 def run_pending_jobs(app: Flask) -> int:

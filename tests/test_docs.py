@@ -143,14 +143,12 @@ def free_port() -> int:
 def test_the_readme_quickstart_runs_as_shown(
     tmp_path: Path, redis_url: str, redis_conn: redis.Redis, worker_procs: WorkerProcs
 ) -> None:
-    (name,) = write_files(REPO_ROOT / "README.md", tmp_path)
-    app_file = tmp_path / name
-    shown = "redis://127.0.0.1:6379/0"
-    assert shown in app_file.read_text()
-    app_file.write_text(app_file.read_text().replace(shown, redis_url))  # the suite's Redis
+    write_files(REPO_ROOT / "README.md", tmp_path)
     env = {
         "FLASK_APP": "myapp:create_app",
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]),
+        # The suite's Redis, set as the README says (myapp.py reads FLASK_ settings).
+        "FLASK_PLAN_REGEN_REDIS_URL": redis_url,
     }
     flask = str(Path(sys.executable).parent / "flask")
     init = subprocess.run(
@@ -198,4 +196,4 @@ def test_the_readme_quickstart_runs_as_shown(
         what="the regeneration",
     )
     assert done["overrides"] == {"skillLevel": "intermediate", "weeklyHours": 8}
-    assert (tmp_path / "app.db").exists() or (tmp_path / "instance" / "app.db").exists()
+    assert (tmp_path / "instance" / "app.db").exists()  # where the README says it lands

@@ -37,7 +37,12 @@ from examples.host_app import db
 from flask_plan_regen import Regeneration, Status, get_state, jobs, progress
 
 # Short intervals, so that idle streams notice a gone client and tests never wait long.
-STREAM_CONFIG = {"PLAN_REGEN_STREAM_KEEPALIVE": 0.3, "PLAN_REGEN_STREAM_RECHECK": 60.0}
+# Many streams of one user: no per-user cap in the way (tests/test_stream_limits.py tests it).
+STREAM_CONFIG = {
+    "PLAN_REGEN_STREAM_KEEPALIVE": 0.3,
+    "PLAN_REGEN_STREAM_RECHECK": 60.0,
+    "PLAN_REGEN_STREAM_MAX_PER_USER": 100,
+}
 
 
 @pytest.fixture

@@ -127,7 +127,8 @@ def test_requeue_failed_with_redis_down_is_a_clean_error(
     with dead_redis.app_context():  # else pytest-flask's context of `app` is the current app
         result = dead_redis.test_cli_runner().invoke(args=["plan-regen", "requeue-failed"])
     assert result.exit_code == 1
-    assert "Error: The regeneration queue is unavailable" in result.output
+    assert "Error: Redis at redis://127.0.0.1:" in result.output  # names it (cli_errors.py)
+    assert "is unreachable" in result.output
     assert "Traceback" not in result.output and result.exception is not None
     assert isinstance(result.exception, SystemExit)
     assert [r.status for r in rows(app, plan_id)] == ["failed"]  # nothing half-queued

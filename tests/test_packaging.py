@@ -112,6 +112,7 @@ def test_the_wheel_installs_and_runs_in_a_fresh_venv(dist: Path, tmp_path: Path)
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'host.sqlite'}",
         FLASK_PLAN_REGEN_REDIS_URL='"memory://"',
         FLASK_PLAN_REGEN_EAGER="true",
+        FLASK_TESTING="true",  # both refuse to start outside testing mode
     )
     where_from = "import flask_plan_regen as p; print(p.__file__, p.__version__)"
     where = run([bin_dir / "python", "-c", where_from], cwd=workdir, env=env)

@@ -111,6 +111,8 @@ function watch(accepted, label) {
   $("progress-label").textContent = `${label} (${accepted.generationId})`;
   setStatus(accepted.status);
   setBusy(true);
+  // The card sits below the forms: bring it into view, else the click seems to do nothing.
+  $("progress").scrollIntoView({ block: "start" });
   const url = `${API}/plans/${accepted.planId}/regenerations/${accepted.generationId}/events`;
   events = new EventSource(url);
   events.onmessage = (message) => {
