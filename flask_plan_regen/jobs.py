@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from collections import ChainMap
 from typing import Any, cast
 
 from flask import Flask, current_app, has_app_context
@@ -397,10 +398,18 @@ def attempt_row(
     usage = spend.usage_of(result, error)
     config = current_app.config
     entry = grant.entry if grant is not None else None
+    # The model asked for is the entry's own (a fallback's model is not the tier's), and
+    # names a billed call whose stream was cut before the server said which model answered.
+    settings = getattr(entry.provider if entry else state.provider, "settings", None)
+    asked = (
+        spend.tier_model(ChainMap(settings, config), regeneration.tier)
+        if settings is not None
+        else None
+    )
     prices = (
         spend.parse_prices(entry.prices)
         if entry is not None and entry.prices
-        else spend.prices_for(config, usage.model, spend.tier_model(config, regeneration.tier))
+        else spend.prices_for(config, usage.model, asked)
     )
     return GenerationAttempt(
         regeneration_id=regeneration.id,
@@ -412,7 +421,7 @@ def attempt_row(
         modules_count=summary["modules"] if summary else 0,
         tasks_count=summary["tasks"] if summary else 0,
         provider=result.provider if result else (entry.name if entry else state.provider.name),
-        model=model_name(usage.model),
+        model=model_name(usage.model or (asked if spend.was_billed(usage) else None)),
         prompt_tokens=token_count(usage.prompt_tokens),
         completion_tokens=token_count(usage.completion_tokens),
         cached_tokens=token_count(usage.cached_tokens),

@@ -367,6 +367,37 @@ def test_a_call_refused_without_an_answer_goes_to_the_next_entry_in_the_same_att
     assert "provider primary:" in shown.output and "breaker closed" in shown.output
 
 
+def test_an_entry_without_prices_is_never_priced_as_another_model(
+    app: Flask,
+    make_plan: Callable[..., str],
+    openai_server: FakeOpenAI,
+    secondary_server: FakeOpenAI,
+    worker_procs: WorkerProcs,
+) -> None:
+    """The secondary's model "b" has no price anywhere: its cost is unknown, not the price
+    of the primary's model or of the single-provider model the table does know."""
+    openai_server.limit = None
+    openai_server.queue("status_429@30")
+    config = fleet_config(
+        openai_server, PLAN_REGEN_PROVIDERS=two_entries(openai_server, secondary_server)
+    )
+    price = {"input": "0.15", "output": "0.60"}
+    config["PLAN_REGEN_PRICES"] = {"a": price, config["PLAN_REGEN_PROVIDER_MODEL"]: price}
+    start_pools(worker_procs, app, config, pools=1, workers=1)
+
+    ids = submit(app, make_plan, 1)
+    assert set(wait_for_status(app, ids, timeout=60).values()) == {"succeeded"}
+    with app.app_context():
+        rows = db.session.execute(
+            select(
+                GenerationAttempt.provider, GenerationAttempt.model, GenerationAttempt.cost_usd
+            ).where(GenerationAttempt.regeneration_id.in_(ids))
+        ).all()
+        db.session.rollback()
+    print(f"\nanswered by the unpriced secondary: {rows}")
+    assert [tuple(row) for row in rows] == [("secondary", "b", None)]
+
+
 def test_tokens_are_corrected_from_the_usage_and_concurrent_slots_are_leases(app: Flask) -> None:
     """The Lua scripts against the real Redis: 2,000 tokens per window, one call at a time."""
     with app.app_context():
