@@ -325,7 +325,8 @@ def costs(month: str | None, by: str, top: int | None, output: str) -> None:
     (operator re-runs as '(operator)'), model, tier or day. Unknown costs are counted
     apart, never as 0."""
     period = month or current_period()
-    if not _MONTH.fullmatch(period) or not 1 <= int(period[5:]) <= 12:
+    # Year 9999's December ends in year 10000, which no datetime holds.
+    if not _MONTH.fullmatch(period) or not 1 <= int(period[5:]) <= 12 or period >= "9999-12":
         raise click.BadParameter(f"{period!r} is not a month (YYYY-MM)", param_hint="--month")
     rows = cost_report(get_state(), period, by, top)
     if not rows and output == "table":
