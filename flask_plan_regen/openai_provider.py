@@ -42,7 +42,7 @@ from .metrics import count_provider_quota
 from .output import plan_json_schema
 from .providers import GenerationRequest, GenerationResult
 from .state import get_state
-from .streaming_call import create
+from .streaming_call import Connections, create
 
 logger = logging.getLogger("flask_plan_regen.openai_provider")
 
@@ -94,12 +94,14 @@ class OpenAIProvider:
         ]
         # A client per call: nothing pooled crosses RQ's fork, and a config change
         # needs no restart. Its cost is nothing next to the model's.
+        connections = Connections()
         try:
             client = openai.OpenAI(
                 api_key=config["PLAN_REGEN_PROVIDER_API_KEY"],
                 base_url=config["PLAN_REGEN_PROVIDER_BASE_URL"],
                 timeout=float(config["PLAN_REGEN_PROVIDER_TIMEOUT"]),
                 max_retries=0,
+                http_client=openai.DefaultHttpxClient(event_hooks=connections.event_hooks()),
             )
         except openai.OpenAIError as error:  # no API key anywhere: another call would not help
             raise ProviderRejected(
@@ -108,7 +110,7 @@ class OpenAIProvider:
             ) from error
         with client:
             try:
-                completion = _complete(client, config, model, messages, request)
+                completion = _complete(client, connections, config, model, messages, request)
             except openai.OpenAIError as error:
                 raise _failure(error, model, client.api_key) from error
         return _result(completion, model, config, client.api_key)
@@ -116,6 +118,7 @@ class OpenAIProvider:
 
 def _complete(
     client: openai.OpenAI,
+    connections: Connections,
     config: Mapping[str, Any],
     model: str,
     messages: list[ChatCompletionMessageParam],
@@ -130,6 +133,7 @@ def _complete(
     try:
         return _create(
             client,
+            connections,
             config,
             model,
             messages,
@@ -148,11 +152,12 @@ def _complete(
             server[0],
             _server_message(error, client.api_key),
         )
-    return _create(client, config, model, messages, JSON_MODE, request)
+    return _create(client, connections, config, model, messages, JSON_MODE, request)
 
 
 def _create(
     client: openai.OpenAI,
+    connections: Connections,
     config: Mapping[str, Any],
     model: str,
     messages: list[ChatCompletionMessageParam],
@@ -163,6 +168,7 @@ def _create(
     cap_field = config["PLAN_REGEN_PROVIDER_MAX_OUTPUT_TOKENS_PARAM"]
     return create(
         client,
+        connections,
         request,
         stream=bool(config["PLAN_REGEN_PROVIDER_STREAM"]),
         model=model,

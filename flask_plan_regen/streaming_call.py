@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -37,8 +37,42 @@ logger = logging.getLogger("flask_plan_regen.openai_provider")
 _WITHOUT_STREAM: set[tuple[str, str]] = set()
 
 
+class Connections:
+    """The sockets one call's client opens (a client per call: its pool is the call's
+    own), so that the checkpoints' thread can cut a call still waiting for the response
+    headers: a server may hold them until its first token."""
+
+    def __init__(self) -> None:
+        self._sockets: list[socket.socket] = []
+
+    def event_hooks(self) -> dict[str, list[Callable[[Any], None]]]:
+        """The SDK's HTTP client's hooks that trace each request's new connections (the
+        ``trace`` request extension of httpx and httpcore)."""
+        return {"request": [self._trace_request]}
+
+    def _trace_request(self, request: Any) -> None:
+        request.extensions["trace"] = self._trace
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            if isinstance(sock, socket.socket):
+                self._sockets.append(sock)
+
+    def cut(self) -> None:
+        """Shut the call's sockets down: a read blocked on one returns at once."""
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 def create(
-    client: openai.OpenAI, request: GenerationRequest, *, stream: bool, **params: Any
+    client: openai.OpenAI,
+    connections: Connections,
+    request: GenerationRequest,
+    *,
+    stream: bool,
+    **params: Any,
 ) -> Any:
     """``client.chat.completions.create(**params)``, streamed unless the server cannot."""
     server = (str(client.base_url), str(params["model"]))
@@ -46,9 +80,11 @@ def create(
     if not stream or server in _WITHOUT_STREAM:
         return _plain(client, checkpoints, params)
     try:
-        raw = client.chat.completions.with_raw_response.create(
-            **params, stream=True, stream_options={"include_usage": True}
-        )
+        # A cancel or the first-token limit also cuts the wait for the headers.
+        with checkpoints.watching(close=connections.cut):
+            raw = client.chat.completions.with_raw_response.create(
+                **params, stream=True, stream_options={"include_usage": True}
+            )
     except openai.BadRequestError as error:
         if "stream" not in f"{error.param or ''} {error.message}".lower():
             raise

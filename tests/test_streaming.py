@@ -207,6 +207,51 @@ def test_a_stream_that_stalls_past_the_idle_limit_fails_as_timeout_naming_it(
     assert attempt["completionTokens"] == call["sent_tokens"] == 50
 
 
+def test_a_server_that_holds_its_headers_is_cut_at_the_first_token_limit(
+    app: Flask, openai_server: FakeOpenAI, make_plan: Callable[..., str]
+) -> None:
+    """A server may send no headers until its first token: the limit still holds."""
+    app.config["PLAN_REGEN_PROVIDER_FIRST_TOKEN_TIMEOUT"] = 1.0
+    openai_server.default, openai_server.slow_seconds = "slow", 6.0
+    plan_id = make_plan()
+    generation_id = regenerate(app.test_client(), plan_id)["generationId"]
+    started = time.monotonic()
+    run_jobs(app)
+    waited = time.monotonic() - started
+    document = status_of(app.test_client(), plan_id, generation_id)
+    print(f"headers held 6 s: failed after {waited:.2f} s: {document['error']}")
+    assert (document["status"], document["failureClass"]) == ("failed", "timeout")
+    assert "first token" in document["error"]
+    assert waited < 4.0  # not the 6 s the server held its headers
+
+
+def test_cancel_before_the_headers_cuts_the_call(
+    app: Flask,
+    openai_server: FakeOpenAI,
+    make_plan: Callable[..., str],
+    start_worker: Callable[[], None],
+) -> None:
+    openai_server.default, openai_server.slow_seconds = "slow", 20.0
+    client = app.test_client()
+    plan_id = make_plan()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    start_worker()
+    wait_until(lambda: openai_server.requests, 30, "the provider call")
+    canceled_at = time.monotonic()
+    cancel_url = f"/api/v1/plans/{plan_id}/regenerations/{generation_id}/cancel"
+    assert client.post(cancel_url, json={}, headers=ALICE).status_code == 200
+    document = wait_until(
+        lambda: (doc := status_of(client, plan_id, generation_id))["attemptLog"] and doc,
+        15,
+        "the canceled attempt's row",
+    )
+    recorded = time.monotonic() - canceled_at
+    [attempt] = document["attemptLog"]
+    print(f"canceled while the server held its headers: attempt recorded {recorded:.2f} s later")
+    assert attempt["outcome"] == "canceled"
+    assert recorded < 5.0  # not the 20 s the server would hold them
+
+
 def test_a_server_that_cannot_stream_gets_the_plain_call_once_per_process(
     app: Flask, openai_server: FakeOpenAI, make_plan: Callable[..., str]
 ) -> None:
