@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from . import leases, lifecycle, queue
 from .config import job_timeout, rq_queue_names
@@ -44,6 +44,16 @@ logger = logging.getLogger("flask_plan_regen.recovery")
 
 SWEEP_BATCH = 1000
 """Pending rows read from the database at a time."""
+
+
+def _in_namespace() -> ColumnElement[bool]:
+    """This namespace's rows: queued on ``<namespace>_...``. An app that shares its
+    database with another namespace (one moving to a new namespace while the old one
+    drains) sweeps only its own: the other's leases live under the other's keys."""
+    escaped = current_app.config["PLAN_REGEN_NAMESPACE"]
+    for special in ("\\", "%", "_"):
+        escaped = escaped.replace(special, "\\" + special)
+    return Regeneration.queue.like(escaped + "\\_%", escape="\\")
 
 
 def sweep(
@@ -76,6 +86,7 @@ def sweep(
         .where(
             Regeneration.status == Status.PENDING,
             Regeneration.updated_at < now - lifecycle.PENDING_GRACE,
+            _in_namespace(),
         )
         .execution_options(yield_per=SWEEP_BATCH)
     )
@@ -116,7 +127,7 @@ def _release_lapsed(state: RegenState, now: datetime, stopping: Callable[[], boo
     session = state.db.session
     rows = session.execute(
         select(Regeneration.id, Regeneration.started_at).where(
-            Regeneration.status == Status.PROCESSING
+            Regeneration.status == Status.PROCESSING, _in_namespace()
         )
     ).all()
     session.rollback()
@@ -170,6 +181,7 @@ def move_off_unconfigured_queues(state: RegenState, now: datetime) -> int:
             Regeneration.status == Status.PENDING,
             Regeneration.queue.not_in(rq_queue_names(config)),
             Regeneration.updated_at < now - lifecycle.PENDING_GRACE,
+            _in_namespace(),
         )
     ).all()
     session.rollback()

@@ -89,6 +89,24 @@ def test_the_sweep_moves_rows_off_a_queue_no_longer_configured(
     assert status_of(client, plan_id, generation_id)["status"] == "succeeded"
 
 
+def test_another_namespace_on_the_same_database_sweeps_none_of_this_apps_rows(
+    app: Flask, sqlite_uri: str, redis_url: str, make_plan: Callable[..., str]
+) -> None:
+    """An app moving to a new namespace while the old one drains shares its database:
+    the new namespace's sweep must not take the old one's rows (their jobs and leases
+    live under the old keys, where the new one does not look)."""
+    client = app.test_client()
+    plan_id = make_plan()
+    generation_id = regenerate(client, plan_id)["generationId"]  # on plan_regen_low
+    moved_on = build_app(sqlite_uri, redis_url, PLAN_REGEN_NAMESPACE="hx")
+    with moved_on.app_context():
+        counts = sweep(get_state(), now=utcnow() + PENDING_GRACE + timedelta(seconds=1))
+    document = status_of(client, plan_id, generation_id)
+    print(f"namespace hx swept the default namespace's pending row: {counts}, {document['queue']}")
+    assert counts == {"released": 0, "requeued": 0}
+    assert (document["status"], document["queue"]) == ("pending", "plan_regen_low")
+
+
 @pytest.mark.parametrize(
     "settings",
     [
