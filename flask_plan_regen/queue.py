@@ -181,6 +181,32 @@ def silent_for(redis: Redis, job_ids: Iterable[str]) -> dict[str, float]:
     }
 
 
+def stuck_after_dequeue(redis: Redis, names: Iterable[str], seconds: float) -> set[str]:
+    """Jobs a worker took off a queue and died with before starting them: in RQ's
+    intermediate queue, not in its started registry, first seen there over ``seconds``
+    ago (RQ's own mark, which its maintenance would act on only every ten minutes).
+    A few commands a queue while none is stuck."""
+    stuck: set[str] = set()
+    for name in names:
+        rq = rq_queue(redis, name)
+        taken = rq.intermediate_queue
+        for job_id in taken.get_job_ids():
+            if job_id in rq.started_job_registry:
+                continue
+            taken.set_first_seen(job_id)
+            first_seen = taken.get_first_seen(job_id)
+            if first_seen is not None and (now() - first_seen).total_seconds() > seconds:
+                stuck.add(job_id)
+    return stuck
+
+
+def forget_dequeued(redis: Redis, names: Iterable[str], job_id: str) -> None:
+    """Take ``job_id`` out of the intermediate queues, so RQ does not fail the job that
+    recovery queues again under the same id."""
+    for name in names:
+        rq_queue(redis, name).intermediate_queue.remove(job_id)
+
+
 def delete_job(redis: Redis, job_id: str) -> None:
     """Delete whatever RQ has under ``job_id`` (its queue and registry entries too)."""
     with contextlib.suppress(NoSuchJobError):

@@ -77,8 +77,10 @@ def sweep(
     config = current_app.config
     released = _release_lapsed(state, now, stopping)
     moved = move_off_unconfigured_queues(state, now)
-    live, running = queue.live_job_ids(state.redis, rq_queue_names(config))
+    names = rq_queue_names(config)
+    live, running = queue.live_job_ids(state.redis, names)
     silent_after = 3 * int(config["PLAN_REGEN_SWEEP_INTERVAL"])
+    stuck = queue.stuck_after_dequeue(state.redis, names, silent_after)
     session = state.db.session
     lost: list[str] = []
     query = (
@@ -100,17 +102,20 @@ def sweep(
             for row_id in batch
             if row_id not in live and not queue.job_is_live(state.redis, row_id)
         ]
+        lost += [row_id for row_id in batch if row_id in stuck]
         unclaimed = [row_id for row_id in batch if row_id in running]
         if unclaimed:
             silent = queue.silent_for(state.redis, unclaimed)
             lost += [row_id for row_id in unclaimed if silent[row_id] > silent_after]
     session.rollback()
     requeued = moved
-    for row_id in lost:
+    for row_id in dict.fromkeys(lost):  # a row can look lost two ways
         if stopping():
             break
         regeneration = session.get(Regeneration, row_id)
         if regeneration is not None and regeneration.status == Status.PENDING:
+            if row_id in stuck:
+                queue.forget_dequeued(state.redis, names, row_id)
             requeued += lifecycle.requeue_job(state, regeneration)
         session.rollback()
     if released or requeued:

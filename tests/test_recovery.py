@@ -30,7 +30,7 @@ from servers import WorkerProcs
 from sqlalchemy import create_engine, select
 
 from examples.host_app import db
-from flask_plan_regen import Regeneration, get_state, queue
+from flask_plan_regen import Regeneration, get_state, lifecycle, queue
 from flask_plan_regen.config import rq_queue_names
 from flask_plan_regen.models import utcnow
 from flask_plan_regen.recovery import sweep, sweep_if_due
@@ -356,3 +356,30 @@ def test_a_job_killed_between_dequeue_and_claim_runs_again_within_60s(
     print(f"\nworker killed between dequeue and claim: succeeded {recovered:.1f} s later, lost 0")
     assert recovered < 60
     assert doc["attempts"] == 1  # the lost delivery never counted as an attempt
+
+
+def test_a_job_whose_worker_died_right_after_taking_it_is_queued_again(
+    app: Flask, make_plan: Any
+) -> None:
+    """Killed between RQ's dequeue (a move into the queue's intermediate list) and the
+    job's start: in no queue and no registry, its hash still says queued."""
+    client = app.test_client()
+    plan_id = make_plan()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    after_grace = utcnow() + lifecycle.PENDING_GRACE + timedelta(seconds=1)
+    with app.app_context():
+        state = get_state()
+        source = queue.rq_queue(state.redis, "plan_regen_low")
+        taken = source.intermediate_queue
+        assert state.redis.lmove(source.key, taken.key) == generation_id.encode()
+        first = sweep(state, now=after_grace)  # first seen there: not yet lost
+        # As if it had sat there for a minute (RQ keeps the mark as a timestamp).
+        state.redis.set(taken.get_first_seen_key(generation_id), time.time() - 60)
+        second = sweep(state, now=after_grace)
+        waiting = source.job_ids
+        left_behind = taken.get_job_ids()
+    print(f"stuck after dequeue: first sweep {first}, a minute later {second}")
+    assert (first["requeued"], second["requeued"]) == (0, 1)
+    assert (waiting, left_behind) == ([generation_id], [])
+    assert run_jobs(app) == 1
+    assert status_of(client, plan_id, generation_id)["status"] == "succeeded"
