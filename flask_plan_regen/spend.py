@@ -329,6 +329,8 @@ def ensure_not_paused(state: RegenState) -> None:
             "Regenerations are paused: this month's spending limit has been reached. "
             "Try again later.",
             details={"resetsAt": iso_utc(period_resets_at(current_period()))},
+            # Like the other 503s: an operator may raise the budget at any moment.
+            headers={"Retry-After": str(int(current_app.config["PLAN_REGEN_BUDGET_RECHECK"]))},
         )
 
 

@@ -189,6 +189,7 @@ def test_the_global_budget_pauses_calls_and_submits_then_resumes(
             f"/api/v1/plans/{make_plan(topic='Refused')}/regenerate", json={}, headers=ALICE
         )
     assert (paused.status_code, paused.json["code"]) == (503, "BUDGET_PAUSED")
+    assert paused.headers["Retry-After"] == str(app.config["PLAN_REGEN_BUDGET_RECHECK"])
     # The waiting jobs are put off again and again, never claimed, nothing failed.
     wait_until(
         lambda: worker_procs.log(worker).count("scheduled for retry") >= 4,
