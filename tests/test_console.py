@@ -245,6 +245,8 @@ def test_keyset_pages_list_every_row_once_newest_first(console: Flask) -> None:
         assert missing.status_code == 404, generation_id
     html = client.get(f"{PREFIX}/regenerations?created_from=2001-02-30", headers=OPERATOR)
     assert html.status_code == 400 and "YYYY-MM-DD" in html.get_data(as_text=True)
+    last_day = client.get(f"{PREFIX}/api/regenerations?created_to=9999-12-31", headers=OPERATOR)
+    assert last_day.status_code == 400 and last_day.get_json()["code"] == "INVALID_FILTER"
 
 
 def test_every_page_renders_for_an_operator(console: Flask, make_plan: Callable[..., str]) -> None:
@@ -254,6 +256,10 @@ def test_every_page_renders_for_an_operator(console: Flask, make_plan: Callable[
     for path in [*pages, "/actions/requeue-class?failure_class=timeout", "/static/console.css"]:
         answer = client.get(PREFIX + path, headers=OPERATOR)
         assert answer.status_code == 200, path
+        # One-click actions: never framed by another site, never cached.
+        assert answer.headers["X-Frame-Options"] == "DENY", path
+        if not path.startswith("/static/"):  # a stylesheet holds nothing to keep private
+            assert answer.headers["Cache-Control"] == "no-store", path
     missing = client.get(f"{PREFIX}/regenerations/{new_id()}", headers=OPERATOR)
     assert missing.status_code == 404
 

@@ -253,9 +253,12 @@ def read_filters(args: Any) -> Filters:
         if value is None:
             return None
         try:
-            return date.fromisoformat(value)
+            day = date.fromisoformat(value)
         except ValueError:
             raise BadFilter(f"{name} must be a date, YYYY-MM-DD") from None
+        if day == date.max:  # the range ends the day after, which no date holds
+            raise BadFilter(f"{name} must be before {date.max.isoformat()}")
+        return day
 
     def identifier(name: str, length: int) -> str | None:
         value = args.get(name) or None

@@ -88,6 +88,16 @@ def _operators_only() -> None:
         check_csrf()
 
 
+@regen_admin_bp.after_request
+def _never_framed_or_cached(response: Response) -> Response:
+    # Its buttons act in one click (a framing page could trick an operator into them),
+    # and its pages carry CSRF tokens and user ids.
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
 def _wants_json() -> bool:
     return request.path.startswith(_api_prefix()) or request.is_json
 
