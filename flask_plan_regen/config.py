@@ -624,7 +624,7 @@ def _check_fleet(config: Mapping[str, Any]) -> None:
             isinstance(entry, Mapping)
             and set(entry) <= set(ENTRY_FIELDS)
             and isinstance(entry.get("name"), str)
-            and _QUEUE_NAME.match(entry["name"]) is not None
+            and _NAMESPACE.fullmatch(entry["name"]) is not None
             and entry["name"] not in names
             and isinstance(entry.get("model"), str)
             and bool(entry["model"].strip())

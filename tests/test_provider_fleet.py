@@ -317,11 +317,14 @@ def test_fleet_settings_are_checked(tmp_path: Path, redis_url: str) -> None:
         [{"name": "a"}],  # no model
         [{"name": "a", "model": "m"}, {"name": "a", "model": "n"}],  # names repeat
         [{"name": "a", "model": "m", "api_key": "sk-secret", "limits": {"rpm": 0}}],
+        [{"name": "a b:c", "model": "m"}],  # a name is checked whole
+        [{"name": "a\n", "model": "m"}],
     ]
     for entries in bad_entries:
         with pytest.raises(ConfigurationError) as raised:
             build_app(uri, redis_url, PLAN_REGEN_PROVIDERS=entries)
         assert "sk-secret" not in str(raised.value)
+    build_app(uri, redis_url, PLAN_REGEN_PROVIDERS=[{"name": "eu_main-2", "model": "m"}])
     with pytest.raises(ConfigurationError, match="PLAN_REGEN_PROVIDER_LIMITS"):
         build_app(uri, redis_url, PLAN_REGEN_PROVIDER_LIMITS={"rps": 5})
     assert DEFAULTS["PLAN_REGEN_PROVIDER_OUTAGE_WAIT"] == 900.0
