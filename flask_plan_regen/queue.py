@@ -25,7 +25,7 @@ from redis import ConnectionPool, Redis
 from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry, SimpleWorker, Worker
 from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
+from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError, StopRequested
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -205,6 +205,12 @@ def forget_dequeued(redis: Redis, names: Iterable[str], job_id: str) -> None:
     recovery queues again under the same id."""
     for name in names:
         rq_queue(redis, name).intermediate_queue.remove(job_id)
+
+
+def is_abandoned(error_class: type[BaseException]) -> bool:
+    """Whether RQ failed a job because its execution's worker went silent (found by its
+    clean-up of expired started entries, long after the worker died)."""
+    return issubclass(error_class, AbandonedJobError)
 
 
 def delete_job(redis: Redis, job_id: str) -> None:

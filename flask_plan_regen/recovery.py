@@ -247,8 +247,26 @@ def on_job_failure(job: Any, connection: Any, *exc_info: Any) -> None:
     # pool it inherits (dispose_engines_after_fork), and a job run in process
     # (PLAN_REGEN_EAGER, tests) shares it with the app, e.g. an in-memory SQLite.
     with _worker_state(dispose_pool=False) as state:
+        if exc_info and queue.is_abandoned(exc_info[0]) and _runs_again(state, job.id):
+            logger.info("regeneration %s: RQ found an old execution abandoned; it runs again "
+                        "elsewhere, left alone", job.id)  # fmt: skip
+            return
         # Not queued again here: RQ marks this job failed after the callback returns.
         lifecycle.release(state, job.id, why, requeue=False)
+
+
+def _runs_again(state: RegenState, generation_id: str) -> bool:
+    """Whether an attempt of ``generation_id`` runs now: its lease is held, or it was
+    claimed less than a lease TTL ago (its lease is set a third of a TTL in). RQ reports
+    a dead worker's execution a minute or more after the sweep queued it again."""
+    if leases.is_held(state, generation_id):
+        return True
+    regeneration = state.db.session.get(Regeneration, generation_id)
+    running = regeneration is not None and regeneration.status == Status.PROCESSING
+    started = regeneration.started_at if regeneration is not None else None
+    state.db.session.rollback()
+    just_claimed = utcnow() - timedelta(seconds=leases.lease_ttl())
+    return running and started is not None and as_utc(started) > just_claimed
 
 
 @contextlib.contextmanager

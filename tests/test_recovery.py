@@ -28,6 +28,7 @@ from conftest import (
 from flask import Flask
 from servers import WorkerProcs
 from sqlalchemy import create_engine, select
+from sqlalchemy import update as sa_update
 
 from examples.host_app import db
 from flask_plan_regen import Regeneration, get_state, lifecycle, queue
@@ -383,3 +384,44 @@ def test_a_job_whose_worker_died_right_after_taking_it_is_queued_again(
     assert (waiting, left_behind) == ([generation_id], [])
     assert run_jobs(app) == 1
     assert status_of(client, plan_id, generation_id)["status"] == "succeeded"
+
+
+def test_rq_reporting_an_old_execution_abandoned_leaves_the_rerun_alone(
+    app: Flask, make_plan: Any
+) -> None:
+    """RQ's clean-up finds a dead worker's execution a minute or more after the sweep
+    queued the job again: its failure callback must not release the attempt that runs
+    now (a held lease, or a claim younger than a lease TTL), only a truly lost one."""
+    from types import SimpleNamespace
+
+    from rq.exceptions import AbandonedJobError
+
+    from flask_plan_regen.recovery import on_job_failure
+
+    client = app.test_client()
+    plan_id = make_plan()
+    generation_id = regenerate(client, plan_id)["generationId"]
+    job = SimpleNamespace(id=generation_id)
+
+    def report_abandoned() -> str:
+        on_job_failure(job, None, AbandonedJobError, AbandonedJobError(), None)
+        return str(status_of(client, plan_id, generation_id)["status"])
+
+    with app.app_context():
+        state = get_state()
+        assert lifecycle.claim(state, generation_id) is not None  # the re-run, just claimed
+        db.session.rollback()
+        just_claimed = report_abandoned()
+        long_ago = utcnow() - timedelta(minutes=5)
+        db.session.execute(
+            sa_update(Regeneration)
+            .where(Regeneration.id == generation_id)
+            .values(started_at=long_ago)
+        )
+        db.session.commit()
+        state.redis.set(state.key("lease", generation_id), "1:x", ex=60)
+        leased = report_abandoned()
+        state.redis.delete(state.key("lease", generation_id))
+        lost = report_abandoned()
+    print(f"abandoned reported: just claimed -> {just_claimed}, leased -> {leased}, lost -> {lost}")
+    assert (just_claimed, leased, lost) == ("processing", "processing", "pending")
